@@ -1,0 +1,142 @@
+//! AuxSubscriber: a built-in auxiliary system (`invoice`, `loyalty`, …). Each one pulls result
+//! events from its own durable consumer `aux-<system>`, reads what it needs from the read node, and
+//! writes its record to the auxiliary database, a batch per transaction; it acknowledges only what
+//! is written, so a crash loses nothing (delivery is at least once and the write is an upsert).
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use entities::{aux_records, order_results, orders};
+use futures::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
+
+use crate::protocol::CloudEvent;
+use crate::store::{Db, StoreError};
+
+const BATCH: usize = 256;
+const WAIT: Duration = Duration::from_millis(500);
+
+/// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
+#[derive(Debug, thiserror::Error)]
+pub enum AuxError {
+    /// The fetch from the durable consumer failed.
+    #[error("fetch from the durable consumer failed: {0}")]
+    Fetch(String),
+    /// The read node or the auxiliary database did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub enum AuxMsg {
+    Pull,
+}
+
+pub struct AuxSubscriber;
+
+pub struct AuxArgs {
+    pub system: String,
+    pub consumer: PullConsumer,
+    pub db: Db,
+}
+
+pub struct AuxState {
+    system: String,
+    consumer: PullConsumer,
+    db: Db,
+}
+
+impl Actor for AuxSubscriber {
+    type Msg = AuxMsg;
+    type State = AuxState;
+    type Arguments = AuxArgs;
+
+    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AuxArgs) -> Result<Self::State, ActorProcessingErr> {
+        myself.cast(AuxMsg::Pull)?;
+        Ok(AuxState { system: args.system, consumer: args.consumer, db: args.db })
+    }
+
+    async fn handle(&self, myself: ActorRef<Self::Msg>, _msg: AuxMsg, state: &mut AuxState) -> Result<(), ActorProcessingErr> {
+        if let Err(e) = state.pull().await {
+            tracing::warn!(system = %state.system, error = %e, "aux batch failed; it is redelivered");
+            myself.send_after(Duration::from_millis(500), || AuxMsg::Pull);
+        } else {
+            myself.cast(AuxMsg::Pull)?;
+        }
+        Ok(())
+    }
+}
+
+impl AuxState {
+    async fn pull(&mut self) -> Result<(), AuxError> {
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(BATCH)
+            .expires(WAIT)
+            .messages()
+            .await
+            
+            .map_err(|e| AuxError::Fetch(e.to_string()))?;
+        let mut messages = Vec::new();
+        while let Some(m) = batch.next().await {
+            match m {
+                Ok(m) => messages.push(m),
+                Err(e) => tracing::debug!(error = %e, "fetch ended"),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let mut records = Vec::with_capacity(messages.len());
+        let mut done = Vec::with_capacity(messages.len());
+        for m in messages {
+            let Ok(event) = serde_json::from_slice::<CloudEvent>(&m.payload) else {
+                tracing::warn!(subject = %m.subject, "not an orderhub event; dropping it");
+                let _ = m.ack().await;
+                continue;
+            };
+            let order_id = &event.data.order_id;
+            let order = self.db.order(order_id).await?;
+            let result = self.db.result(order_id).await?;
+            match (order, result) {
+                (Some(order), Some(result)) => {
+                    records.push(record(&self.system, &order, &result));
+                    done.push(m);
+                }
+                // Not on the read node yet (cannot happen once released, but never lose it).
+                _ => tracing::warn!(order_id, "order not readable yet; it is redelivered"),
+            }
+        }
+        self.db.upsert_aux(records).await?;
+        for m in done {
+            if let Err(e) = m.ack().await {
+                tracing::debug!(error = %e, "ack lost; the event is redelivered and rewritten");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a built-in system records for a settled order.
+pub fn record(system: &str, order: &orders::Model, result: &order_results::Model) -> aux_records::Model {
+    let confirmed = result.outcome == "confirmed";
+    let (status, data) = match system {
+        "invoice" if confirmed => (
+            "invoiced",
+            json!({"amount_minor": order.amount_minor, "currency": order.currency,
+                   "invoice_no": format!("INV-{}", &order.id[..8])}),
+        ),
+        "invoice" => ("void", json!({"outcome": result.outcome})),
+        "loyalty" if confirmed => ("credited", json!({"points": order.amount_minor / 100})),
+        "loyalty" => ("skipped", json!({"points": 0, "outcome": result.outcome})),
+        _ => ("seen", json!({"outcome": result.outcome})),
+    };
+    aux_records::Model {
+        order_id: order.id.clone(),
+        system: system.to_owned(),
+        status: status.into(),
+        data,
+        updated_at: chrono::Utc::now(),
+    }
+}

@@ -1,0 +1,125 @@
+//! The two events of DESIGN.md §2 "Events": structured-mode CloudEvents 1.0 JSON, thin data.
+
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the primary WAL position the event's commit is covered by (Postgres only).
+pub const COMMIT_LSN_HEADER: &str = "Orderhub-Commit-Lsn";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `orderhub.order.stored`, on `orders.events.stored.<partner_id>.<order_id>`.
+    Stored,
+    /// `orderhub.order.result_stored`, on `orders.events.result.<user_id>.<order_id>`.
+    ResultStored,
+}
+
+impl EventKind {
+    pub const fn type_name(self) -> &'static str {
+        match self {
+            Self::Stored => "orderhub.order.stored",
+            Self::ResultStored => "orderhub.order.result_stored",
+        }
+    }
+    pub fn from_type(t: &str) -> Option<Self> {
+        [Self::Stored, Self::ResultStored].into_iter().find(|k| k.type_name() == t)
+    }
+}
+
+/// An event as it travels on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    pub specversion: String,
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub time: String,
+    pub datacontenttype: String,
+    pub data: EventData,
+}
+
+/// The thin `data` of an event: who and which version; details are pulled through `get`/`query`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventData {
+    pub order_id: String,
+    pub user_id: String,
+    pub partner_id: String,
+    pub version: i32,
+    /// Result events only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Result events only (present, possibly `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    pub partner_ref: Option<Option<String>>,
+}
+
+impl CloudEvent {
+    pub fn new(kind: EventKind, id: String, time: String, data: EventData) -> Self {
+        Self {
+            specversion: "1.0".into(),
+            id,
+            source: "orderhub".into(),
+            kind: kind.type_name().into(),
+            subject: data.order_id.clone(),
+            time,
+            datacontenttype: "application/json".into(),
+            data,
+        }
+    }
+}
+
+/// `Option<Option<T>>` that tells an absent field from an explicit `null`.
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Option<String>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_event_carries_null_partner_ref() {
+        let data = EventData {
+            order_id: "o".into(),
+            user_id: "u".into(),
+            partner_id: "p".into(),
+            version: 3,
+            outcome: Some("timeout".into()),
+            partner_ref: Some(None),
+        };
+        let ev = CloudEvent::new(EventKind::ResultStored, "e".into(), "t".into(), data);
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["type"], "orderhub.order.result_stored");
+        assert!(v["data"].as_object().unwrap().contains_key("partner_ref"));
+        assert!(v["data"]["partner_ref"].is_null());
+        let back: CloudEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, ev);
+    }
+
+    #[test]
+    fn stored_event_is_thin() {
+        let data = EventData {
+            order_id: "o".into(),
+            user_id: "u".into(),
+            partner_id: "p".into(),
+            version: 1,
+            outcome: None,
+            partner_ref: None,
+        };
+        let v = serde_json::to_value(CloudEvent::new(EventKind::Stored, "e".into(), "t".into(), data)).unwrap();
+        let keys: Vec<_> = v["data"].as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 4, "{keys:?}");
+    }
+}

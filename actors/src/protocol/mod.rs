@@ -1,0 +1,61 @@
+//! The wire contract of DESIGN.md §2, defined once: subjects, consumer names, request validation,
+//! reply and event payloads, error codes. Everything else in orderhub speaks through these types.
+
+mod error;
+mod events;
+mod requests;
+mod subjects;
+mod views;
+
+pub use error::{ApiError, ErrorCode};
+pub use events::{CloudEvent, EventData, EventKind, COMMIT_LSN_HEADER};
+pub use requests::{
+    validate_token, AuxRecordRequest, GetRequest, QueryRequest, ResultRequest, SubmitRequest,
+    Outcome, MAX_JSON_OBJECT_BYTES,
+};
+pub use subjects::{consumer, Subjects};
+pub use views::{
+    AuxView, DatabaseStatus, ListReply, NatsStatus, OrderReply, OrderView, QueryReply, RecordReply,
+    ReplicaStatus, ResultView, StatusReply, SubmitReply,
+};
+
+/// RFC 3339 UTC with millisecond precision and a `Z` suffix: every timestamp on the wire.
+pub fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The lifecycle of an order (DESIGN.md §2); `version` is the position in this chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OrderStatus {
+    Accepted,
+    Dispatched,
+    ResultStored,
+    Notified,
+}
+
+impl OrderStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Dispatched => "dispatched",
+            Self::ResultStored => "result_stored",
+            Self::Notified => "notified",
+        }
+    }
+
+    /// The `version` an order has while in this status.
+    pub const fn version(self) -> i32 {
+        match self {
+            Self::Accepted => 1,
+            Self::Dispatched => 2,
+            Self::ResultStored => 3,
+            Self::Notified => 4,
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Accepted, Self::Dispatched, Self::ResultStored, Self::Notified]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}

@@ -1,0 +1,160 @@
+//! Reply payloads: what `get`, `query`, `submit`, `result`, `record` and `status` answer.
+
+use entities::{aux_records, order_results, orders};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::rfc3339;
+
+/// An order as `get` and `query` return it: every submitted field plus the hub's bookkeeping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub request_id: String,
+    pub user_id: String,
+    pub partner_id: String,
+    pub product: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub items: Value,
+    pub payload: Value,
+    pub status: String,
+    pub version: i32,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<orders::Model> for OrderView {
+    fn from(m: orders::Model) -> Self {
+        Self {
+            created_at: rfc3339(&m.created_at),
+            updated_at: rfc3339(&m.updated_at),
+            order_id: m.id,
+            request_id: m.request_id,
+            user_id: m.user_id,
+            partner_id: m.partner_id,
+            product: m.product,
+            amount_minor: m.amount_minor,
+            currency: m.currency,
+            items: m.items,
+            payload: m.payload,
+            status: m.status,
+            version: m.version,
+        }
+    }
+}
+
+/// An order's result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultView {
+    pub order_id: String,
+    pub result_id: String,
+    pub outcome: String,
+    pub partner_ref: Option<String>,
+    pub detail: Value,
+    pub received_at: String,
+}
+
+impl From<order_results::Model> for ResultView {
+    fn from(m: order_results::Model) -> Self {
+        Self {
+            received_at: rfc3339(&m.received_at),
+            order_id: m.order_id,
+            result_id: m.result_id,
+            outcome: m.outcome,
+            partner_ref: m.partner_ref,
+            detail: m.detail,
+        }
+    }
+}
+
+/// One auxiliary system's record of an order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuxView {
+    pub system: String,
+    pub status: String,
+    pub data: Value,
+    pub updated_at: String,
+}
+
+impl From<aux_records::Model> for AuxView {
+    fn from(m: aux_records::Model) -> Self {
+        Self { updated_at: rfc3339(&m.updated_at), system: m.system, status: m.status, data: m.data }
+    }
+}
+
+/// `submit` and `result` replies: `{"order_id","status","duplicate"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitReply {
+    pub order_id: String,
+    pub status: String,
+    pub duplicate: bool,
+}
+
+/// `get` reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderReply {
+    pub order: OrderView,
+}
+
+/// `query` reply, single-order form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QueryReply {
+    pub order: OrderView,
+    pub result: Option<ResultView>,
+    pub aux: Vec<AuxView>,
+}
+
+/// `query` reply, list form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListReply {
+    pub orders: Vec<OrderView>,
+    pub next_before: Option<String>,
+}
+
+/// `orders.aux.<system>.record` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordReply {
+    pub order_id: String,
+    pub system: String,
+    pub status: String,
+}
+
+/// `orders.admin.status` reply; a value not known is `null`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub instance_id: String,
+    pub version: String,
+    pub uptime_s: u64,
+    pub actors_live: u64,
+    pub in_flight: u64,
+    pub outbox_pending: Option<u64>,
+    pub replica: ReplicaStatus,
+    pub nats: NatsStatus,
+    pub database: DatabaseStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// `postgres` or `same-as-primary`.
+    pub mode: String,
+    pub available: Option<bool>,
+    pub lag_bytes: Option<u64>,
+    pub lag_ms: Option<u64>,
+    pub confirmed_lsn: Option<String>,
+    pub events_waiting: u64,
+    /// Why events are waiting, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NatsStatus {
+    pub connected: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatabaseStatus {
+    pub primary_ok: Option<bool>,
+    pub aux_ok: Option<bool>,
+}
