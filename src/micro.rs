@@ -143,7 +143,9 @@ impl EndpointShared {
     fn counters(&self) -> MutexGuard<'_, Counters> {
         // Only plain arithmetic happens under this lock, so a poisoned lock still holds
         // consistent numbers.
-        self.counters.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.counters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn record(&self, elapsed_ns: u64, error: Option<String>) {
@@ -759,11 +761,13 @@ mod tests {
     #[test]
     fn info_lists_endpoints_with_subject_queue_group_and_metadata() {
         let shared = client_free_shared();
+        let value = serde_json::to_value(info_response(&shared)).unwrap();
+        assert_eq!(
+            value,
+            json!({"type":"io.nats.micro.v1.info_response","name":"orderhub","id":"abc",
+                   "version":"0.1.0","metadata":{},"description":"order hub","endpoints":[]})
+        );
         let metadata = HashMap::from([("kind".to_string(), "rpc".to_string())]);
-        let mut value = serde_json::to_value(info_response(&shared)).unwrap();
-        assert_eq!(value["type"], "io.nats.micro.v1.info_response");
-        assert_eq!(value["description"], "order hub");
-        assert_eq!(value["endpoints"], json!([]));
         let endpoint = serde_json::to_value(EndpointInfo {
             name: "partner_get",
             subject: "orders.partner.*.get",
@@ -776,10 +780,6 @@ mod tests {
             json!({"name":"partner_get","subject":"orders.partner.*.get",
                    "queue_group":"orderhub","metadata":{"kind":"rpc"}})
         );
-        let keys: Vec<String> = value.as_object_mut().unwrap().keys().cloned().collect();
-        for key in ["type", "name", "id", "version", "metadata", "description", "endpoints"] {
-            assert!(keys.iter().any(|k| k == key), "missing {key}");
-        }
     }
 
     #[test]
@@ -816,10 +816,17 @@ mod tests {
         assert!(!is_valid_name(""));
         assert!(!is_valid_name("order.hub"));
         assert!(!is_valid_name("order hub"));
-        for ok in ["0.1.0", "1.2.3-rc.1", "1.2.3+build.5", "10.20.30-alpha-1+x.y"] {
+        for ok in [
+            "0.1.0",
+            "1.2.3-rc.1",
+            "1.2.3+build.5",
+            "10.20.30-alpha-1+x.y",
+        ] {
             assert!(is_semver(ok), "{ok}");
         }
-        for bad in ["", "1", "1.2", "01.2.3", "1.2.3-", "1.2.3-01", "1.2.3+", "v1.2.3", "1.2.x"] {
+        for bad in [
+            "", "1", "1.2", "01.2.3", "1.2.3-", "1.2.3-01", "1.2.3+", "v1.2.3", "1.2.x",
+        ] {
             assert!(!is_semver(bad), "{bad}");
         }
     }

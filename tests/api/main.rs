@@ -1,1 +1,5 @@
+//! orderhub's integration tests: real nats-server, real databases, the hub driven only over NATS
+//! as each role of `nats.conf` would.
 
+mod flow;
+mod helpers;

@@ -1,0 +1,119 @@
+//! The command line: `serve`, `migrate`, `status`, `demo`, `bench`; `--config FILE` on each.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderhub", version, about = "A distributed order hub over NATS and Postgres/SQLite")]
+pub struct Cli {
+    /// A configuration file overlaid on config/default.toml and config/$ORDERHUB_ENV.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a hub until SIGINT/SIGTERM (graceful: drains in-flight work, exits 0).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Print `orders.admin.status` of a running hub.
+    Status,
+    /// Run the embedded flow end to end with simulated partners, gateway and aux systems.
+    Demo(crate::demo::DemoArgs),
+    /// Load generator: throughput and latency percentiles of full order lifecycles.
+    Bench(crate::demo::BenchArgs),
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let settings = Settings::load(self.config.as_deref())?;
+        match self.command {
+            Command::Serve => crate::run(settings, shutdown_signal()).await,
+            Command::Migrate => migrate(&settings).await,
+            Command::Status => status(&settings).await,
+            Command::Demo(args) => crate::demo::demo(settings, args).await,
+            Command::Bench(args) => crate::demo::bench(settings, args).await,
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let db = actors::store::Db::connect(&actors::store::DbUrls {
+        primary: settings.database.primary_url.clone(),
+        replica: String::new(),
+        aux: settings.database.aux_url.clone(),
+    })
+    .await
+    .context("connecting to the databases")?;
+    let applied = db.migrate().await?;
+    if applied.is_empty() {
+        println!("the databases are up to date");
+    } else {
+        println!("applied: {}", applied.join(", "));
+    }
+    Ok(())
+}
+
+async fn status(settings: &Settings) -> anyhow::Result<()> {
+    let client = crate::startup::connect_nats(&settings.nats.url, "orderhub-status").await?;
+    let subjects = actors::protocol::Subjects::new(settings.nats.subject_prefix.clone());
+    let reply = client
+        .request(subjects.status(), "{}".into())
+        .await
+        .context("no hub answered orders.admin.status (is `orderhub serve` running?)")?;
+    let status: actors::protocol::StatusReply =
+        serde_json::from_slice(&reply.payload).context("decoding the status reply")?;
+    let r = &status.replica;
+    let opt = |v: Option<u64>| v.map_or("unknown".to_owned(), |v| v.to_string());
+    println!("instance      {} (version {}, up {}s)", status.instance_id, status.version, status.uptime_s);
+    println!("actors live   {}", status.actors_live);
+    println!("in flight     {}", status.in_flight);
+    println!("outbox        {} pending", opt(status.outbox_pending));
+    println!(
+        "replica       {} — available: {}, lag {} bytes / {} ms, confirmed {}, {} events waiting{}",
+        r.mode,
+        r.available.map_or("unknown".into(), |a| a.to_string()),
+        opt(r.lag_bytes),
+        opt(r.lag_ms),
+        r.confirmed_lsn.as_deref().unwrap_or("-"),
+        r.events_waiting,
+        r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+    );
+    println!("nats          connected: {}", status.nats.connected);
+    println!(
+        "databases     primary ok: {}, aux ok: {}",
+        status.database.primary_ok.map_or("unknown".into(), |v| v.to_string()),
+        status.database.aux_ok.map_or("unknown".into(), |v| v.to_string())
+    );
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received: draining");
+}

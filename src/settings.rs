@@ -1,0 +1,231 @@
+//! Configuration: `config/default.toml`, overlaid by `config/$ORDERHUB_ENV.toml`, by the file given
+//! with `--config`, and by `ORDERHUB__SECTION__KEY` environment variables (DESIGN.md §6).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub partners: Vec<PartnerSettings>,
+    #[serde(default)]
+    pub aux: Vec<AuxSettings>,
+    pub limits: LimitSettings,
+}
+
+#[derive(Clone, Deserialize)]
+pub struct NatsSettings {
+    pub url: String,
+    pub subject_prefix: String,
+    pub stream: String,
+    #[serde(default = "yes")]
+    pub spawn_server: bool,
+    #[serde(default = "week", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "one")]
+    pub replicas: usize,
+    #[serde(default = "two_minutes", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+/// Never prints the password that may ride in the URL.
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &redact(&self.url))
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream", &self.stream)
+            .field("spawn_server", &self.spawn_server)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub primary_url: String,
+    #[serde(default)]
+    pub replica_url: String,
+    pub aux_url: String,
+    /// Group-commit writers; 0 picks 1 on SQLite and 4 on Postgres.
+    #[serde(default)]
+    pub writers: usize,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("primary_url", &redact(&self.primary_url))
+            .field("replica_url", &redact(&self.replica_url))
+            .field("aux_url", &redact(&self.aux_url))
+            .field("writers", &self.writers)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PartnerSettings {
+    pub id: String,
+    #[serde(with = "humantime_serde")]
+    pub result_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuxSettings {
+    pub system: String,
+    /// An outside system consumes `aux-<system>`; the hub only creates the consumer.
+    #[serde(default)]
+    pub external: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct LimitSettings {
+    pub max_in_flight: usize,
+    #[serde(default = "body_limit")]
+    pub max_body_bytes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> usize {
+    1
+}
+fn week() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+fn body_limit() -> usize {
+    256 * 1024
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// The folder holding `default.toml`: `$ORDERHUB_CONFIG_DIR`, else `./config`, else the one
+/// beside the sources this binary was built from.
+pub fn config_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ORDERHUB_CONFIG_DIR") {
+        return dir.into();
+    }
+    let local = Path::new("config");
+    if local.join("default.toml").exists() {
+        return local.to_path_buf();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+}
+
+impl Settings {
+    /// Loads the layers; `file` is `--config FILE`.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let dir = config_dir();
+        let env = std::env::var("ORDERHUB_ENV").unwrap_or_else(|_| "local".into());
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from(dir.join("default.toml")).required(true))
+            .add_source(config::File::from(dir.join(format!("{env}.toml"))).required(false));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ORDERHUB")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        for p in &self.partners {
+            actors::protocol::validate_token("partners.id", &p.id)
+                .map_err(|e| SettingsError::Invalid(e.message))?;
+        }
+        for a in &self.aux {
+            actors::protocol::validate_token("aux.system", &a.system)
+                .map_err(|e| SettingsError::Invalid(e.message))?;
+        }
+        if self.limits.max_in_flight == 0 {
+            return Err(SettingsError::Invalid("limits.max_in_flight must be at least 1".into()));
+        }
+        if self.nats.duplicate_window < Duration::from_secs(120) {
+            return Err(SettingsError::Invalid("nats.duplicate_window must be at least 2m".into()));
+        }
+        Ok(())
+    }
+
+    pub fn partner_timeouts(&self) -> HashMap<String, Duration> {
+        self.partners.iter().map(|p| (p.id.clone(), p.result_timeout)).collect()
+    }
+
+    /// Writers for the group commit: SQLite has one writer at a time.
+    pub fn writers(&self) -> usize {
+        match self.database.writers {
+            0 if self.database.primary_url.starts_with("sqlite") => 1,
+            0 => 4,
+            n => n,
+        }
+    }
+}
+
+/// Serde glue for "30s"-style durations.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("nats://hub:hub-dev@127.0.0.1:4222"), "nats://hub:***@127.0.0.1:4222");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+
+    #[test]
+    fn defaults_load_and_overlays_replace_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("o.toml");
+        std::fs::write(&file, "[[partners]]\nid = \"only-one\"\nresult_timeout = \"5s\"\n").unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        assert_eq!(s.partners.len(), 1);
+        assert_eq!(s.partners[0].result_timeout, Duration::from_secs(5));
+        assert_eq!(s.aux.len(), 3);
+        assert!(s.aux.iter().any(|a| a.system == "audit" && a.external));
+    }
+}

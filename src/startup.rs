@@ -1,0 +1,196 @@
+//! Start-up and shutdown: NATS (spawning a local server when allowed and none answers), the
+//! databases and their migrations, stream `ORDER_EVENTS` and its durable consumers, the actors,
+//! and the Services API endpoints.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::protocol::{consumer, Subjects};
+use actors::store::{Db, DbUrls};
+use actors::{Hub, HubConfig, Tuning};
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, stream};
+use tokio::sync::Semaphore;
+
+use crate::endpoints::{Handlers, Kind};
+use crate::micro::{self, ServiceConfig};
+use crate::natsserver::{self, NatsServer};
+use crate::settings::{redact, Settings};
+
+/// Connects to NATS as the URL's user, with that user's own inbox prefix (`_INBOX_<user>`), as
+/// `nats.conf` requires of every role.
+pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connection_timeout(Duration::from_secs(3));
+    // async-nats does not read credentials from the URL itself: lift them into the options.
+    let (creds, bare) = natsserver::split_credentials(url);
+    if let Some((user, password)) = creds {
+        options = options
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
+            .user_and_password(user, password);
+    }
+    options.connect(bare.as_str()).await.with_context(|| format!("connecting to NATS at {}", redact(url)))
+}
+
+/// Starts `nats-server` from `nats.conf` on the URL's port when nothing answers there.
+pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<NatsServer>> {
+    if !settings.nats.spawn_server {
+        return Ok(None);
+    }
+    let (host, port) = natsserver::host_port(&settings.nats.url).context("nats.url has no host:port")?;
+    if std::net::TcpStream::connect((host.as_str(), port)).is_ok() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from("data/nats");
+    eprintln!("no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})", dir.display());
+    Ok(Some(NatsServer::start(port, &dir).await?))
+}
+
+/// Creates or updates stream `ORDER_EVENTS` and the durable consumers of DESIGN.md "Roles".
+pub async fn provision_stream(
+    js: &jetstream::Context,
+    settings: &Settings,
+    subjects: &Subjects,
+) -> anyhow::Result<Vec<(String, jetstream::consumer::PullConsumer)>> {
+    let config = stream::Config {
+        name: settings.nats.stream.clone(),
+        subjects: vec![subjects.events()],
+        storage: stream::StorageType::File,
+        duplicate_window: settings.nats.duplicate_window,
+        max_age: settings.nats.max_age,
+        num_replicas: settings.nats.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let stream = match js.get_stream(&config.name).await {
+        Ok(_) => {
+            js.update_stream(&config).await.context("updating stream")?;
+            js.get_stream(&config.name).await.context("reading stream")?
+        }
+        Err(_) => js.create_stream(config.clone()).await.context("creating stream ORDER_EVENTS")?,
+    };
+    let durable = |name: String, filter: String| pull::Config {
+        durable_name: Some(name.clone()),
+        name: Some(name),
+        filter_subject: filter,
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: 20_000,
+        ..Default::default()
+    };
+    let mut wanted = vec![(consumer::GATEWAY.to_owned(), subjects.result_events())];
+    for p in &settings.partners {
+        wanted.push((consumer::partner(&p.id), subjects.stored_events_of(&p.id)));
+    }
+    for a in &settings.aux {
+        wanted.push((consumer::aux(&a.system), subjects.result_events()));
+    }
+    let mut built_in = Vec::new();
+    for (name, filter) in wanted {
+        let c = stream
+            .create_consumer(durable(name.clone(), filter))
+            .await
+            .with_context(|| format!("creating durable consumer {name}"))?;
+        if let Some(a) = settings.aux.iter().find(|a| !a.external && consumer::aux(&a.system) == name) {
+            built_in.push((a.system.clone(), c));
+        }
+    }
+    Ok(built_in)
+}
+
+/// A running hub.
+pub struct App {
+    handlers: Arc<Handlers>,
+    service: micro::Service,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    client: async_nats::Client,
+    _nats: Option<NatsServer>,
+}
+
+impl App {
+    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
+        let nats = spawn_nats_if_needed(&settings).await?;
+        let instance_id = uuid::Uuid::now_v7().simple().to_string();
+        let client = connect_nats(&settings.nats.url, &format!("orderhub-{instance_id}")).await?;
+        let db = Db::connect(&DbUrls {
+            primary: settings.database.primary_url.clone(),
+            replica: settings.database.replica_url.clone(),
+            aux: settings.database.aux_url.clone(),
+        })
+        .await
+        .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
+        db.migrate().await.context("applying migrations")?;
+        let subjects = Subjects::new(settings.nats.subject_prefix.clone());
+        let js = jetstream::new(client.clone());
+        let aux = provision_stream(&js, &settings, &subjects).await?;
+        let hub = Hub::start(HubConfig {
+            db,
+            subjects: subjects.clone(),
+            partners: settings.partner_timeouts(),
+            aux,
+            jetstream: js,
+            writers: settings.writers(),
+            tuning: Tuning::default(),
+        })
+        .await?;
+        let handlers = Arc::new(Handlers {
+            hub,
+            client: client.clone(),
+            instance_id,
+            started: Instant::now(),
+            max_body: settings.limits.max_body_bytes,
+            in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
+            max_in_flight: settings.limits.max_in_flight,
+        });
+        let (service, endpoints) = micro::Service::start(
+            client.clone(),
+            ServiceConfig {
+                name: "orderhub".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                description: "Stores orders on the primary, confirms them on the replica, broadcasts thin events".into(),
+                queue_group: "orderhub".into(),
+                metadata: Default::default(),
+            },
+            Kind::ALL.iter().map(|k| k.config(&subjects)).collect(),
+        )
+        .await
+        .context("starting the orderhub service")?;
+        let tasks = Kind::ALL
+            .into_iter()
+            .zip(endpoints)
+            .map(|(kind, endpoint)| tokio::spawn(handlers.clone().serve(kind, endpoint)))
+            .collect();
+        tracing::info!(instance = %handlers.instance_id, "orderhub is serving");
+        Ok(Self { handlers, service, tasks, client, _nats: nats })
+    }
+
+    /// Graceful stop: stop taking requests, let in-flight ones finish, stop the actors.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        if let Err(e) = self.service.stop().await {
+            tracing::warn!(error = %e, "stopping the service");
+        }
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+        let all = self.handlers.max_in_flight as u32;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.handlers.in_flight.acquire_many(all)).await;
+        let _ = self.client.flush().await;
+        match Arc::try_unwrap(self.handlers) {
+            Ok(h) => h.hub.stop().await,
+            Err(_) => tracing::warn!("handlers still referenced at shutdown"),
+        }
+        tracing::info!("orderhub stopped");
+        Ok(())
+    }
+}
+
+/// Runs a hub until `shutdown` resolves.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let app = App::start(settings).await?;
+    shutdown.await;
+    app.stop().await
+}
