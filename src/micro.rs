@@ -456,8 +456,8 @@ async fn forward_requests(
                 continue;
             }
         };
-        if message.reply.is_none() {
-            debug!(subject = %message.subject, "dropping a request without a reply subject");
+        if !is_inbox(message.reply.as_deref()) {
+            debug!(subject = %message.subject, "dropping a request without an inbox reply subject");
             continue;
         }
         permit.send(Request {
@@ -467,6 +467,14 @@ async fn forward_requests(
             recorded: false,
         });
     }
+}
+
+/// Replies go only to inboxes (`_INBOX.…` or a role's `_INBOX_<user>.…`). Subject permissions do
+/// not limit the reply subject a requester names, and `allow_responses` lets the answer through,
+/// so a request whose reply points at, say, `orders.events.…` would make the hub write into the
+/// event stream. Such requests are dropped unanswered.
+fn is_inbox(reply: Option<&str>) -> bool {
+    reply.is_some_and(|r| r.starts_with("_INBOX.") || r.starts_with("_INBOX_"))
 }
 
 async fn drain_on_stop(
@@ -505,7 +513,7 @@ async fn answer_discovery(
                 continue;
             }
         };
-        let Some(reply) = message.reply else {
+        let Some(reply) = message.reply.filter(|r| is_inbox(Some(r.as_str()))) else {
             continue;
         };
         let body = match message.subject.split('.').nth(1) {

@@ -140,10 +140,6 @@ impl Ledger {
         self.lock().placed.len()
     }
 
-    pub fn settled_count(&self) -> usize {
-        *self.settled.borrow()
-    }
-
     /// Resolves once `n` orders are settled.
     pub async fn wait_settled(&self, n: usize) {
         let mut rx = self.settled.subscribe();
@@ -191,7 +187,7 @@ mod tests {
         ledger.result_event("other-run", "confirmed".into(), t0);
         ledger.accepted(placed("b"), t0, t0);
         let t = ledger.tally();
-        assert_eq!(ledger.settled_count(), 2);
+        assert_eq!(t.settled, 2);
         assert_eq!(t.outcomes.get("confirmed"), Some(&1));
         assert_eq!(t.outcomes.get("rejected"), Some(&1));
         assert_eq!((t.redelivered, t.foreign), (1, 1));
