@@ -3,3 +3,4 @@
 
 mod flow;
 mod helpers;
+mod restart;
