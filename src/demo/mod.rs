@@ -140,9 +140,10 @@ fn conclude(report: Report) -> anyhow::Result<()> {
 async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(options.orders > 0, "--orders must be at least 1");
     anyhow::ensure!(options.concurrency > 0, "--concurrency must be at least 1");
-    let app = match options.start_hub {
-        true => Some(crate::App::start(settings.clone()).await.context("starting the hub in-process")?),
-        false => None,
+    let app = if options.start_hub {
+        Some(crate::App::start(settings.clone()).await.context("starting the hub in-process")?)
+    } else {
+        None
     };
     let report = drive(&settings, &options).await;
     if let Some(app) = app {
@@ -203,15 +204,12 @@ impl Simulators {
 
 /// Runs the simulators around [`exercise`] and always stops them.
 async fn drive(settings: &Settings, options: &Options) -> anyhow::Result<Report> {
-    let progress = match options.progress {
-        true => progress_bar(options.orders),
-        false => ProgressBar::hidden(),
-    };
+    let progress = if options.progress { progress_bar(options.orders) } else { ProgressBar::hidden() };
     let ledger = Arc::new(Ledger::new(progress)?);
     let mut sims = Simulators::new();
     let report = exercise(settings, options, &ledger, &mut sims).await;
     sims.shutdown().await;
-    ledger.progress().finish();
+    finish_bar(ledger.progress(), false);
     report
 }
 
@@ -236,26 +234,34 @@ async fn exercise(
 
     let started = Instant::now();
     let deadline = started + options.timeout;
-    let settled = tokio::time::timeout_at(deadline, async {
+    let settling = tokio::time::timeout_at(deadline, async {
         gateway.submit_all(options.orders, options.concurrency, ledger, deadline).await;
         ledger.wait_settled(ledger.accepted_count()).await;
-    })
-    .await;
+    });
+    // `None` once every order settled; else when the wait ended (deadline or Ctrl-C).
+    let cut_short = tokio::select! {
+        settled = settling => {
+            settled.err().map(|_| format!("within {}", humantime::format_duration(options.timeout)))
+        }
+        () = crate::cli::shutdown_signal() => {
+            Some(format!("before the interruption after {:.1} s", started.elapsed().as_secs_f64()))
+        }
+    };
 
-    // One snapshot for the whole report: the listener keeps settling stragglers after a timeout.
+    // One snapshot for the whole report: the listener keeps settling stragglers afterwards.
     let tally = ledger.tally();
-    let all_settled = settled.is_ok();
+    let all_settled = cut_short.is_none();
+    finish_bar(ledger.progress(), all_settled);
     let mut problems = Vec::new();
-    if !all_settled {
+    if let Some(when) = cut_short {
         let mut lines = Vec::new();
         for p in tally.unsettled.iter().take(UNSETTLED_SAMPLE) {
             lines.push(gateway.describe(p).await);
         }
         problems.push(format!(
-            "only {} of {} orders settled within {} ({} were accepted by then); unsettled, e.g.: {}",
+            "only {} of {} orders settled {when} ({} were accepted by then); unsettled, e.g.: {}",
             tally.settled,
             options.orders,
-            humantime::format_duration(options.timeout),
             tally.placed.len(),
             if lines.is_empty() { "none accepted yet".into() } else { lines.join(" | ") }
         ));
@@ -270,30 +276,28 @@ async fn exercise(
 
     // The auxiliary records are checked once every order has settled (after a timeout the run
     // has failed already).
-    let aux = match options.verify_aux && all_settled {
-        true => {
-            let aux_deadline = deadline.max(Instant::now() + AUX_GRACE);
-            let aux = gateway.verify_aux(&tally.placed, settings.aux.len(), aux_deadline).await;
-            if aux.complete < aux.checked {
-                problems.push(format!(
-                    "{} of {} settled orders show fewer than {} auxiliary records, e.g.: {}",
-                    aux.checked - aux.complete,
-                    aux.checked,
-                    aux.expected_per_order,
-                    aux.short.join(" | ")
-                ));
-            }
-            Some(aux)
+    let aux = if options.verify_aux && all_settled {
+        let aux_deadline = deadline.max(Instant::now() + AUX_GRACE);
+        let aux = gateway.verify_aux(&tally.placed, settings.aux.len(), aux_deadline).await;
+        if aux.complete < aux.checked {
+            problems.push(format!(
+                "{} of {} settled orders show fewer than {} auxiliary records, e.g.: {}",
+                aux.checked - aux.complete,
+                aux.checked,
+                aux.expected_per_order,
+                aux.short.join(" | ")
+            ));
         }
-        false => None,
+        Some(aux)
+    } else {
+        None
     };
 
-    let stream_tally = match stream_messages(&observer, stream).await {
-        Some(total) => {
-            Some(StreamTally { name: stream.to_owned(), total, run: before.map(|b| total.saturating_sub(b)) })
-        }
-        None => None,
-    };
+    let stream_tally = stream_messages(&observer, stream).await.map(|total| StreamTally {
+        name: stream.to_owned(),
+        total,
+        run: before.map(|b| total.saturating_sub(b)),
+    });
     gateway.close().await;
     let elapsed =
         tally.last_settled.map_or(Duration::ZERO, |t| t.saturating_duration_since(started.into_std()));
@@ -337,10 +341,25 @@ async fn stream_messages(client: &async_nats::Client, stream: &str) -> Option<u6
     }
 }
 
+/// Leaves the bar's last state on screen (once) and moves the cursor off its line.
+fn finish_bar(bar: &ProgressBar, complete: bool) {
+    if bar.is_finished() {
+        return;
+    }
+    if complete {
+        bar.finish();
+    } else {
+        bar.abandon();
+    }
+    if !bar.is_hidden() {
+        eprintln!();
+    }
+}
+
 fn progress_bar(len: usize) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} settled {pos}/{len} [{bar:40}] {per_sec} elapsed {elapsed} eta {eta}",
+        "{spinner} settled {pos}/{len} orders [{bar:40}] {elapsed_precise}, eta {eta}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }

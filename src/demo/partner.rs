@@ -38,7 +38,7 @@ impl Policy {
     fn confirms(self, order_id: &str) -> bool {
         match self {
             Self::ConfirmAll => true,
-            Self::RejectOneIn(n) => fnv1a(order_id) % n != 0,
+            Self::RejectOneIn(n) => !fnv1a(order_id).is_multiple_of(n),
         }
     }
 }

@@ -124,7 +124,7 @@ impl Report {
         }
         let _ = writeln!(
             w,
-            "  throughput      {:.1} orders/s fully settled ({} in {:.2} s)",
+            "  throughput      {:.1} orders/s settled, submit to result event ({} in {:.2} s)",
             self.throughput(),
             self.settled,
             self.elapsed.as_secs_f64()
