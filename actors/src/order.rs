@@ -338,13 +338,13 @@ impl OrderState {
                 from_version: o.version,
                 status: OrderStatus::Dispatched.as_str(),
                 version: OrderStatus::Dispatched.version(),
-                deadline: Some(Utc::now() + chrono::Duration::from_std(self.ctx.result_timeout(&o.partner_id)).unwrap_or_default()),
+                deadline_after: Some(self.ctx.result_timeout(&o.partner_id)),
             }),
             EventKind::ResultStored if o.status == OrderStatus::ResultStored.as_str() => Some(Transition {
                 from_version: o.version,
                 status: OrderStatus::Notified.as_str(),
                 version: OrderStatus::Notified.version(),
-                deadline: None,
+                deadline_after: None,
             }),
             _ => None,
         });
@@ -354,7 +354,9 @@ impl OrderState {
                 if let (Some(t), Some(o)) = (moved, self.order.as_mut()) {
                     o.status = t.status.into();
                     o.version = t.version;
-                    o.result_deadline = t.deadline.or(o.result_deadline);
+                    if let Some(after) = t.deadline_after {
+                        o.result_deadline = Some(Utc::now() + chrono::Duration::from_std(after).unwrap_or_default());
+                    }
                     o.updated_at = Utc::now();
                 }
             }
