@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
+use std::collections::HashMap;
+
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{pull, PullConsumer};
 use entities::{aux_records, order_results, orders};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
@@ -16,6 +19,7 @@ use crate::store::{Db, StoreError};
 
 const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
+
 
 /// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +47,8 @@ pub struct AuxArgs {
 pub struct AuxState {
     system: String,
     consumer: PullConsumer,
+    /// The consumer's continuous pull stream, opened on first use.
+    messages: Option<pull::Stream>,
     db: Db,
 }
 
@@ -53,7 +59,7 @@ impl Actor for AuxSubscriber {
 
     async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AuxArgs) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(AuxMsg::Pull)?;
-        Ok(AuxState { system: args.system, consumer: args.consumer, db: args.db })
+        Ok(AuxState { system: args.system, consumer: args.consumer, messages: None, db: args.db })
     }
 
     async fn handle(&self, myself: ActorRef<Self::Msg>, _msg: AuxMsg, state: &mut AuxState) -> Result<(), ActorProcessingErr> {
@@ -68,44 +74,74 @@ impl Actor for AuxSubscriber {
 }
 
 impl AuxState {
-    async fn pull(&mut self) -> Result<(), AuxError> {
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(WAIT)
-            .messages()
-            .await
-            
-            .map_err(|e| AuxError::Fetch(e.to_string()))?;
-        let mut messages = Vec::new();
-        while let Some(m) = batch.next().await {
-            match m {
-                Ok(m) => messages.push(m),
-                Err(e) => tracing::debug!(error = %e, "fetch ended"),
+    /// Waits up to [`WAIT`] for the first event, then takes whatever else is already here.
+    async fn next_batch(&mut self) -> Result<Vec<jetstream::Message>, AuxError> {
+        if self.messages.is_none() {
+            let stream = self.consumer.messages().await.map_err(|e| AuxError::Fetch(e.to_string()))?;
+            self.messages = Some(stream);
+        }
+        let Some(stream) = self.messages.as_mut() else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        match tokio::time::timeout(WAIT, stream.next()).await {
+            Err(_) => return Ok(out),
+            Ok(None) => {
+                self.messages = None;
+                return Ok(out);
+            }
+            // Heartbeats and reconnect notices surface as errors; the stream carries on.
+            Ok(Some(Err(e))) => {
+                tracing::debug!(error = %e, "consumer stream notice");
+                return Ok(out);
+            }
+            Ok(Some(Ok(m))) => out.push(m),
+        }
+        while out.len() < BATCH {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(m))) => out.push(m),
+                Some(Some(Err(_))) => continue,
+                _ => break,
             }
         }
+        Ok(out)
+    }
+
+    async fn pull(&mut self) -> Result<(), AuxError> {
+        let messages = self.next_batch().await?;
         if messages.is_empty() {
             return Ok(());
         }
-        let mut records = Vec::with_capacity(messages.len());
-        let mut done = Vec::with_capacity(messages.len());
+        let mut wanted = Vec::with_capacity(messages.len());
+        let mut events = Vec::with_capacity(messages.len());
         for m in messages {
-            let Ok(event) = serde_json::from_slice::<CloudEvent>(&m.payload) else {
-                tracing::warn!(subject = %m.subject, "not an orderhub event; dropping it");
-                let _ = m.ack().await;
-                continue;
-            };
-            let order_id = &event.data.order_id;
-            let order = self.db.order(order_id).await?;
-            let result = self.db.result(order_id).await?;
-            match (order, result) {
-                (Some(order), Some(result)) => {
-                    records.push(record(&self.system, &order, &result));
+            match serde_json::from_slice::<CloudEvent>(&m.payload) {
+                Ok(event) if event.source == "orderhub" => {
+                    wanted.push(event.data.order_id.clone());
+                    events.push((event, m));
+                }
+                _ => {
+                    tracing::warn!(subject = %m.subject, "not an orderhub event; dropping it");
+                    let _ = m.ack().await;
+                }
+            }
+        }
+        let settled: HashMap<String, (orders::Model, order_results::Model)> = self
+            .db
+            .settled_orders(&wanted)
+            .await?
+            .into_iter()
+            .map(|(o, r)| (o.id.clone(), (o, r)))
+            .collect();
+        let mut records = Vec::with_capacity(events.len());
+        let mut done = Vec::with_capacity(events.len());
+        for (event, m) in events {
+            match settled.get(&event.data.order_id) {
+                Some((order, result)) => {
+                    records.push(record(&self.system, order, result));
                     done.push(m);
                 }
-                // Not on the read node yet (cannot happen once released, but never lose it).
-                _ => tracing::warn!(order_id, "order not readable yet; it is redelivered"),
+                // Not on the read node (cannot happen once released): left unacknowledged, it
+                // comes back after the ack wait.
+                None => tracing::warn!(order_id = %event.data.order_id, "order not readable yet; it is redelivered"),
             }
         }
         self.db.upsert_aux(records).await?;

@@ -131,6 +131,28 @@ impl Db {
         Ok(order_results::Entity::find_by_id(id.to_owned()).one(&self.replica).await?)
     }
 
+    /// Orders that have a result, with it, read from the read node.
+    pub async fn settled_orders(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(orders::Model, order_results::Model)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let orders = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.replica)
+            .await?;
+        let mut results: std::collections::HashMap<String, order_results::Model> = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
+            .all(&self.replica)
+            .await?
+            .into_iter()
+            .map(|r| (r.order_id.clone(), r))
+            .collect();
+        Ok(orders.into_iter().filter_map(|o| results.remove(&o.id).map(|r| (o, r))).collect())
+    }
+
     /// The current state of an order on the primary: what its writer starts from.
     pub async fn order_on_primary(
         &self,
