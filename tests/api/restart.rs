@@ -169,6 +169,20 @@ async fn sigterm_drains_and_exits_zero() {
     let mut hub = spawn_hub(&nats, dir.path()).await;
     let gateway = nats.client("gateway").await;
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
+
+    // `orderhub status` prints the running hub's status for a person.
+    let out = Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .arg("status")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ORDERHUB__NATS__URL", nats.url("hub"))
+        .output()
+        .await
+        .expect("orderhub status runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("same-as-primary"), "{printed}");
+    assert!(printed.contains("connected: true"), "{printed}");
+
     let pid = hub.id().expect("pid").to_string();
     let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
     assert!(status.success());
