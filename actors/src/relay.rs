@@ -6,6 +6,7 @@
 //! event precedes the result event. An event whose publish fails stays unpublished in the outbox
 //! and the replication actor's sweep brings it back.
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use async_nats::jetstream;
@@ -65,7 +66,14 @@ impl Actor for OutboxRelay {
 impl RelayState {
     async fn publish(&self, events: Vec<PendingEvent>) {
         let mut acks = Vec::with_capacity(events.len());
+        // Orders with an event that could not be sent: their later events wait for the sweep
+        // too, so per order the stored event still precedes the result event.
+        let mut held_back: HashSet<String> = HashSet::new();
         for event in events {
+            if held_back.contains(&event.order_id) {
+                tracing::warn!(event_id = %event.id, "an earlier event of this order failed; the sweep publishes both in order");
+                continue;
+            }
             let mut headers = HeaderMap::new();
             headers.insert("Nats-Msg-Id", event.id.as_str());
             headers.insert("Content-Type", "application/cloudevents+json");
@@ -78,7 +86,10 @@ impl RelayState {
                 .await
             {
                 Ok(ack) => acks.push((event, ack)),
-                Err(e) => tracing::warn!(event_id = %event.id, error = %e, "publish failed; the sweep retries it"),
+                Err(e) => {
+                    tracing::warn!(event_id = %event.id, error = %e, "publish failed; the sweep retries it");
+                    held_back.insert(event.order_id);
+                }
             }
         }
         let results = futures::future::join_all(acks.into_iter().map(|(event, ack)| async move {
