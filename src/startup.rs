@@ -102,6 +102,9 @@ pub async fn provision_stream(
     Ok(built_in)
 }
 
+/// How long start-up waits for the replica to replay the migrations before serving anyway.
+const REPLICA_AT_START: Duration = Duration::from_secs(10);
+
 /// A running hub.
 pub struct App {
     handlers: Arc<Handlers>,
@@ -124,6 +127,12 @@ impl App {
         .await
         .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
         db.migrate().await.context("applying migrations")?;
+        if !db.await_replica(REPLICA_AT_START).await {
+            tracing::warn!(
+                "the replica has not replayed the schema within {REPLICA_AT_START:?}; reads answer \
+                 `unavailable` and events wait until it has"
+            );
+        }
         let subjects = Subjects::new(settings.nats.subject_prefix.clone());
         let js = jetstream::new(client.clone());
         let aux = provision_stream(&js, &settings, &subjects).await?;

@@ -2,6 +2,8 @@
 //! (replica, or a read-only pool on the SQLite file), and the auxiliary database; plus every read
 //! the endpoints and subscribers make.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use entities::{aux_records, order_results, orders, outbox};
@@ -40,12 +42,26 @@ pub struct Db {
     pub primary: DatabaseConnection,
     pub replica: DatabaseConnection,
     pub aux: DatabaseConnection,
+    /// The auxiliary database as the streaming replica serves it, when the auxiliary database
+    /// lives on the primary's server (physical replication carries every database of a server):
+    /// queries read auxiliary records there while the auxiliary database does not answer.
+    pub aux_standby: Option<DatabaseConnection>,
     /// `true` when the read node is a separate Postgres streaming replica.
     pub separate_replica: bool,
+    /// Until when (ms since the epoch) reads skip the auxiliary database for `aux_standby`.
+    aux_down_until: Arc<AtomicU64>,
 }
 
 /// How long a request may wait for a connection or a statement before it is answered `unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The same on Postgres, where a server that is down refuses at once but sqlx keeps retrying until
+/// this passes: short enough that a write reaching a down primary still answers `unavailable`
+/// within 2 s (the writers then fail fast, see `writer::DOWN_RETRY`).
+const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1000);
+/// How long a query waits for the auxiliary database before it reads `aux_standby` instead.
+const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// After the auxiliary database failed a read, queries go straight to `aux_standby` this long.
+const AUX_DOWN_FOR: Duration = Duration::from_secs(2);
 
 fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
     let mut opt = ConnectOptions::new(url.to_owned());
@@ -56,7 +72,7 @@ fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
         .idle_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     if url.starts_with("postgres") {
-        opt.test_before_acquire(true);
+        opt.acquire_timeout(PG_ACQUIRE_TIMEOUT).test_before_acquire(true);
     }
     opt.map_sqlx_sqlite_opts(move |o| {
         let o = o
@@ -107,7 +123,15 @@ impl Db {
             (Database::connect(o).await?, true)
         };
         let aux = Database::connect(options(&urls.aux, if urls.aux.starts_with("sqlite:") { 4 } else { 8 }, false)).await?;
-        Ok(Self { primary, replica, aux, separate_replica })
+        let aux_standby = match (server_of(&urls.primary), server_of(&urls.aux), server_of(&urls.replica)) {
+            (Some(p), Some(a), Some(r)) if separate_replica && p == a && urls.aux.starts_with("postgres") => {
+                let mut o = options(&on_server(&urls.aux, r), 4, false);
+                o.connect_lazy(true);
+                Some(Database::connect(o).await?)
+            }
+            _ => None,
+        };
+        Ok(Self { primary, replica, aux, aux_standby, separate_replica, aux_down_until: Arc::default() })
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -119,6 +143,34 @@ impl Db {
         let mut applied = entities::Migrator::up(&self.primary).await?;
         applied.extend(entities::Migrator::up_aux(&self.aux).await?);
         Ok(applied)
+    }
+
+    /// Waits until the read node has replayed everything the primary has written so far (above
+    /// all the schema the migrations just made), polling until `timeout`. `false`: it has not
+    /// (the replica is down or far behind); reads then answer `unavailable` until it has.
+    pub async fn await_replica(&self, timeout: Duration) -> bool {
+        use crate::replication::{lsn_of, replay_lsn};
+        if !self.separate_replica {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let target = loop {
+            match lsn_of(&self.primary, "SELECT pg_current_wal_lsn()::text AS lsn").await {
+                Ok(lsn) => break lsn,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    tracing::warn!(error = %e, "the primary's WAL position is unknown");
+                    return false;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), replay_lsn(&self.replica)).await {
+                Ok(Ok(replay)) if replay >= target => return true,
+                _ if tokio::time::Instant::now() >= deadline => return false,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
     }
 
     /// An order, read from the read node.
@@ -179,13 +231,22 @@ impl Db {
         Ok(q.order_by_desc(orders::Column::Id).limit(limit).all(&self.replica).await?)
     }
 
-    /// Every auxiliary record of an order, by system name.
+    /// Every auxiliary record of an order, by system name: from the auxiliary database, or while
+    /// it does not answer, from its copy on the replica (`aux_standby`) when there is one.
     pub async fn aux_records(&self, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
-        Ok(aux_records::Entity::find()
-            .filter(aux_records::Column::OrderId.eq(order_id))
-            .order_by_asc(aux_records::Column::System)
-            .all(&self.aux)
-            .await?)
+        let Some(standby) = &self.aux_standby else {
+            return aux_records_on(&self.aux, order_id).await;
+        };
+        let now = epoch_ms();
+        if self.aux_down_until.load(Ordering::Relaxed) <= now {
+            match tokio::time::timeout(AUX_READ_TIMEOUT, aux_records_on(&self.aux, order_id)).await {
+                Ok(Ok(records)) => return Ok(records),
+                Ok(Err(e)) => tracing::warn!(error = %e, "auxiliary database failed; reading its replica copy"),
+                Err(_) => tracing::warn!("auxiliary database did not answer; reading its replica copy"),
+            }
+            self.aux_down_until.store(now + AUX_DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+        aux_records_on(standby, order_id).await
     }
 
     /// Stores or replaces records in the auxiliary database, in one transaction.
@@ -258,5 +319,51 @@ impl Db {
             .await
             .map(|r| r.is_ok())
             .unwrap_or(false)
+    }
+}
+
+async fn aux_records_on(conn: &DatabaseConnection, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
+    Ok(aux_records::Entity::find()
+        .filter(aux_records::Column::OrderId.eq(order_id))
+        .order_by_asc(aux_records::Column::System)
+        .all(conn)
+        .await?)
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The `host:port` of a `postgres://[user[:password]@]host[:port]/db?...` URL.
+fn server_of(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let authority = rest.split(['/', '?']).next()?;
+    let server = authority.rsplit_once('@').map_or(authority, |(_, s)| s);
+    (!server.is_empty()).then_some(server)
+}
+
+/// `url` pointed at another `host:port`, keeping its user, database and parameters.
+fn on_server(url: &str, server: &str) -> String {
+    let Some(old) = server_of(url) else { return url.to_owned() };
+    let Some(at) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let start = url[at..].split(['/', '?']).next().map_or(at, |auth| at + auth.len() - old.len());
+    format!("{}{server}{}", &url[..start], &url[start + old.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{on_server, server_of};
+
+    #[test]
+    fn aux_standby_url_follows_the_replica() {
+        let aux = "postgres://app:pw@10.0.0.1:5432/orderhub_aux?sslmode=disable";
+        assert_eq!(server_of(aux), Some("10.0.0.1:5432"));
+        assert_eq!(server_of("postgres://db/x"), Some("db"));
+        assert_eq!(server_of("sqlite://data/aux.db"), None);
+        assert_eq!(on_server(aux, "10.0.0.2:5433"), "postgres://app:pw@10.0.0.2:5433/orderhub_aux?sslmode=disable");
+        assert_eq!(on_server("postgres://db/x", "db2:1"), "postgres://db2:1/x");
     }
 }
