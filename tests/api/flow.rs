@@ -1,10 +1,25 @@
-//! The order flow of DESIGN.md §1 end to end, driven as the gateway, a partner and an operator.
+//! The order flow of DESIGN.md §1 end to end, driven as the gateway, a partner and an operator,
+//! on both backends: each `async fn x(hub)` runs as `sqlite::x` and `postgres::x`.
+//!
+//! On Postgres `get` and `query` read the streaming replica, so a read right after a write polls
+//! until the replica has it; every event carries `Orderhub-Commit-Lsn`.
 
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+
+both_backends!(
+    happy_path_with_every_event_field,
+    idempotent_submit_and_conflicting_reuse,
+    idempotent_result_and_second_result_conflict,
+    ownership_hides_other_callers_orders,
+    partner_timeout_closes_the_order => globex_answers_within_1s,
+    external_aux_record_is_stored_and_queried,
+    query_lists_newest_first_with_pages,
+    service_discovery_lists_every_endpoint,
+);
 
 fn is_uuid_v7(s: &str) -> bool {
     uuid::Uuid::try_parse(s).is_ok_and(|u| u.get_version_num() == 7 && u.hyphenated().to_string() == s)
@@ -14,9 +29,7 @@ fn is_rfc3339_utc(s: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(s).is_ok() && s.ends_with('Z')
 }
 
-#[tokio::test]
-async fn happy_path_with_every_event_field() {
-    let hub = TestHub::start().await;
+async fn happy_path_with_every_event_field(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let partner = hub.client("partner-acme-air").await;
 
@@ -35,7 +48,8 @@ async fn happy_path_with_every_event_field() {
     let ev = event(m);
     let headers = m.headers.as_ref().expect("headers");
     assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), ev["id"].as_str().unwrap());
-    assert!(headers.get("Orderhub-Commit-Lsn").is_none(), "no WAL fence on SQLite");
+    // Postgres: the replica had replayed past the event's fence before it was published.
+    let fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
     assert_eq!(ev["specversion"], "1.0");
     assert!(is_uuid_v7(ev["id"].as_str().unwrap()));
     assert_eq!(ev["source"], "orderhub");
@@ -83,6 +97,8 @@ async fn happy_path_with_every_event_field() {
     assert_eq!(m.subject.as_str(), format!("orders.events.result.u-1001.{order_id}"));
     let ev = event(m);
     assert_eq!(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str(), ev["id"].as_str().unwrap());
+    let result_fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
+    assert!(result_fence >= fence, "the result's fence {result_fence:?} precedes the stored one {fence:?}");
     assert_eq!(ev["type"], "orderhub.order.result_stored");
     assert_eq!(ev["subject"], order_id.as_str());
     assert_eq!(ev["source"], "orderhub");
@@ -117,9 +133,7 @@ async fn happy_path_with_every_event_field() {
     assert!(is_rfc3339_utc(aux[1]["updated_at"].as_str().unwrap()));
 }
 
-#[tokio::test]
-async fn idempotent_submit_and_conflicting_reuse() {
-    let hub = TestHub::start().await;
+async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let first = submit(&gateway, "u-1", "k-1", "acme-air").await;
 
@@ -134,8 +148,12 @@ async fn idempotent_submit_and_conflicting_reuse() {
     let mut changed = order("u-1", "k-1", "acme-air");
     changed["amount_minor"] = json!(1);
     request(&gateway, "orders.submit", changed).await.assert_error("conflict", 409);
-    let list = request(&gateway, "orders.query", json!({"user_id": "u-1"})).await;
-    let orders = list.assert_ok()["orders"].as_array().unwrap().clone();
+    let orders = eventually(Duration::from_secs(10), "u-1's order on the read node", || async {
+        let list = request(&gateway, "orders.query", json!({"user_id": "u-1"})).await;
+        let orders = list.assert_ok()["orders"].as_array().unwrap().clone();
+        (!orders.is_empty()).then_some(orders)
+    })
+    .await;
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0]["order_id"], first.as_str());
     assert_eq!(orders[0]["amount_minor"], 129900);
@@ -156,9 +174,7 @@ async fn idempotent_submit_and_conflicting_reuse() {
     assert_eq!(ids.len(), 1, "{ids:?}");
 }
 
-#[tokio::test]
-async fn idempotent_result_and_second_result_conflict() {
-    let hub = TestHub::start().await;
+async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let partner = hub.client("partner-acme-air").await;
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
@@ -192,9 +208,7 @@ async fn idempotent_result_and_second_result_conflict() {
     assert_eq!(event(&events[0])["data"]["outcome"], "rejected");
 }
 
-#[tokio::test]
-async fn ownership_hides_other_callers_orders() {
-    let hub = TestHub::start().await;
+async fn ownership_hides_other_callers_orders(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let acme = hub.client("partner-acme-air").await;
     let globex = hub.client("partner-globex-hotels").await;
@@ -226,16 +240,15 @@ async fn ownership_hides_other_callers_orders() {
     assert!(q.assert_ok()["result"].is_null(), "globex's result must not have been stored");
 }
 
-#[tokio::test]
-async fn partner_timeout_closes_the_order() {
-    let hub = TestHub::start_with(|s| {
-        for p in &mut s.partners {
-            if p.id == "globex-hotels" {
-                p.result_timeout = Duration::from_secs(1);
-            }
+fn globex_answers_within_1s(s: &mut orderhub::Settings) {
+    for p in &mut s.partners {
+        if p.id == "globex-hotels" {
+            p.result_timeout = Duration::from_secs(1);
         }
-    })
-    .await;
+    }
+}
+
+async fn partner_timeout_closes_the_order(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let globex = hub.client("partner-globex-hotels").await;
     let id = submit(&gateway, "u-9", "slow-1", "globex-hotels").await;
@@ -260,14 +273,17 @@ async fn partner_timeout_closes_the_order() {
     .assert_error("conflict", 409);
 }
 
-#[tokio::test]
-async fn external_aux_record_is_stored_and_queried() {
-    let hub = TestHub::start().await;
+async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let aux = hub.client("aux").await;
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
 
-    let r = request(&aux, "orders.aux.audit.record", json!({"order_id": id, "status": "done", "data": {"by": "audit-7"}})).await;
+    // The hub checks the order on the read node: on Postgres, once the replica has it.
+    let r = eventually(Duration::from_secs(10), "the order is on the read node", || async {
+        let r = request(&aux, "orders.aux.audit.record", json!({"order_id": id, "status": "done", "data": {"by": "audit-7"}})).await;
+        (r.error_code() != Some("not_found")).then_some(r)
+    })
+    .await;
     assert_eq!(r.assert_ok(), &json!({"order_id": id, "system": "audit", "status": "recorded"}));
     // Replacing it.
     let r = request(&aux, "orders.aux.audit.record", json!({"order_id": id, "status": "reviewed"})).await;
@@ -285,15 +301,18 @@ async fn external_aux_record_is_stored_and_queried() {
         .assert_error("not_found", 404);
 }
 
-#[tokio::test]
-async fn query_lists_newest_first_with_pages() {
-    let hub = TestHub::start().await;
+async fn query_lists_newest_first_with_pages(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(submit(&gateway, "u-list", &format!("k-{i}"), "acme-air").await);
     }
     ids.reverse();
+    eventually(Duration::from_secs(10), "all five orders on the read node", || async {
+        let all = request(&gateway, "orders.query", json!({"user_id": "u-list"})).await;
+        (all.body["orders"].as_array().map(Vec::len) == Some(5)).then_some(())
+    })
+    .await;
     let page1 = request(&gateway, "orders.query", json!({"user_id": "u-list", "limit": 2})).await;
     let b = page1.assert_ok();
     let got: Vec<&str> = b["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
@@ -311,9 +330,7 @@ async fn query_lists_newest_first_with_pages() {
     assert_eq!(all.assert_ok()["orders"].as_array().unwrap().len(), 5);
 }
 
-#[tokio::test]
-async fn service_discovery_lists_every_endpoint() {
-    let hub = TestHub::start().await;
+async fn service_discovery_lists_every_endpoint(hub: TestHub) {
     let operator = hub.client("operator").await;
     let info = request(&operator, "$SRV.INFO.orderhub", json!({})).await;
     let b = &info.body;
@@ -347,10 +364,23 @@ async fn service_discovery_lists_every_endpoint() {
     assert_eq!(submit["num_requests"], 1);
     assert_eq!(submit["num_errors"], 1);
 
-    let status = request(&operator, "orders.admin.status", json!({})).await;
-    let s = status.assert_ok();
-    assert_eq!(s["replica"]["mode"], "same-as-primary");
-    assert_eq!(s["replica"]["available"], true);
+    // Postgres: the replication actor probes the replica even with nothing to confirm.
+    let s = eventually(Duration::from_secs(10), "the replica is known to be available", || async {
+        let s = status(&operator).await;
+        (s["replica"]["available"] == true).then_some(s)
+    })
+    .await;
+    let s = &s;
+    if hub.is_postgres() {
+        assert_eq!(s["replica"]["mode"], "postgres");
+        assert!(s["replica"]["lag_bytes"].is_u64(), "{s}");
+        assert!(s["replica"]["lag_ms"].is_u64(), "{s}");
+    } else {
+        assert_eq!(s["replica"]["mode"], "same-as-primary");
+        assert_eq!(s["replica"]["lag_bytes"], 0);
+        assert!(s["replica"]["confirmed_lsn"].is_null());
+    }
+    assert_eq!(s["replica"]["events_waiting"], 0);
     assert_eq!(s["nats"]["connected"], true);
     assert_eq!(s["database"]["primary_ok"], true);
     assert_eq!(s["database"]["aux_ok"], true);

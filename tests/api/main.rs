@@ -3,4 +3,5 @@
 
 mod flow;
 mod helpers;
+mod replica;
 mod restart;
