@@ -3,6 +3,8 @@
 
 mod error;
 mod events;
+#[cfg(test)]
+mod props;
 mod requests;
 mod subjects;
 mod views;

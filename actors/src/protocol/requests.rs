@@ -1,7 +1,7 @@
 //! Request decoding and validation: every rule of DESIGN.md §2, each refusal an
 //! [`ApiError`] with code `invalid_request` and a message naming the field.
 
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -12,30 +12,103 @@ pub const MAX_JSON_OBJECT_BYTES: usize = 65_536;
 const MAX_AMOUNT_MINOR: i64 = 1_000_000_000_000_000;
 const MAX_ITEMS: usize = 100;
 
-/// A top-level JSON object whose keys are unique: a repeated key is refused rather than silently
-/// letting the last one win.
-struct StrictObject(Map<String, Value>);
+/// The longest key a refusal message quotes before cutting it short.
+const QUOTED_KEY_CHARS: usize = 40;
 
-impl<'de> Deserialize<'de> for StrictObject {
+/// Any JSON value, decoded strictly: a key repeated within one object is refused at every depth
+/// (rather than silently letting the last one win, which another JSON reader may not do), and so
+/// is U+0000 in any string or key (Postgres `text` and `jsonb` cannot store it, and one such
+/// order would fail the group commit of every order batched with it). serde_json's nesting limit
+/// (128) still applies, since every nested value goes through its deserializer.
+struct StrictValue(Value);
+
+/// A key for a refusal message: escaped like a JSON string and cut short.
+fn quote_key(key: &str) -> String {
+    let cut: String = key.chars().take(QUOTED_KEY_CHARS).collect();
+    let more = if cut.len() < key.len() { "…" } else { "" };
+    format!("{}{more}", Value::String(cut))
+}
+
+impl<'de> Deserialize<'de> for StrictValue {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = StrictObject;
+            type Value = StrictValue;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a JSON value")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<StrictObject, A::Error> {
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Bool(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::from(v)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<StrictValue, E> {
+                serde_json::Number::from_f64(v)
+                    .map(|n| StrictValue(Value::Number(n)))
+                    .ok_or_else(|| E::custom("a number is not finite"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrictValue, E> {
+                self.visit_string(v.to_owned())
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrictValue, E> {
+                if v.contains('\0') {
+                    return Err(E::custom("a string contains U+0000 (\\u0000), which cannot be stored"));
+                }
+                Ok(StrictValue(Value::String(v)))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<StrictValue, E> {
+                Ok(StrictValue(Value::Null))
+            }
+            fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<StrictValue, D2::Error> {
+                StrictValue::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut access: A) -> Result<StrictValue, A::Error> {
+                let mut items = Vec::new();
+                while let Some(StrictValue(item)) = access.next_element()? {
+                    items.push(item);
+                }
+                Ok(StrictValue(Value::Array(items)))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<StrictValue, A::Error> {
                 let mut map = Map::new();
                 while let Some(key) = access.next_key::<String>()? {
-                    let value: Value = access.next_value()?;
-                    if map.insert(key.clone(), value).is_some() {
-                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    if key.contains('\0') {
+                        return Err(serde::de::Error::custom(
+                            "a key contains U+0000 (\\u0000), which cannot be stored",
+                        ));
                     }
+                    let StrictValue(value) = access.next_value()?;
+                    if map.contains_key(&key) {
+                        return Err(serde::de::Error::custom(format!(
+                            "duplicate field {} in one object",
+                            quote_key(&key)
+                        )));
+                    }
+                    map.insert(key, value);
                 }
-                Ok(StrictObject(map))
+                Ok(StrictValue(Value::Object(map)))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
+    }
+}
+
+/// The kind of a JSON value, for messages.
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -46,9 +119,16 @@ impl Body {
     fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| ApiError::invalid("the body is not UTF-8; send a JSON object"))?;
-        match serde_json::from_str::<StrictObject>(text) {
-            Ok(StrictObject(map)) => Ok(Self(map)),
-            Err(e) if e.is_data() => Err(ApiError::invalid(format!("the body must be a JSON object: {e}"))),
+        if text.trim().is_empty() {
+            return Err(ApiError::invalid("the body is empty; send a JSON object"));
+        }
+        match serde_json::from_str::<StrictValue>(text) {
+            Ok(StrictValue(Value::Object(map))) => Ok(Self(map)),
+            Ok(StrictValue(other)) => Err(ApiError::invalid(format!(
+                "the body must be a JSON object, not {}",
+                kind_of(&other)
+            ))),
+            Err(e) if e.is_data() => Err(ApiError::invalid(format!("the body is refused: {e}"))),
             Err(e) => Err(ApiError::invalid(format!("the body is not valid JSON: {e}"))),
         }
     }
@@ -446,6 +526,31 @@ mod tests {
         assert!(SubmitRequest::parse(&[0xff, 0xfe]).is_err());
         let deep = "[".repeat(10_000);
         assert!(SubmitRequest::parse(format!("{{\"payload\":{deep}").as_bytes()).is_err());
+    }
+
+    #[test]
+    fn nested_duplicates_nul_and_empty_bodies() {
+        let mut v = good();
+        let text = serde_json::to_string(&v).unwrap();
+        // A repeated key inside `payload` is as ambiguous as one at the top.
+        let nested = text.replace(r#"{"seat":"12A"}"#, r#"{"seat":"12A","seat":"1C"}"#);
+        let e = SubmitRequest::parse(nested.as_bytes()).unwrap_err();
+        assert!(e.message.contains("duplicate field \"seat\""), "{}", e.message);
+        // U+0000 anywhere: Postgres cannot store it.
+        v["product"] = json!("fli\u{0}ght");
+        assert!(submit(v.clone()).unwrap_err().message.contains("U+0000"));
+        v["product"] = json!("flight");
+        v["payload"] = json!({"a\u{0}b": 1});
+        assert!(submit(v).unwrap_err().message.contains("U+0000"));
+        // A quoted key is escaped and cut short.
+        let long = format!(r#"{{"{k}":1,"{k}":2}}"#, k = "\\n".repeat(100));
+        let e = SubmitRequest::parse(long.as_bytes()).unwrap_err();
+        assert!(e.message.len() < 200 && e.message.contains('…'), "{}", e.message);
+        for empty in [&b""[..], b"  \n", b"null", b"42", b"\"x\""] {
+            let e = SubmitRequest::parse(empty).unwrap_err();
+            assert_eq!(e.code, crate::protocol::ErrorCode::InvalidRequest);
+            assert!(!e.message.is_empty());
+        }
     }
 
     #[test]
