@@ -5,3 +5,5 @@ mod flow;
 mod helpers;
 mod replica;
 mod restart;
+mod roles;
+mod security;
