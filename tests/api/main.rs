@@ -7,3 +7,4 @@ mod replica;
 mod restart;
 mod roles;
 mod security;
+mod hostile;
