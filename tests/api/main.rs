@@ -8,3 +8,4 @@ mod restart;
 mod roles;
 mod security;
 mod hostile;
+mod flood;
