@@ -19,6 +19,8 @@ use crate::store::{Db, StoreError};
 
 const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
+/// How soon a batch that could not be written comes back.
+const NAK_DELAY: Duration = Duration::from_secs(1);
 
 
 /// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
@@ -144,7 +146,13 @@ impl AuxState {
                 None => tracing::warn!(order_id = %event.data.order_id, "order not readable yet; it is redelivered"),
             }
         }
-        self.db.upsert_aux(records).await?;
+        if let Err(e) = self.db.upsert_aux(records).await {
+            // Hand the batch back soon rather than after the ack wait.
+            for m in &done {
+                let _ = m.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
+            }
+            return Err(e.into());
+        }
         for m in done {
             if let Err(e) = m.ack().await {
                 tracing::debug!(error = %e, "ack lost; the event is redelivered and rewritten");
