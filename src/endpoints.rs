@@ -1,8 +1,9 @@
 //! The NATS endpoints of service `orderhub`: decode and validate each request, check the
 //! caller's ownership, hand writes to the order actors and answer reads from the read node.
 //!
-//! Every request runs in its own task under a cap of `limits.max_in_flight`; past the cap the
-//! answer is `unavailable` at once, so no queue grows without bound.
+//! Every request runs in its own task under a cap of `limits.max_in_flight` (`status` under a
+//! small cap of its own); past the cap the answer is `unavailable` at once, so no queue grows
+//! without bound. A body over `limits.max_body_bytes` is refused before it takes a slot.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +67,9 @@ impl Kind {
     }
 }
 
+/// Status requests a hub answers at once, outside `limits.max_in_flight`.
+const MAX_STATUS_IN_FLIGHT: usize = 32;
+
 /// What every request handler shares.
 pub struct Handlers {
     pub hub: Hub,
@@ -91,43 +95,41 @@ impl Handlers {
     }
 
     /// Serves one endpoint until its stream ends (the service stopped).
+    ///
+    /// The cheap refusals happen here, inline, before anything is spawned: a body over
+    /// `limits.max_body_bytes` is `invalid_request` and a hub at its cap is `unavailable`, so
+    /// neither takes a slot nor grows a queue.
     pub async fn serve(self: Arc<Self>, kind: Kind, mut endpoint: Endpoint) {
+        // Operators must see a saturated hub, so `status` has slots of its own; a few, so that a
+        // flood of status requests cannot spawn without bound either.
+        let (slots, limit, what) = match kind {
+            Kind::Status => (Arc::new(Semaphore::new(MAX_STATUS_IN_FLIGHT)), MAX_STATUS_IN_FLIGHT, "status requests"),
+            _ => (self.in_flight.clone(), self.max_in_flight, "requests"),
+        };
         while let Some(request) = endpoint.next().await {
-            // Operators must see `status` even when the hub is saturated.
-            let permit = if kind == Kind::Status {
-                None
-            } else {
-                match self.in_flight.clone().try_acquire_owned() {
-                    Ok(p) => Some(p),
-                    Err(_) => {
-                        let e = ApiError::unavailable(format!(
-                            "the hub is handling {} requests, its limit; retry later",
-                            self.max_in_flight
-                        ));
-                        reply(request, Err(e)).await;
-                        continue;
-                    }
-                }
+            let size = request.payload().len();
+            if size > self.max_body {
+                let e = ApiError::invalid(format!("the body is {size} bytes; the limit is {}", self.max_body));
+                reply(request, Err(e)).await;
+                continue;
+            }
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                let e = ApiError::unavailable(format!("the hub is handling {limit} {what}, its limit; retry later"));
+                reply(request, Err(e)).await;
+                continue;
             };
             let this = self.clone();
             tokio::spawn(async move {
                 let span = tracing::debug_span!("request", endpoint = kind.name(), subject = request.subject());
                 let answer = this.handle(kind, &request).instrument(span).await;
                 reply(request, answer).await;
-                drop(permit);
+                drop(slot);
             });
         }
     }
 
     async fn handle(&self, kind: Kind, req: &Request) -> Result<Bytes, ApiError> {
         let body = req.payload();
-        if body.len() > self.max_body {
-            return Err(ApiError::invalid(format!(
-                "the body is {} bytes; the limit is {}",
-                body.len(),
-                self.max_body
-            )));
-        }
         match kind {
             Kind::Submit => self.submit(body).await,
             Kind::Query => self.query(body).await,
