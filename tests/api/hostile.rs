@@ -815,7 +815,7 @@ fn endpoint_of(subject: &str) -> &'static str {
     }
 }
 
-/// Rows in a table of a SQLite database of the test hub.
+/// Rows in a table of one of the test hub's databases (SQLite file or fresh Postgres database).
 async fn rows<E: EntityTrait>(url: &str, _entity: E) -> u64
 where
     E::Model: Send + Sync,
@@ -828,9 +828,11 @@ where
     n
 }
 
-#[tokio::test]
-async fn every_hostile_input_is_refused_with_the_right_error_and_leaves_nothing_behind() {
-    let hub = TestHub::start().await;
+both_backends!(every_hostile_input_is_refused_with_the_right_error_and_leaves_nothing_behind);
+
+async fn every_hostile_input_is_refused_with_the_right_error_and_leaves_nothing_behind(
+    hub: TestHub,
+) {
     let mut clients = HashMap::new();
     for user in ["gateway", "partner-acme-air", "aux", "hub", "operator"] {
         clients.insert(user, hub.client(user).await);
