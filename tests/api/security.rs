@@ -117,6 +117,7 @@ async fn partners_read_only_their_own_stored_events() {
 
     // A new order for globex reaches none of acme's subscriptions.
     order_stored(&gateway, &probe, "u-g", "g-2", "globex-hotels", 2).await;
+    // Its own subscription is watched too, for the same window.
     foreign.push(own);
     assert_silent(&mut foreign, "acme must not see globex's stored events").await;
     own = foreign.pop().expect("own");
