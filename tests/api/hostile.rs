@@ -919,6 +919,16 @@ async fn every_hostile_input_is_refused_with_the_right_error_and_leaves_nothing_
     assert!(b["result"].is_null(), "{b}");
     assert_eq!(b["aux"], json!([]));
     assert_eq!(b["order"]["amount_minor"], 129900);
+    // The partner sees it as the hub left it: dispatched at most, no result recorded.
+    let got = request(
+        &clients["partner-acme-air"],
+        "orders.partner.acme-air.get",
+        json!({"order_id": real}),
+    )
+    .await;
+    let o = &got.assert_ok()["order"];
+    assert!(o["version"].as_i64().is_some_and(|v| v <= 2), "{o}");
+    assert_eq!(o["user_id"], "u-real");
     for user in ["u-hostile", "u-other", &"u".repeat(64)] {
         let list = request(gateway, "orders.query", json!({"user_id": user})).await;
         assert_eq!(list.assert_ok()["orders"], json!([]), "orders of {user}");
