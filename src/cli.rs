@@ -62,7 +62,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn status(settings: &Settings) -> anyhow::Result<()> {
-    let client = crate::startup::connect_nats(&settings.nats.url, "orderhub-status").await?;
+    let client = crate::startup::connect_hub(&settings.nats, "orderhub-status").await?;
     let subjects = actors::protocol::Subjects::new(settings.nats.subject_prefix.clone());
     let reply = client
         .request(subjects.status(), "{}".into())

@@ -31,6 +31,15 @@ pub struct NatsSettings {
     pub replicas: usize,
     #[serde(default = "two_minutes", with = "humantime_serde")]
     pub duplicate_window: Duration,
+    /// A `.creds` file (JWT + nkey seed) to log in with instead of the URL's password.
+    #[serde(default)]
+    pub credentials_file: String,
+    /// A file holding an nkey seed (`SU…`) to log in with instead of the URL's password.
+    #[serde(default)]
+    pub nkey_seed_file: String,
+    /// The hub's inbox prefix; empty: `_INBOX_<user of the URL>`, or `_INBOX_hub`.
+    #[serde(default)]
+    pub inbox_prefix: String,
 }
 
 /// Never prints the password that may ride in the URL.

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::endpoints::{Handlers, Kind};
 use crate::micro::{self, ServiceConfig};
 use crate::natsserver::{self, NatsServer};
-use crate::settings::{redact, Settings};
+use crate::settings::{redact, NatsSettings, Settings};
 
 /// Connects to NATS as the URL's user, with that user's own inbox prefix (`_INBOX_<user>`), as
 /// `nats.conf` requires of every role.
@@ -34,6 +34,31 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
             .user_and_password(user, password);
     }
     options.connect(bare.as_str()).await.with_context(|| format!("connecting to NATS at {}", redact(url)))
+}
+
+/// Connects the hub (or `orderhub status`) with the configured login: a `.creds` file, an nkey
+/// seed file, or the URL's user and password; inbox prefix `nats.inbox_prefix`, else the role's.
+pub async fn connect_hub(nats: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
+    if nats.credentials_file.is_empty() && nats.nkey_seed_file.is_empty() {
+        return connect_nats(&nats.url, name).await;
+    }
+    let mut options = if !nats.credentials_file.is_empty() {
+        async_nats::ConnectOptions::with_credentials_file(&nats.credentials_file)
+            .await
+            .with_context(|| format!("reading nats.credentials_file {}", nats.credentials_file))?
+    } else {
+        let seed = std::fs::read_to_string(&nats.nkey_seed_file)
+            .with_context(|| format!("reading nats.nkey_seed_file {}", nats.nkey_seed_file))?;
+        async_nats::ConnectOptions::new().nkey(seed.trim().to_owned())
+    };
+    let prefix = if nats.inbox_prefix.is_empty() { "_INBOX_hub".to_owned() } else { nats.inbox_prefix.clone() };
+    options = options
+        .name(name)
+        .custom_inbox_prefix(prefix)
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connection_timeout(Duration::from_secs(3));
+    let (_, bare) = natsserver::split_credentials(&nats.url);
+    options.connect(bare.as_str()).await.with_context(|| format!("connecting to NATS at {bare}"))
 }
 
 /// Starts `nats-server` from `nats.conf` on the URL's port when nothing answers there.
@@ -118,7 +143,7 @@ impl App {
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
         let nats = spawn_nats_if_needed(&settings).await?;
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
-        let client = connect_nats(&settings.nats.url, &format!("orderhub-{instance_id}")).await?;
+        let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
         let db = Db::connect(&DbUrls {
             primary: settings.database.primary_url.clone(),
             replica: settings.database.replica_url.clone(),

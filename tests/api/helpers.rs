@@ -18,7 +18,7 @@ use futures::StreamExt;
 use actors::protocol::COMMIT_LSN_HEADER;
 use actors::replication::Lsn;
 use orderhub::natsserver::{free_port, NatsServer};
-use orderhub::{App, Settings};
+pub use orderhub::{App, Settings};
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 use serde_json::{json, Value};
 use tempfile::TempDir;

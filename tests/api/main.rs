@@ -9,3 +9,4 @@ mod roles;
 mod security;
 mod hostile;
 mod flood;
+mod login;
