@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::settings::Settings;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderhub", version, about = "A distributed order hub over NATS and Postgres/SQLite")]
+#[command(
+    name = "orderhub",
+    version,
+    about = "A distributed order hub over NATS and Postgres/SQLite"
+)]
 pub struct Cli {
     /// A configuration file overlaid on config/default.toml and config/$ORDERHUB_ENV.toml.
     #[arg(long, global = true, value_name = "FILE")]
@@ -72,7 +76,10 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
         serde_json::from_slice(&reply.payload).context("decoding the status reply")?;
     let r = &status.replica;
     let opt = |v: Option<u64>| v.map_or("unknown".to_owned(), |v| v.to_string());
-    println!("instance      {} (version {}, up {}s)", status.instance_id, status.version, status.uptime_s);
+    println!(
+        "instance      {} (version {}, up {}s)",
+        status.instance_id, status.version, status.uptime_s
+    );
     println!("actors live   {}", status.actors_live);
     println!("in flight     {}", status.in_flight);
     println!("outbox        {} pending", opt(status.outbox_pending));
@@ -84,13 +91,22 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
         opt(r.lag_ms),
         r.confirmed_lsn.as_deref().unwrap_or("-"),
         r.events_waiting,
-        r.reason.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+        r.reason
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
     );
     println!("nats          connected: {}", status.nats.connected);
     println!(
         "databases     primary ok: {}, aux ok: {}",
-        status.database.primary_ok.map_or("unknown".into(), |v| v.to_string()),
-        status.database.aux_ok.map_or("unknown".into(), |v| v.to_string())
+        status
+            .database
+            .primary_ok
+            .map_or("unknown".into(), |v| v.to_string()),
+        status
+            .database
+            .aux_ok
+            .map_or("unknown".into(), |v| v.to_string())
     );
     Ok(())
 }

@@ -8,14 +8,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use actors::Hub;
 use actors::order::OrderMsg;
 use actors::protocol::{
-    validate_token, ApiError, AuxRecordRequest, AuxView, DatabaseStatus, GetRequest, ListReply,
-    NatsStatus, OrderReply, OrderView, QueryReply, QueryRequest, RecordReply, ResultRequest,
-    ResultView, StatusReply, SubmitRequest, Subjects,
+    ApiError, AuxRecordRequest, AuxView, DatabaseStatus, GetRequest, ListReply, NatsStatus,
+    OrderReply, OrderView, QueryReply, QueryRequest, RecordReply, ResultRequest, ResultView,
+    StatusReply, Subjects, SubmitRequest, validate_token,
 };
 use actors::store::Db;
-use actors::Hub;
 use bytes::Bytes;
 use entities::aux_records;
 use futures::StreamExt;
@@ -37,8 +37,14 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] =
-        [Kind::Submit, Kind::Query, Kind::PartnerGet, Kind::PartnerResult, Kind::AuxRecord, Kind::Status];
+    pub const ALL: [Kind; 6] = [
+        Kind::Submit,
+        Kind::Query,
+        Kind::PartnerGet,
+        Kind::PartnerResult,
+        Kind::AuxRecord,
+        Kind::Status,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,7 +69,11 @@ impl Kind {
     }
 
     pub fn config(self, s: &Subjects) -> EndpointConfig {
-        EndpointConfig { name: self.name().into(), subject: self.subject(s), metadata: Default::default() }
+        EndpointConfig {
+            name: self.name().into(),
+            subject: self.subject(s),
+            metadata: Default::default(),
+        }
     }
 }
 
@@ -103,24 +113,37 @@ impl Handlers {
         // Operators must see a saturated hub, so `status` has slots of its own; a few, so that a
         // flood of status requests cannot spawn without bound either.
         let (slots, limit, what) = match kind {
-            Kind::Status => (Arc::new(Semaphore::new(MAX_STATUS_IN_FLIGHT)), MAX_STATUS_IN_FLIGHT, "status requests"),
+            Kind::Status => (
+                Arc::new(Semaphore::new(MAX_STATUS_IN_FLIGHT)),
+                MAX_STATUS_IN_FLIGHT,
+                "status requests",
+            ),
             _ => (self.in_flight.clone(), self.max_in_flight, "requests"),
         };
         while let Some(request) = endpoint.next().await {
             let size = request.payload().len();
             if size > self.max_body {
-                let e = ApiError::invalid(format!("the body is {size} bytes; the limit is {}", self.max_body));
+                let e = ApiError::invalid(format!(
+                    "the body is {size} bytes; the limit is {}",
+                    self.max_body
+                ));
                 reply(request, Err(e)).await;
                 continue;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
-                let e = ApiError::unavailable(format!("the hub is handling {limit} {what}, its limit; retry later"));
+                let e = ApiError::unavailable(format!(
+                    "the hub is handling {limit} {what}, its limit; retry later"
+                ));
                 reply(request, Err(e)).await;
                 continue;
             };
             let this = self.clone();
             tokio::spawn(async move {
-                let span = tracing::debug_span!("request", endpoint = kind.name(), subject = request.subject());
+                let span = tracing::debug_span!(
+                    "request",
+                    endpoint = kind.name(),
+                    subject = request.subject()
+                );
                 let answer = this.handle(kind, &request).instrument(span).await;
                 reply(request, answer).await;
                 drop(slot);
@@ -166,7 +189,12 @@ impl Handlers {
         }
         let order_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::debug_span!("order", order_id = %order_id);
-        let reply = self.hub.orders.submit(&order_id, request).instrument(span).await?;
+        let reply = self
+            .hub
+            .orders
+            .submit(&order_id, request)
+            .instrument(span)
+            .await?;
         json(&reply)
     }
 
@@ -174,7 +202,9 @@ impl Handlers {
         let GetRequest { order_id } = GetRequest::parse(body)?;
         let order = self.db().order(&order_id).await.map_err(read_failed)?;
         match order {
-            Some(o) if o.partner_id == partner => json(&OrderReply { order: OrderView::from(o) }),
+            Some(o) if o.partner_id == partner => json(&OrderReply {
+                order: OrderView::from(o),
+            }),
             _ => Err(ApiError::not_found(&order_id)),
         }
     }
@@ -204,7 +234,13 @@ impl Handlers {
             .ok_or_else(|| ApiError::invalid("the subject has no auxiliary system"))?;
         validate_token("system", system)?;
         let request = AuxRecordRequest::parse(body)?;
-        if self.db().order(&request.order_id).await.map_err(read_failed)?.is_none() {
+        if self
+            .db()
+            .order(&request.order_id)
+            .await
+            .map_err(read_failed)?
+            .is_none()
+        {
             return Err(ApiError::not_found(&request.order_id));
         }
         let record = aux_records::Model {
@@ -218,7 +254,11 @@ impl Handlers {
             tracing::warn!(error = %e, "aux write failed");
             ApiError::unavailable("the auxiliary database is not available; retry later")
         })?;
-        json(&RecordReply { order_id: request.order_id, system: system.to_owned(), status: "recorded".into() })
+        json(&RecordReply {
+            order_id: request.order_id,
+            system: system.to_owned(),
+            status: "recorded".into(),
+        })
     }
 
     async fn query(&self, body: &[u8]) -> Result<Bytes, ApiError> {
@@ -229,17 +269,34 @@ impl Handlers {
                     return Err(ApiError::not_found(&order_id));
                 };
                 let result = self.db().result(&order_id).await.map_err(read_failed)?;
-                let aux = self.db().aux_records(&order_id).await.map_err(read_failed)?;
+                let aux = self
+                    .db()
+                    .aux_records(&order_id)
+                    .await
+                    .map_err(read_failed)?;
                 json(&QueryReply {
                     order: OrderView::from(order),
                     result: result.map(ResultView::from),
                     aux: aux.into_iter().map(AuxView::from).collect(),
                 })
             }
-            QueryRequest::List { user_id, limit, before } => {
-                let orders = self.db().orders_of(&user_id, limit, before.as_deref()).await.map_err(read_failed)?;
-                let next_before = (orders.len() as u64 == limit).then(|| orders.last().map(|o| o.id.clone())).flatten();
-                json(&ListReply { orders: orders.into_iter().map(OrderView::from).collect(), next_before })
+            QueryRequest::List {
+                user_id,
+                limit,
+                before,
+            } => {
+                let orders = self
+                    .db()
+                    .orders_of(&user_id, limit, before.as_deref())
+                    .await
+                    .map_err(read_failed)?;
+                let next_before = (orders.len() as u64 == limit)
+                    .then(|| orders.last().map(|o| o.id.clone()))
+                    .flatten();
+                json(&ListReply {
+                    orders: orders.into_iter().map(OrderView::from).collect(),
+                    next_before,
+                })
             }
         }
     }
@@ -253,7 +310,12 @@ impl Handlers {
             Db::ping(&db.aux),
         );
         let replica = replica.unwrap_or(actors::protocol::ReplicaStatus {
-            mode: if db.separate_replica { "postgres" } else { "same-as-primary" }.into(),
+            mode: if db.separate_replica {
+                "postgres"
+            } else {
+                "same-as-primary"
+            }
+            .into(),
             available: None,
             lag_bytes: None,
             lag_ms: None,
@@ -270,9 +332,13 @@ impl Handlers {
             outbox_pending: outbox_pending.ok(),
             replica,
             nats: NatsStatus {
-                connected: self.client.connection_state() == async_nats::connection::State::Connected,
+                connected: self.client.connection_state()
+                    == async_nats::connection::State::Connected,
             },
-            database: DatabaseStatus { primary_ok: Some(primary_ok), aux_ok: Some(aux_ok) },
+            database: DatabaseStatus {
+                primary_ok: Some(primary_ok),
+                aux_ok: Some(aux_ok),
+            },
         })
     }
 }
@@ -293,7 +359,9 @@ async fn reply(request: Request, answer: Result<Bytes, ApiError>) {
         Ok(body) => request.respond(body).await,
         Err(e) => {
             tracing::debug!(code = e.code.as_str(), message = %e.message, "error reply");
-            request.respond_error(e.code.status(), &e.message, e.body().into()).await
+            request
+                .respond_error(e.code.status(), &e.message, e.body().into())
+                .await
         }
     };
     if let Err(e) = sent {

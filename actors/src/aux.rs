@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::collections::HashMap;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{pull, PullConsumer};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
 use entities::{aux_records, order_results, orders};
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -21,7 +21,6 @@ const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
 /// How soon a batch that could not be written comes back.
 const NAK_DELAY: Duration = Duration::from_secs(1);
-
 
 /// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +58,26 @@ impl Actor for AuxSubscriber {
     type State = AuxState;
     type Arguments = AuxArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: AuxArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: AuxArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(AuxMsg::Pull)?;
-        Ok(AuxState { system: args.system, consumer: args.consumer, messages: None, db: args.db })
+        Ok(AuxState {
+            system: args.system,
+            consumer: args.consumer,
+            messages: None,
+            db: args.db,
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, _msg: AuxMsg, state: &mut AuxState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _msg: AuxMsg,
+        state: &mut AuxState,
+    ) -> Result<(), ActorProcessingErr> {
         if let Err(e) = state.pull().await {
             tracing::warn!(system = %state.system, error = %e, "aux batch failed; it is redelivered");
             myself.send_after(Duration::from_millis(500), || AuxMsg::Pull);
@@ -79,10 +92,16 @@ impl AuxState {
     /// Waits up to [`WAIT`] for the first event, then takes whatever else is already here.
     async fn next_batch(&mut self) -> Result<Vec<jetstream::Message>, AuxError> {
         if self.messages.is_none() {
-            let stream = self.consumer.messages().await.map_err(|e| AuxError::Fetch(e.to_string()))?;
+            let stream = self
+                .consumer
+                .messages()
+                .await
+                .map_err(|e| AuxError::Fetch(e.to_string()))?;
             self.messages = Some(stream);
         }
-        let Some(stream) = self.messages.as_mut() else { return Ok(Vec::new()) };
+        let Some(stream) = self.messages.as_mut() else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         match tokio::time::timeout(WAIT, stream.next()).await {
             Err(_) => return Ok(out),
@@ -143,7 +162,9 @@ impl AuxState {
                 }
                 // Not on the read node (cannot happen once released): left unacknowledged, it
                 // comes back after the ack wait.
-                None => tracing::warn!(order_id = %event.data.order_id, "order not readable yet; it is redelivered"),
+                None => {
+                    tracing::warn!(order_id = %event.data.order_id, "order not readable yet; it is redelivered")
+                }
             }
         }
         if let Err(e) = self.db.upsert_aux(records).await {
@@ -163,7 +184,11 @@ impl AuxState {
 }
 
 /// What a built-in system records for a settled order.
-pub fn record(system: &str, order: &orders::Model, result: &order_results::Model) -> aux_records::Model {
+pub fn record(
+    system: &str,
+    order: &orders::Model,
+    result: &order_results::Model,
+) -> aux_records::Model {
     let confirmed = result.outcome == "confirmed";
     let (status, data) = match system {
         "invoice" if confirmed => (

@@ -39,12 +39,25 @@ impl Actor for DeadlineActor {
     type State = DeadlineState;
     type Arguments = DeadlineArgs;
 
-    async fn pre_start(&self, myself: ActorRef<Self::Msg>, args: DeadlineArgs) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DeadlineArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
         myself.cast(DeadlineMsg::Tick)?;
-        Ok(DeadlineState { db: args.db, orders: args.orders, told: HashMap::new() })
+        Ok(DeadlineState {
+            db: args.db,
+            orders: args.orders,
+            told: HashMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<Self::Msg>, _msg: DeadlineMsg, state: &mut DeadlineState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _msg: DeadlineMsg,
+        state: &mut DeadlineState,
+    ) -> Result<(), ActorProcessingErr> {
         state.told.retain(|_, at| at.elapsed() < RETRY_AFTER);
         match state.db.overdue(chrono::Utc::now(), BATCH).await {
             Ok(ids) => {

@@ -97,7 +97,10 @@ const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Context {
     pub fn result_timeout(&self, partner_id: &str) -> Duration {
-        self.partners.get(partner_id).copied().unwrap_or(DEFAULT_RESULT_TIMEOUT)
+        self.partners
+            .get(partner_id)
+            .copied()
+            .unwrap_or(DEFAULT_RESULT_TIMEOUT)
     }
 }
 
@@ -147,7 +150,10 @@ impl Hub {
         let (replication, _) = Actor::spawn(
             None,
             replication::ReplicationActor,
-            replication::ReplicationArgs { db: config.db.clone(), relay: relay.clone() },
+            replication::ReplicationArgs {
+                db: config.db.clone(),
+                relay: relay.clone(),
+            },
         )
         .await
         .map_err(|e| StartError::Spawn("replication", e))?;
@@ -156,7 +162,10 @@ impl Hub {
             let (w, _) = Actor::spawn(
                 None,
                 writer::Writer,
-                writer::WriterArgs { primary: config.db.primary.clone(), replication: replication.clone() },
+                writer::WriterArgs {
+                    primary: config.db.primary.clone(),
+                    replication: replication.clone(),
+                },
             )
             .await
             .map_err(|e| StartError::Spawn("writer", e))?;
@@ -178,7 +187,10 @@ impl Hub {
         let (deadline, _) = Actor::spawn(
             None,
             deadline::DeadlineActor,
-            deadline::DeadlineArgs { db: config.db.clone(), orders: orders.clone() },
+            deadline::DeadlineArgs {
+                db: config.db.clone(),
+                orders: orders.clone(),
+            },
         )
         .await
         .map_err(|e| StartError::Spawn("deadline", e))?;
@@ -187,7 +199,11 @@ impl Hub {
             let (a, _) = Actor::spawn(
                 None,
                 aux::AuxSubscriber,
-                aux::AuxArgs { system, consumer, db: config.db.clone() },
+                aux::AuxArgs {
+                    system,
+                    consumer,
+                    db: config.db.clone(),
+                },
             )
             .await
             .map_err(|e| StartError::Spawn("aux", e))?;
@@ -195,14 +211,23 @@ impl Hub {
         }
         others.push(relay.get_cell());
         others.extend(writers.iter().map(|w| w.get_cell()));
-        Ok(Self { ctx, orders, replication, supervisor, others })
+        Ok(Self {
+            ctx,
+            orders,
+            replication,
+            supervisor,
+            others,
+        })
     }
 
     /// The replication actor's view of the read node.
     pub async fn replica_status(&self) -> Option<ReplicaStatus> {
         match self
             .replication
-            .call(replication::ReplicationMsg::Status, Some(Duration::from_secs(2)))
+            .call(
+                replication::ReplicationMsg::Status,
+                Some(Duration::from_secs(2)),
+            )
             .await
         {
             Ok(ractor::rpc::CallResult::Success(s)) => Some(s),
@@ -213,7 +238,9 @@ impl Hub {
     /// Stops every actor: orders first, then the pipeline. Unpublished events stay in the outbox
     /// for the next start.
     pub async fn stop(self) {
-        self.supervisor.stop_children_and_wait(None, Some(Duration::from_secs(5))).await;
+        self.supervisor
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
         self.supervisor.stop(None);
         self.replication.stop(None);
         for cell in self.others {

@@ -12,12 +12,12 @@ use entities::{order_results, orders, outbox};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 
+use crate::Context;
 use crate::protocol::{
-    rfc3339, ApiError, CloudEvent, EventData, EventKind, OrderStatus, Outcome, ResultRequest,
-    SubmitReply, SubmitRequest,
+    ApiError, CloudEvent, EventData, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply,
+    SubmitRequest, rfc3339,
 };
 use crate::writer::{Transition, WriteOp, WriteOutcome, WriterMsg};
-use crate::Context;
 
 pub type Reply = RpcReplyPort<Result<SubmitReply, ApiError>>;
 
@@ -25,11 +25,18 @@ pub enum OrderMsg {
     /// Store a new order under this actor's id.
     Submit(Box<SubmitRequest>, Reply),
     /// A partner's result; `partner_id` is the caller's, from the subject.
-    RecordResult { partner_id: String, request: Box<ResultRequest>, reply: Reply },
+    RecordResult {
+        partner_id: String,
+        request: Box<ResultRequest>,
+        reply: Reply,
+    },
     /// The deadline actor says the partner's time is up.
     Expire,
     /// The relay published this event.
-    Released { event_id: String, kind: EventKind },
+    Released {
+        event_id: String,
+        kind: EventKind,
+    },
     IdleCheck,
 }
 
@@ -70,7 +77,13 @@ impl Actor for OrderActor {
         };
         args.ctx.metrics.actor_started();
         myself.send_after(args.ctx.tuning.settle_linger, || OrderMsg::IdleCheck);
-        Ok(OrderState { id: args.id, ctx: args.ctx, order, result, last_active: Instant::now() })
+        Ok(OrderState {
+            id: args.id,
+            ctx: args.ctx,
+            order,
+            result,
+            last_active: Instant::now(),
+        })
     }
 
     async fn post_stop(
@@ -102,7 +115,11 @@ impl Actor for OrderActor {
                     myself.stop(None);
                 }
             }
-            OrderMsg::RecordResult { partner_id, request, reply } => {
+            OrderMsg::RecordResult {
+                partner_id,
+                request,
+                reply,
+            } => {
                 let answer = state.record_result(&partner_id, *request).await;
                 let _ = reply.send(answer);
             }
@@ -111,11 +128,18 @@ impl Actor for OrderActor {
             OrderMsg::IdleCheck => {
                 let idle = state.last_active.elapsed();
                 let tuning = &state.ctx.tuning;
-                let settled = state.order.as_ref().is_none_or(|o| o.status == OrderStatus::Notified.as_str());
+                let settled = state
+                    .order
+                    .as_ref()
+                    .is_none_or(|o| o.status == OrderStatus::Notified.as_str());
                 if (settled && idle >= tuning.settle_linger) || idle >= tuning.idle_stop {
                     myself.stop(None);
                 } else {
-                    let next = if settled { tuning.settle_linger } else { tuning.idle_stop.min(tuning.settle_linger * 10) };
+                    let next = if settled {
+                        tuning.settle_linger
+                    } else {
+                        tuning.idle_stop.min(tuning.settle_linger * 10)
+                    };
                     myself.send_after(next, || OrderMsg::IdleCheck);
                 }
             }
@@ -127,18 +151,26 @@ impl Actor for OrderActor {
 impl OrderState {
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, ApiError> {
         let writer = self.ctx.writers.for_order(&self.id);
-        match writer.call(|reply| WriterMsg::Write(op, reply), Some(self.ctx.tuning.write_timeout)).await {
+        match writer
+            .call(
+                |reply| WriterMsg::Write(op, reply),
+                Some(self.ctx.tuning.write_timeout),
+            )
+            .await
+        {
             Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Ok(outcome),
             Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                 tracing::warn!(error = %e, "write failed");
-                Err(ApiError::unavailable("the primary database is not available; retry later"))
+                Err(ApiError::unavailable(
+                    "the primary database is not available; retry later",
+                ))
             }
-            Ok(ractor::rpc::CallResult::Timeout) => {
-                Err(ApiError::unavailable("the primary database did not answer in time; retry later"))
-            }
-            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => {
-                Err(ApiError::unavailable("the hub is shutting down; retry later"))
-            }
+            Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::unavailable(
+                "the primary database did not answer in time; retry later",
+            )),
+            Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
+                "the hub is shutting down; retry later",
+            )),
         }
     }
 
@@ -156,12 +188,21 @@ impl OrderState {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed");
-                Err(ApiError::unavailable("the primary database is not available; retry later"))
+                Err(ApiError::unavailable(
+                    "the primary database is not available; retry later",
+                ))
             }
         }
     }
 
-    fn event(&self, kind: EventKind, order: &orders::Model, version: i32, result: Option<&order_results::Model>, now: chrono::DateTime<Utc>) -> outbox::Model {
+    fn event(
+        &self,
+        kind: EventKind,
+        order: &orders::Model,
+        version: i32,
+        result: Option<&order_results::Model>,
+        now: chrono::DateTime<Utc>,
+    ) -> outbox::Model {
         let id = uuid::Uuid::now_v7().to_string();
         let data = EventData {
             order_id: order.id.clone(),
@@ -175,9 +216,17 @@ impl OrderState {
             EventKind::Stored => self.ctx.subjects.stored_event(&order.partner_id, &order.id),
             EventKind::ResultStored => self.ctx.subjects.result_event(&order.user_id, &order.id),
         };
-        let payload = serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
-            .unwrap_or_default();
-        outbox::Model { id, order_id: order.id.clone(), subject, payload, created_at: now, published_at: None }
+        let payload =
+            serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
+                .unwrap_or_default();
+        outbox::Model {
+            id,
+            order_id: order.id.clone(),
+            subject,
+            payload,
+            created_at: now,
+            published_at: None,
+        }
     }
 
     async fn submit(&mut self, req: SubmitRequest) -> Result<SubmitReply, ApiError> {
@@ -199,10 +248,20 @@ impl OrderState {
             updated_at: now,
         };
         let event = self.event(EventKind::Stored, &order, order.version, None, now);
-        match self.write(WriteOp::InsertOrder { order: order.clone(), event }).await? {
+        match self
+            .write(WriteOp::InsertOrder {
+                order: order.clone(),
+                event,
+            })
+            .await?
+        {
             WriteOutcome::Done => {
                 self.order = Some(order);
-                Ok(SubmitReply { order_id: self.id.clone(), status: "accepted".into(), duplicate: false })
+                Ok(SubmitReply {
+                    order_id: self.id.clone(),
+                    status: "accepted".into(),
+                    duplicate: false,
+                })
             }
             WriteOutcome::DuplicateOrder(existing) => {
                 let same = existing.partner_id == order.partner_id
@@ -212,7 +271,11 @@ impl OrderState {
                     && existing.items == order.items
                     && existing.payload == order.payload;
                 if same {
-                    Ok(SubmitReply { order_id: existing.id, status: "accepted".into(), duplicate: true })
+                    Ok(SubmitReply {
+                        order_id: existing.id,
+                        status: "accepted".into(),
+                        duplicate: true,
+                    })
                 } else {
                     Err(ApiError::conflict(format!(
                         "request_id `{}` was already used by this user for order {} with a different body",
@@ -222,19 +285,29 @@ impl OrderState {
             }
             other => {
                 tracing::error!(?other, "unexpected outcome for an insert");
-                Err(ApiError::unavailable("the order could not be stored; retry later"))
+                Err(ApiError::unavailable(
+                    "the order could not be stored; retry later",
+                ))
             }
         }
     }
 
     /// Answers a result that meets an existing one.
-    fn settled_answer(&self, existing: &order_results::Model, req: &ResultRequest) -> Result<SubmitReply, ApiError> {
+    fn settled_answer(
+        &self,
+        existing: &order_results::Model,
+        req: &ResultRequest,
+    ) -> Result<SubmitReply, ApiError> {
         let same = existing.result_id == req.result_id
             && existing.outcome == req.outcome.as_str()
             && existing.partner_ref == req.partner_ref
             && existing.detail == req.detail;
         if same {
-            return Ok(SubmitReply { order_id: self.id.clone(), status: "result_stored".into(), duplicate: true });
+            return Ok(SubmitReply {
+                order_id: self.id.clone(),
+                status: "result_stored".into(),
+                duplicate: true,
+            });
         }
         if existing.result_id == req.result_id {
             return Err(ApiError::conflict(format!(
@@ -248,7 +321,11 @@ impl OrderState {
         )))
     }
 
-    async fn record_result(&mut self, partner_id: &str, req: ResultRequest) -> Result<SubmitReply, ApiError> {
+    async fn record_result(
+        &mut self,
+        partner_id: &str,
+        req: ResultRequest,
+    ) -> Result<SubmitReply, ApiError> {
         for _ in 0..3 {
             let Some(order) = self.order.clone().filter(|o| o.partner_id == partner_id) else {
                 return Err(ApiError::not_found(&self.id));
@@ -256,9 +333,22 @@ impl OrderState {
             if let Some(existing) = &self.result {
                 return self.settled_answer(existing, &req);
             }
-            match self.store_result(&order, req.result_id.clone(), req.outcome, req.partner_ref.clone(), req.detail.clone()).await? {
+            match self
+                .store_result(
+                    &order,
+                    req.result_id.clone(),
+                    req.outcome,
+                    req.partner_ref.clone(),
+                    req.detail.clone(),
+                )
+                .await?
+            {
                 WriteOutcome::Done => {
-                    return Ok(SubmitReply { order_id: self.id.clone(), status: "result_stored".into(), duplicate: false });
+                    return Ok(SubmitReply {
+                        order_id: self.id.clone(),
+                        status: "result_stored".into(),
+                        duplicate: false,
+                    });
                 }
                 WriteOutcome::ResultExists(existing) => {
                     self.result = Some(*existing);
@@ -266,7 +356,9 @@ impl OrderState {
                 _ => self.reload().await?,
             }
         }
-        Err(ApiError::unavailable("the order kept changing under this result; retry"))
+        Err(ApiError::unavailable(
+            "the order kept changing under this result; retry",
+        ))
     }
 
     /// Commits a result and the order's move to `result_stored` (version 3), whatever the order's
@@ -289,7 +381,13 @@ impl OrderState {
             received_at: now,
         };
         let status = OrderStatus::ResultStored;
-        let event = self.event(EventKind::ResultStored, order, status.version(), Some(&result), now);
+        let event = self.event(
+            EventKind::ResultStored,
+            order,
+            status.version(),
+            Some(&result),
+            now,
+        );
         let outcome = self
             .write(WriteOp::StoreResult {
                 result: result.clone(),
@@ -314,7 +412,9 @@ impl OrderState {
         if self.reload().await.is_err() {
             return;
         }
-        let Some(order) = self.order.clone() else { return };
+        let Some(order) = self.order.clone() else {
+            return;
+        };
         let due = order.status == OrderStatus::Dispatched.as_str()
             && self.result.is_none()
             && order.result_deadline.is_some_and(|d| d <= Utc::now());
@@ -323,12 +423,25 @@ impl OrderState {
         }
         let timeout = self.ctx.result_timeout(&order.partner_id);
         let detail = json!({"reason": format!("partner `{}` did not answer within {}s", order.partner_id, timeout.as_secs())});
-        match self.store_result(&order, "orderhub-timeout".into(), Outcome::Timeout, None, detail).await {
-            Ok(WriteOutcome::Done) => tracing::info!("partner missed the deadline: outcome timeout"),
+        match self
+            .store_result(
+                &order,
+                "orderhub-timeout".into(),
+                Outcome::Timeout,
+                None,
+                detail,
+            )
+            .await
+        {
+            Ok(WriteOutcome::Done) => {
+                tracing::info!("partner missed the deadline: outcome timeout")
+            }
             Ok(_) => {
                 let _ = self.reload().await;
             }
-            Err(e) => tracing::warn!(error = %e, "could not close an overdue order; the deadline actor retries"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not close an overdue order; the deadline actor retries")
+            }
         }
     }
 
@@ -340,22 +453,33 @@ impl OrderState {
                 version: OrderStatus::Dispatched.version(),
                 deadline_after: Some(self.ctx.result_timeout(&o.partner_id)),
             }),
-            EventKind::ResultStored if o.status == OrderStatus::ResultStored.as_str() => Some(Transition {
-                from_version: o.version,
-                status: OrderStatus::Notified.as_str(),
-                version: OrderStatus::Notified.version(),
-                deadline_after: None,
-            }),
+            EventKind::ResultStored if o.status == OrderStatus::ResultStored.as_str() => {
+                Some(Transition {
+                    from_version: o.version,
+                    status: OrderStatus::Notified.as_str(),
+                    version: OrderStatus::Notified.version(),
+                    deadline_after: None,
+                })
+            }
             _ => None,
         });
         let moved = transition.clone();
-        match self.write(WriteOp::MarkReleased { event_id, order_id: self.id.clone(), transition }).await {
+        match self
+            .write(WriteOp::MarkReleased {
+                event_id,
+                order_id: self.id.clone(),
+                transition,
+            })
+            .await
+        {
             Ok(WriteOutcome::Done) => {
                 if let (Some(t), Some(o)) = (moved, self.order.as_mut()) {
                     o.status = t.status.into();
                     o.version = t.version;
                     if let Some(after) = t.deadline_after {
-                        o.result_deadline = Some(Utc::now() + chrono::Duration::from_std(after).unwrap_or_default());
+                        o.result_deadline = Some(
+                            Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(),
+                        );
                     }
                     o.updated_at = Utc::now();
                 }

@@ -9,14 +9,14 @@
 use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
-use async_nats::jetstream;
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::protocol::{EventKind, COMMIT_LSN_HEADER};
+use crate::order::OrderMsg;
+use crate::protocol::{COMMIT_LSN_HEADER, EventKind};
 use crate::replication::PendingEvent;
 use crate::supervisor::Orders;
-use crate::order::OrderMsg;
 
 pub enum RelayMsg {
     Publish(Vec<PendingEvent>),
@@ -48,7 +48,11 @@ impl Actor for OutboxRelay {
         _myself: ActorRef<Self::Msg>,
         args: RelayArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RelayState { js: args.jetstream, orders: args.orders, stored_marker: args.stored_marker })
+        Ok(RelayState {
+            js: args.jetstream,
+            orders: args.orders,
+            stored_marker: args.stored_marker,
+        })
     }
 
     async fn handle(
@@ -92,11 +96,14 @@ impl RelayState {
                 }
             }
         }
-        let results = futures::future::join_all(acks.into_iter().map(|(event, ack)| async move {
-            (ack.await, event)
-        }))
+        let results = futures::future::join_all(
+            acks.into_iter()
+                .map(|(event, ack)| async move { (ack.await, event) }),
+        )
         .await;
-        let Some(orders) = self.orders.get() else { return };
+        let Some(orders) = self.orders.get() else {
+            return;
+        };
         for (ack, event) in results {
             match ack {
                 Ok(_) => {
@@ -105,9 +112,19 @@ impl RelayState {
                     } else {
                         EventKind::ResultStored
                     };
-                    orders.cast(&event.order_id, OrderMsg::Released { event_id: event.id, kind }).await;
+                    orders
+                        .cast(
+                            &event.order_id,
+                            OrderMsg::Released {
+                                event_id: event.id,
+                                kind,
+                            },
+                        )
+                        .await;
                 }
-                Err(e) => tracing::warn!(event_id = %event.id, error = %e, "no ack from JetStream; the sweep retries it"),
+                Err(e) => {
+                    tracing::warn!(event_id = %event.id, error = %e, "no ack from JetStream; the sweep retries it")
+                }
             }
         }
     }

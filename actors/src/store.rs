@@ -72,7 +72,8 @@ fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
         .idle_timeout(Duration::from_secs(60))
         .sqlx_logging(false);
     if url.starts_with("postgres") {
-        opt.acquire_timeout(PG_ACQUIRE_TIMEOUT).test_before_acquire(true);
+        opt.acquire_timeout(PG_ACQUIRE_TIMEOUT)
+            .test_before_acquire(true);
     }
     opt.map_sqlx_sqlite_opts(move |o| {
         let o = o
@@ -110,10 +111,14 @@ impl Db {
         ensure_sqlite_dir(&urls.aux);
         let sqlite = urls.primary.starts_with("sqlite:");
         // SQLite has one writer at a time: the writer actor holds the only write connection.
-        let primary = Database::connect(options(&urls.primary, if sqlite { 2 } else { 16 }, false)).await?;
+        let primary =
+            Database::connect(options(&urls.primary, if sqlite { 2 } else { 16 }, false)).await?;
         let (replica, separate_replica) = if urls.replica.is_empty() {
             if sqlite {
-                (Database::connect(options(&urls.primary, 8, true)).await?, false)
+                (
+                    Database::connect(options(&urls.primary, 8, true)).await?,
+                    false,
+                )
             } else {
                 (primary.clone(), false)
             }
@@ -122,16 +127,38 @@ impl Db {
             o.connect_lazy(true);
             (Database::connect(o).await?, true)
         };
-        let aux = Database::connect(options(&urls.aux, if urls.aux.starts_with("sqlite:") { 4 } else { 8 }, false)).await?;
-        let aux_standby = match (server_of(&urls.primary), server_of(&urls.aux), server_of(&urls.replica)) {
-            (Some(p), Some(a), Some(r)) if separate_replica && p == a && urls.aux.starts_with("postgres") => {
+        let aux = Database::connect(options(
+            &urls.aux,
+            if urls.aux.starts_with("sqlite:") {
+                4
+            } else {
+                8
+            },
+            false,
+        ))
+        .await?;
+        let aux_standby = match (
+            server_of(&urls.primary),
+            server_of(&urls.aux),
+            server_of(&urls.replica),
+        ) {
+            (Some(p), Some(a), Some(r))
+                if separate_replica && p == a && urls.aux.starts_with("postgres") =>
+            {
                 let mut o = options(&on_server(&urls.aux, r), 4, false);
                 o.connect_lazy(true);
                 Some(Database::connect(o).await?)
             }
             _ => None,
         };
-        Ok(Self { primary, replica, aux, aux_standby, separate_replica, aux_down_until: Arc::default() })
+        Ok(Self {
+            primary,
+            replica,
+            aux,
+            aux_standby,
+            separate_replica,
+            aux_down_until: Arc::default(),
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -175,12 +202,16 @@ impl Db {
 
     /// An order, read from the read node.
     pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
-        Ok(orders::Entity::find_by_id(id.to_owned()).one(&self.replica).await?)
+        Ok(orders::Entity::find_by_id(id.to_owned())
+            .one(&self.replica)
+            .await?)
     }
 
     /// An order's result, read from the read node.
     pub async fn result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
-        Ok(order_results::Entity::find_by_id(id.to_owned()).one(&self.replica).await?)
+        Ok(order_results::Entity::find_by_id(id.to_owned())
+            .one(&self.replica)
+            .await?)
     }
 
     /// Orders that have a result, with it, read from the read node.
@@ -195,14 +226,18 @@ impl Db {
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
             .all(&self.replica)
             .await?;
-        let mut results: std::collections::HashMap<String, order_results::Model> = order_results::Entity::find()
-            .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
-            .all(&self.replica)
-            .await?
+        let mut results: std::collections::HashMap<String, order_results::Model> =
+            order_results::Entity::find()
+                .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
+                .all(&self.replica)
+                .await?
+                .into_iter()
+                .map(|r| (r.order_id.clone(), r))
+                .collect();
+        Ok(orders
             .into_iter()
-            .map(|r| (r.order_id.clone(), r))
-            .collect();
-        Ok(orders.into_iter().filter_map(|o| results.remove(&o.id).map(|r| (o, r))).collect())
+            .filter_map(|o| results.remove(&o.id).map(|r| (o, r)))
+            .collect())
     }
 
     /// The current state of an order on the primary: what its writer starts from.
@@ -210,10 +245,15 @@ impl Db {
         &self,
         id: &str,
     ) -> Result<Option<(orders::Model, Option<order_results::Model>)>, StoreError> {
-        let Some(order) = orders::Entity::find_by_id(id.to_owned()).one(&self.primary).await? else {
+        let Some(order) = orders::Entity::find_by_id(id.to_owned())
+            .one(&self.primary)
+            .await?
+        else {
             return Ok(None);
         };
-        let result = order_results::Entity::find_by_id(id.to_owned()).one(&self.primary).await?;
+        let result = order_results::Entity::find_by_id(id.to_owned())
+            .one(&self.primary)
+            .await?;
         Ok(Some((order, result)))
     }
 
@@ -228,7 +268,10 @@ impl Db {
         if let Some(before) = before {
             q = q.filter(orders::Column::Id.lt(before));
         }
-        Ok(q.order_by_desc(orders::Column::Id).limit(limit).all(&self.replica).await?)
+        Ok(q.order_by_desc(orders::Column::Id)
+            .limit(limit)
+            .all(&self.replica)
+            .await?)
     }
 
     /// Every auxiliary record of an order, by system name: from the auxiliary database, or while
@@ -239,12 +282,18 @@ impl Db {
         };
         let now = epoch_ms();
         if self.aux_down_until.load(Ordering::Relaxed) <= now {
-            match tokio::time::timeout(AUX_READ_TIMEOUT, aux_records_on(&self.aux, order_id)).await {
+            match tokio::time::timeout(AUX_READ_TIMEOUT, aux_records_on(&self.aux, order_id)).await
+            {
                 Ok(Ok(records)) => return Ok(records),
-                Ok(Err(e)) => tracing::warn!(error = %e, "auxiliary database failed; reading its replica copy"),
-                Err(_) => tracing::warn!("auxiliary database did not answer; reading its replica copy"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "auxiliary database failed; reading its replica copy")
+                }
+                Err(_) => {
+                    tracing::warn!("auxiliary database did not answer; reading its replica copy")
+                }
             }
-            self.aux_down_until.store(now + AUX_DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+            self.aux_down_until
+                .store(now + AUX_DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
         }
         aux_records_on(standby, order_id).await
     }
@@ -260,13 +309,16 @@ impl Db {
         for r in records {
             aux_records::Entity::insert(r.into_active_model())
                 .on_conflict(
-                    OnConflict::columns([aux_records::Column::OrderId, aux_records::Column::System])
-                        .update_columns([
-                            aux_records::Column::Status,
-                            aux_records::Column::Data,
-                            aux_records::Column::UpdatedAt,
-                        ])
-                        .to_owned(),
+                    OnConflict::columns([
+                        aux_records::Column::OrderId,
+                        aux_records::Column::System,
+                    ])
+                    .update_columns([
+                        aux_records::Column::Status,
+                        aux_records::Column::Data,
+                        aux_records::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
                 )
                 .exec_without_returning(&txn)
                 .await?;
@@ -322,7 +374,10 @@ impl Db {
     }
 }
 
-async fn aux_records_on(conn: &DatabaseConnection, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
+async fn aux_records_on(
+    conn: &DatabaseConnection,
+    order_id: &str,
+) -> Result<Vec<aux_records::Model>, StoreError> {
     Ok(aux_records::Entity::find()
         .filter(aux_records::Column::OrderId.eq(order_id))
         .order_by_asc(aux_records::Column::System)
@@ -339,7 +394,9 @@ fn epoch_ms() -> u64 {
 
 /// The `host:port` of a `postgres://[user[:password]@]host[:port]/db?...` URL.
 fn server_of(url: &str) -> Option<&str> {
-    let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://"))?;
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))?;
     let authority = rest.split(['/', '?']).next()?;
     let server = authority.rsplit_once('@').map_or(authority, |(_, s)| s);
     (!server.is_empty()).then_some(server)
@@ -347,9 +404,16 @@ fn server_of(url: &str) -> Option<&str> {
 
 /// `url` pointed at another `host:port`, keeping its user, database and parameters.
 fn on_server(url: &str, server: &str) -> String {
-    let Some(old) = server_of(url) else { return url.to_owned() };
-    let Some(at) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
-    let start = url[at..].split(['/', '?']).next().map_or(at, |auth| at + auth.len() - old.len());
+    let Some(old) = server_of(url) else {
+        return url.to_owned();
+    };
+    let Some(at) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let start = url[at..]
+        .split(['/', '?'])
+        .next()
+        .map_or(at, |auth| at + auth.len() - old.len());
     format!("{}{server}{}", &url[..start], &url[start + old.len()..])
 }
 
@@ -363,7 +427,10 @@ mod tests {
         assert_eq!(server_of(aux), Some("10.0.0.1:5432"));
         assert_eq!(server_of("postgres://db/x"), Some("db"));
         assert_eq!(server_of("sqlite://data/aux.db"), None);
-        assert_eq!(on_server(aux, "10.0.0.2:5433"), "postgres://app:pw@10.0.0.2:5433/orderhub_aux?sslmode=disable");
+        assert_eq!(
+            on_server(aux, "10.0.0.2:5433"),
+            "postgres://app:pw@10.0.0.2:5433/orderhub_aux?sslmode=disable"
+        );
         assert_eq!(on_server("postgres://db/x", "db2:1"), "postgres://db2:1/x");
     }
 }

@@ -8,11 +8,13 @@
 use std::sync::Arc;
 
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
+use crate::Context;
 use crate::order::{OrderActor, OrderArgs, OrderMsg};
 use crate::protocol::{ApiError, SubmitReply};
-use crate::Context;
 
 pub struct OrderSupervisor;
 
@@ -28,7 +30,11 @@ impl Actor for OrderSupervisor {
     type State = SupervisorState;
     type Arguments = ();
 
-    async fn pre_start(&self, _myself: ActorRef<Self::Msg>, _: ()) -> Result<Self::State, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _: (),
+    ) -> Result<Self::State, ActorProcessingErr> {
         Ok(SupervisorState::default())
     }
 
@@ -78,25 +84,51 @@ impl Orders {
             if let Some(cell) = ractor::registry::where_is(name.clone()) {
                 return Ok(cell.into());
             }
-            let args = OrderArgs { id: order_id.to_owned(), ctx: self.ctx.clone(), new };
-            match Actor::spawn_linked(Some(name.clone()), OrderActor, args, self.supervisor.clone()).await {
+            let args = OrderArgs {
+                id: order_id.to_owned(),
+                ctx: self.ctx.clone(),
+                new,
+            };
+            match Actor::spawn_linked(
+                Some(name.clone()),
+                OrderActor,
+                args,
+                self.supervisor.clone(),
+            )
+            .await
+            {
                 Ok((actor, _)) => return Ok(actor),
                 // Someone else spawned it between our lookup and our spawn: use theirs.
                 Err(SpawnErr::ActorAlreadyRegistered(_)) => continue,
                 Err(e) => {
                     tracing::warn!(order_id, error = %e, "order actor could not start");
-                    return Err(ApiError::unavailable("the order could not be loaded; retry later"));
+                    return Err(ApiError::unavailable(
+                        "the order could not be loaded; retry later",
+                    ));
                 }
             }
         }
-        Err(ApiError::unavailable("the order could not be loaded; retry later"))
+        Err(ApiError::unavailable(
+            "the order could not be loaded; retry later",
+        ))
     }
 
     /// Spawns the actor of a brand-new order and stores it.
-    pub async fn submit(&self, order_id: &str, request: crate::protocol::SubmitRequest) -> Result<SubmitReply, ApiError> {
+    pub async fn submit(
+        &self,
+        order_id: &str,
+        request: crate::protocol::SubmitRequest,
+    ) -> Result<SubmitReply, ApiError> {
         let actor = self.spawn(order_id, true).await?;
         let request = Box::new(request);
-        answer(actor.call(|reply| OrderMsg::Submit(request, reply), Some(self.ctx.tuning.call_timeout)).await)
+        answer(
+            actor
+                .call(
+                    |reply| OrderMsg::Submit(request, reply),
+                    Some(self.ctx.tuning.call_timeout),
+                )
+                .await,
+        )
     }
 
     /// Asks an order's actor something; if the actor stopped before answering (it was settling),
@@ -113,7 +145,9 @@ impl Orders {
                 other => return answer(other),
             }
         }
-        Err(ApiError::unavailable("the order's actor is restarting; retry"))
+        Err(ApiError::unavailable(
+            "the order's actor is restarting; retry",
+        ))
     }
 
     /// Tells an order's actor something, without waiting.
@@ -134,7 +168,11 @@ fn answer(
 ) -> Result<SubmitReply, ApiError> {
     match r {
         Ok(CallResult::Success(answer)) => answer,
-        Ok(CallResult::Timeout) => Err(ApiError::unavailable("the hub did not finish in time; retry with the same key")),
-        Ok(CallResult::SenderError) | Err(_) => Err(ApiError::unavailable("the order's actor stopped; retry with the same key")),
+        Ok(CallResult::Timeout) => Err(ApiError::unavailable(
+            "the hub did not finish in time; retry with the same key",
+        )),
+        Ok(CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
+            "the order's actor stopped; retry with the same key",
+        )),
     }
 }

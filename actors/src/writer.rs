@@ -31,7 +31,10 @@ const DOWN_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 #[derive(Debug)]
 pub enum WriteOp {
     /// A new order and its stored event; an existing `(user_id, request_id)` wins.
-    InsertOrder { order: orders::Model, event: outbox::Model },
+    InsertOrder {
+        order: orders::Model,
+        event: outbox::Model,
+    },
     /// A result, the order's move to `result_stored` (from `expected_version`), and the result event.
     StoreResult {
         result: order_results::Model,
@@ -42,7 +45,11 @@ pub enum WriteOp {
     },
     /// An event was published: mark its outbox row, and move the order on if it is still at
     /// `from_version`.
-    MarkReleased { event_id: String, order_id: String, transition: Option<Transition> },
+    MarkReleased {
+        event_id: String,
+        order_id: String,
+        transition: Option<Transition>,
+    },
 }
 
 /// A conditional move of an order: from `from_version` to `status`/`version`.
@@ -143,14 +150,25 @@ impl WriterState {
         }
         let batch = std::mem::take(&mut self.buffer);
         let (ops, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        if self.primary_down_at.is_some_and(|at| at.elapsed() < DOWN_RETRY) {
+        if self
+            .primary_down_at
+            .is_some_and(|at| at.elapsed() < DOWN_RETRY)
+        {
             answer(replies, |_| Err(primary_down()));
             return;
         }
         let started = std::time::Instant::now();
         let committed = commit(&self.primary, &ops).await;
-        self.primary_down_at = committed.as_ref().err().filter(|e| unreachable(e)).map(|_| std::time::Instant::now());
-        tracing::debug!(ops = ops.len(), ms = started.elapsed().as_secs_f64() * 1e3, "group commit");
+        self.primary_down_at = committed
+            .as_ref()
+            .err()
+            .filter(|e| unreachable(e))
+            .map(|_| std::time::Instant::now());
+        tracing::debug!(
+            ops = ops.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "group commit"
+        );
         match committed {
             Ok(outcomes) => self.finish(&ops, replies, outcomes),
             // A lone op, or a primary out of reach: retrying one by one would only wait again.
@@ -206,7 +224,11 @@ impl WriterState {
             }
         }
         let mut outcomes = outcomes.into_iter();
-        answer(replies, |_| outcomes.next().ok_or_else(|| StoreError::Unavailable(sea_orm::DbErr::Custom("missing outcome".into()))));
+        answer(replies, |_| {
+            outcomes.next().ok_or_else(|| {
+                StoreError::Unavailable(sea_orm::DbErr::Custom("missing outcome".into()))
+            })
+        });
     }
 }
 
@@ -223,25 +245,31 @@ fn answer(
 /// `true` when the error says the primary cannot be reached (no connection, connection lost,
 /// server shutting down), as opposed to a statement the primary refused.
 fn unreachable(e: &sea_orm::DbErr) -> bool {
-    use sea_orm::{sqlx, DbErr, RuntimeErr};
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
     match e {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match &**e {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            // Postgres class 08 (connection exception) and 57P01-03 (shutting down, cannot connect now).
-            sqlx::Error::Database(d) => d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
-            _ => false,
-        },
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Postgres class 08 (connection exception) and 57P01-03 (shutting down, cannot connect now).
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            }
+        }
         _ => false,
     }
 }
 
 fn primary_down() -> StoreError {
-    StoreError::Unavailable(sea_orm::DbErr::Custom("the primary database could not be reached moments ago".into()))
+    StoreError::Unavailable(sea_orm::DbErr::Custom(
+        "the primary database could not be reached moments ago".into(),
+    ))
 }
 
 fn clone_err(e: &sea_orm::DbErr) -> sea_orm::DbErr {
@@ -251,7 +279,10 @@ fn clone_err(e: &sea_orm::DbErr) -> sea_orm::DbErr {
 /// Runs the ops in one transaction, a handful of statements per batch rather than per op: the
 /// ops of one batch always concern distinct orders (an order actor awaits each write), so each kind
 /// of op goes out as one multi-row statement, and `RETURNING` tells which rows it touched.
-async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>, sea_orm::DbErr> {
+async fn commit(
+    db: &DatabaseConnection,
+    ops: &[WriteOp],
+) -> Result<Vec<WriteOutcome>, sea_orm::DbErr> {
     let txn = db.begin().await?;
     let now = Utc::now();
     let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
@@ -268,11 +299,17 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
         })
         .collect();
     for chunk in inserts.chunks(CHUNK) {
-        let mut stmt = orders::Entity::insert_many(chunk.iter().map(|(_, o, _)| (*o).clone().into_active_model()))
-            .on_conflict(
-                OnConflict::columns([orders::Column::UserId, orders::Column::RequestId]).do_nothing().to_owned(),
-            )
-            .into_query();
+        let mut stmt = orders::Entity::insert_many(
+            chunk
+                .iter()
+                .map(|(_, o, _)| (*o).clone().into_active_model()),
+        )
+        .on_conflict(
+            OnConflict::columns([orders::Column::UserId, orders::Column::RequestId])
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
         stmt.returning_col(orders::Column::Id);
         let inserted = returned_ids(&txn, &stmt).await?;
         for (i, order, event) in chunk {
@@ -285,7 +322,9 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
                     .filter(orders::Column::RequestId.eq(order.request_id.as_str()))
                     .one(&txn)
                     .await?
-                    .ok_or_else(|| sea_orm::DbErr::RecordNotFound("idempotency key holder".into()))?;
+                    .ok_or_else(|| {
+                        sea_orm::DbErr::RecordNotFound("idempotency key holder".into())
+                    })?;
                 outcomes[*i] = Some(WriteOutcome::DuplicateOrder(Box::new(existing)));
             }
         }
@@ -294,11 +333,23 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
     // Results: move each order from the version its actor saw; an order that moved meanwhile
     // either has a result already or is stale.
     let mut results = Vec::new();
-    let mut by_version: HashMap<(i32, &'static str, i32), Vec<(usize, &order_results::Model, &outbox::Model)>> =
-        HashMap::new();
+    let mut by_version: HashMap<
+        (i32, &'static str, i32),
+        Vec<(usize, &order_results::Model, &outbox::Model)>,
+    > = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
-        if let WriteOp::StoreResult { result, expected_version, status, version, event } = op {
-            by_version.entry((*expected_version, *status, *version)).or_default().push((i, result, event));
+        if let WriteOp::StoreResult {
+            result,
+            expected_version,
+            status,
+            version,
+            event,
+        } = op
+        {
+            by_version
+                .entry((*expected_version, *status, *version))
+                .or_default()
+                .push((i, result, event));
         }
     }
     for ((from, status, version), group) in by_version {
@@ -320,7 +371,10 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
                     events.push((*event).clone());
                 } else {
                     outcomes[*i] = Some(
-                        match order_results::Entity::find_by_id(result.order_id.clone()).one(&txn).await? {
+                        match order_results::Entity::find_by_id(result.order_id.clone())
+                            .one(&txn)
+                            .await?
+                        {
                             Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
                             None => WriteOutcome::Stale,
                         },
@@ -356,9 +410,17 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
             .exec(&txn)
             .await?;
     }
-    let mut moves: HashMap<(i32, &'static str, i32, Option<std::time::Duration>), Vec<(usize, &str)>> = HashMap::new();
+    let mut moves: HashMap<
+        (i32, &'static str, i32, Option<std::time::Duration>),
+        Vec<(usize, &str)>,
+    > = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
-        if let WriteOp::MarkReleased { order_id, transition, .. } = op {
+        if let WriteOp::MarkReleased {
+            order_id,
+            transition,
+            ..
+        } = op
+        {
             match transition {
                 Some(t) => moves
                     .entry((t.from_version, t.status, t.version, t.deadline_after))
@@ -385,7 +447,11 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
             stmt.returning_col(orders::Column::Id);
             let moved = returned_ids(&txn, &stmt).await?;
             for (i, id) in chunk {
-                outcomes[*i] = Some(if moved.contains(*id) { WriteOutcome::Done } else { WriteOutcome::Stale });
+                outcomes[*i] = Some(if moved.contains(*id) {
+                    WriteOutcome::Done
+                } else {
+                    WriteOutcome::Stale
+                });
             }
         }
     }
@@ -393,7 +459,9 @@ async fn commit(db: &DatabaseConnection, ops: &[WriteOp]) -> Result<Vec<WriteOut
     txn.commit().await?;
     outcomes
         .into_iter()
-        .map(|o| o.ok_or_else(|| sea_orm::DbErr::Custom("an op of the batch was not applied".into())))
+        .map(|o| {
+            o.ok_or_else(|| sea_orm::DbErr::Custom("an op of the batch was not applied".into()))
+        })
         .collect()
 }
 

@@ -61,7 +61,10 @@ async fn apply(
                   (name VARCHAR(128) PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
     db.execute_unprepared(ledger)
         .await
-        .map_err(|source| MigrationError::Step { step: "ledger", source })?;
+        .map_err(|source| MigrationError::Step {
+            step: "ledger",
+            source,
+        })?;
     let mut applied = Vec::new();
     for step in steps {
         let done = db
@@ -74,7 +77,10 @@ async fn apply(
                 [step.name.into()],
             ))
             .await
-            .map_err(|source| MigrationError::Step { step: step.name, source })?
+            .map_err(|source| MigrationError::Step {
+                step: step.name,
+                source,
+            })?
             .is_some();
         if done {
             continue;
@@ -82,7 +88,10 @@ async fn apply(
         for sql in (step.build)(backend) {
             db.execute_unprepared(&sql)
                 .await
-                .map_err(|source| MigrationError::Step { step: step.name, source })?;
+                .map_err(|source| MigrationError::Step {
+                    step: step.name,
+                    source,
+                })?;
         }
         let record = format!(
             "INSERT INTO orderhub_migrations (name, applied_at) VALUES ('{}', '{}') \
@@ -92,7 +101,10 @@ async fn apply(
         );
         db.execute_unprepared(&record)
             .await
-            .map_err(|source| MigrationError::Step { step: step.name, source })?;
+            .map_err(|source| MigrationError::Step {
+                step: step.name,
+                source,
+            })?;
         tracing::info!(step = step.name, "migration applied");
         applied.push(step.name);
     }

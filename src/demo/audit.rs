@@ -2,16 +2,16 @@
 //! `aux-<system>` and, for every result event, writes its record through
 //! `orders.aux.<system>.record`, acknowledging after the hub replied.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actors::protocol::{consumer, CloudEvent, ErrorCode, EventKind, RecordReply, Subjects};
-use async_nats::jetstream::{self, AckKind};
+use actors::protocol::{CloudEvent, ErrorCode, EventKind, RecordReply, Subjects, consumer};
 use async_nats::Client;
+use async_nats::jetstream::{self, AckKind};
 use serde_json::json;
 
-use super::client::{self, ack, call, Stop};
+use super::client::{self, Stop, ack, call};
 
 /// The NATS user every external auxiliary system connects as.
 const AUX_USER: &str = "aux";
@@ -45,8 +45,12 @@ impl Auditor {
     ) -> anyhow::Result<(Arc<AuditStats>, tokio::task::JoinHandle<()>)> {
         let client = client::connect_role(hub_url, AUX_USER).await?;
         let durable = client::bind(&client, stream, &consumer::aux(system)).await?;
-        let auditor =
-            Arc::new(Auditor { system: system.to_owned(), client, subjects, stats: Arc::default() });
+        let auditor = Arc::new(Auditor {
+            system: system.to_owned(),
+            client,
+            subjects,
+            stats: Arc::default(),
+        });
         let stats = auditor.stats.clone();
         let task = tokio::spawn(async move {
             let name = consumer::aux(&auditor.system);

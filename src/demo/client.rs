@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use async_nats::{Client, RequestErrorKind};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
@@ -63,7 +63,10 @@ impl CallError {
         match self {
             Self::Api { code, .. } => code == actors::protocol::ErrorCode::Unavailable.as_str(),
             Self::Transport(e) => {
-                matches!(e.kind(), RequestErrorKind::TimedOut | RequestErrorKind::NoResponders)
+                matches!(
+                    e.kind(),
+                    RequestErrorKind::TimedOut | RequestErrorKind::NoResponders
+                )
             }
             Self::Decode(_) => false,
         }
@@ -91,14 +94,23 @@ pub async fn call<T: DeserializeOwned>(
     let reply = client.request(subject, payload.into()).await?;
     let header = reply.headers.as_ref().and_then(|h| {
         let code = h.get(NATS_SERVICE_ERROR_CODE)?.as_str().to_owned();
-        let text = h.get(NATS_SERVICE_ERROR).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        let text = h
+            .get(NATS_SERVICE_ERROR)
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default();
         Some((code, text))
     });
     if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&reply.payload) {
-        return Err(CallError::Api { code: error.code, message: error.message });
+        return Err(CallError::Api {
+            code: error.code,
+            message: error.message,
+        });
     }
     if let Some((status, text)) = header {
-        return Err(CallError::Api { code: format!("status {status}"), message: text });
+        return Err(CallError::Api {
+            code: format!("status {status}"),
+            message: text,
+        });
     }
     Ok(serde_json::from_slice(&reply.payload)?)
 }
@@ -193,6 +205,9 @@ mod tests {
             role_url("nats://hub:hub-dev@127.0.0.1:4222", "gateway"),
             "nats://gateway:gateway-dev@127.0.0.1:4222"
         );
-        assert_eq!(role_url("nats://127.0.0.1:4333", "aux"), "nats://aux:aux-dev@127.0.0.1:4333");
+        assert_eq!(
+            role_url("nats://127.0.0.1:4333", "aux"),
+            "nats://aux:aux-dev@127.0.0.1:4333"
+        );
     }
 }

@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::protocol::{consumer, CloudEvent, EventKind, QueryReply, Subjects, SubmitReply};
-use async_nats::jetstream::{self, AckKind};
+use actors::protocol::{CloudEvent, EventKind, QueryReply, Subjects, SubmitReply, consumer};
 use async_nats::Client;
+use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::client::{self, ack, call, Stop};
+use super::client::{self, Stop, ack, call};
 use super::ledger::{Ledger, Placed};
 
 const GATEWAY_USER: &str = "gateway";
@@ -50,9 +50,17 @@ impl Gateway {
         partners: Vec<String>,
         run_id: String,
     ) -> anyhow::Result<Self> {
-        anyhow::ensure!(!partners.is_empty(), "no partners are configured: nothing to order from");
+        anyhow::ensure!(
+            !partners.is_empty(),
+            "no partners are configured: nothing to order from"
+        );
         let client = client::connect_role(hub_url, GATEWAY_USER).await?;
-        Ok(Self { client, subjects, partners, run_id })
+        Ok(Self {
+            client,
+            subjects,
+            partners,
+            run_id,
+        })
     }
 
     /// Spawns the listener of durable consumer `gateway`: every result event settles its order
@@ -92,7 +100,13 @@ impl Gateway {
 
     /// Submits orders `0..n`, at most `concurrency` at once, recording each in `ledger`. A busy or
     /// silent hub is asked again with the same `request_id` until `deadline`.
-    pub async fn submit_all(&self, n: usize, concurrency: usize, ledger: &Ledger, deadline: Instant) {
+    pub async fn submit_all(
+        &self,
+        n: usize,
+        concurrency: usize,
+        ledger: &Ledger,
+        deadline: Instant,
+    ) {
         futures::stream::iter(0..n)
             .map(|i| self.submit_one(i, ledger, deadline))
             .buffer_unordered(concurrency.max(1))
@@ -119,7 +133,14 @@ impl Gateway {
             match call::<SubmitReply>(&self.client, self.subjects.submit(), &body).await {
                 Ok(reply) => {
                     let acked = std::time::Instant::now();
-                    return ledger.accepted(Placed { order_id: reply.order_id, user_id }, sent, acked);
+                    return ledger.accepted(
+                        Placed {
+                            order_id: reply.order_id,
+                            user_id,
+                        },
+                        sent,
+                        acked,
+                    );
                 }
                 Err(e) if e.is_retryable() && Instant::now() + backoff < deadline => {
                     ledger.submit_retried();
@@ -132,8 +153,16 @@ impl Gateway {
     }
 
     /// Queries every order until it shows `expected` auxiliary records or `deadline` passes.
-    pub async fn verify_aux(&self, orders: &[Placed], expected: usize, deadline: Instant) -> AuxTally {
-        let mut tally = AuxTally { expected_per_order: expected, ..Default::default() };
+    pub async fn verify_aux(
+        &self,
+        orders: &[Placed],
+        expected: usize,
+        deadline: Instant,
+    ) -> AuxTally {
+        let mut tally = AuxTally {
+            expected_per_order: expected,
+            ..Default::default()
+        };
         let mut checks = futures::stream::iter(orders)
             .map(|p| self.await_aux(p, expected, deadline))
             .buffer_unordered(QUERY_CONCURRENCY);
@@ -150,9 +179,9 @@ impl Gateway {
                         tally.short.push(describe(&placed, &reply));
                     }
                 }
-                Err(e) if tally.short.len() < 5 => {
-                    tally.short.push(format!("{}: query failed: {e}", placed.order_id))
-                }
+                Err(e) if tally.short.len() < 5 => tally
+                    .short
+                    .push(format!("{}: query failed: {e}", placed.order_id)),
                 Err(_) => {}
             }
         }

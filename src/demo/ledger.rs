@@ -85,11 +85,17 @@ impl Ledger {
             submit_retries: 0,
             redelivered: 0,
         };
-        Ok(Self { state: Mutex::new(state), settled: watch::Sender::new(0), progress })
+        Ok(Self {
+            state: Mutex::new(state),
+            settled: watch::Sender::new(0),
+            progress,
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// `submit` answered `accepted` at `acked` for a request first sent at `sent`.
@@ -153,7 +159,12 @@ impl Ledger {
     pub fn tally(&self) -> Tally {
         let s = self.lock();
         Tally {
-            unsettled: s.placed.iter().filter(|p| s.waiting.contains_key(&p.order_id)).cloned().collect(),
+            unsettled: s
+                .placed
+                .iter()
+                .filter(|p| s.waiting.contains_key(&p.order_id))
+                .cloned()
+                .collect(),
             placed: s.placed.clone(),
             settled: s.settled.len(),
             outcomes: s.outcomes.clone(),
@@ -173,7 +184,10 @@ mod tests {
     use super::*;
 
     fn placed(id: &str) -> Placed {
-        Placed { order_id: id.into(), user_id: "u-1".into() }
+        Placed {
+            order_id: id.into(),
+            user_id: "u-1".into(),
+        }
     }
 
     #[test]

@@ -141,7 +141,11 @@ async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(options.orders > 0, "--orders must be at least 1");
     anyhow::ensure!(options.concurrency > 0, "--concurrency must be at least 1");
     let app = if options.start_hub {
-        Some(crate::App::start(settings.clone()).await.context("starting the hub in-process")?)
+        Some(
+            crate::App::start(settings.clone())
+                .await
+                .context("starting the hub in-process")?,
+        )
     } else {
         None
     };
@@ -167,23 +171,33 @@ struct Simulators {
 impl Simulators {
     fn new() -> Self {
         let (switch, stop) = client::stop_switch();
-        Self { switch, stop, tasks: Vec::new(), partners: Vec::new(), audits: Vec::new() }
+        Self {
+            switch,
+            stop,
+            tasks: Vec::new(),
+            partners: Vec::new(),
+            audits: Vec::new(),
+        }
     }
 
     /// A partner per configured partner and an auditor per external auxiliary system.
     async fn start(&mut self, settings: &Settings, subjects: &Subjects) -> anyhow::Result<()> {
         let (url, stream) = (&settings.nats.url, &settings.nats.stream);
         for p in &settings.partners {
-            let (stats, task) = Partner::start(url, stream, subjects.clone(), &p.id, self.stop.clone())
-                .await
-                .with_context(|| format!("starting simulated partner {}", p.id))?;
+            let (stats, task) =
+                Partner::start(url, stream, subjects.clone(), &p.id, self.stop.clone())
+                    .await
+                    .with_context(|| format!("starting simulated partner {}", p.id))?;
             self.tasks.push(task);
             self.partners.push((p.id.clone(), stats));
         }
         for a in settings.aux.iter().filter(|a| a.external) {
-            let (stats, task) = Auditor::start(url, stream, subjects.clone(), &a.system, self.stop.clone())
-                .await
-                .with_context(|| format!("starting the external auxiliary system {}", a.system))?;
+            let (stats, task) =
+                Auditor::start(url, stream, subjects.clone(), &a.system, self.stop.clone())
+                    .await
+                    .with_context(|| {
+                        format!("starting the external auxiliary system {}", a.system)
+                    })?;
             self.tasks.push(task);
             self.audits.push((a.system.clone(), stats));
         }
@@ -194,7 +208,10 @@ impl Simulators {
     async fn shutdown(&mut self) {
         self.switch.stop();
         for mut task in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a simulator did not stop within 10 s; aborting it");
                 task.abort();
             }
@@ -204,7 +221,11 @@ impl Simulators {
 
 /// Runs the simulators around [`exercise`] and always stops them.
 async fn drive(settings: &Settings, options: &Options) -> anyhow::Result<Report> {
-    let progress = if options.progress { progress_bar(options.orders) } else { ProgressBar::hidden() };
+    let progress = if options.progress {
+        progress_bar(options.orders)
+    } else {
+        ProgressBar::hidden()
+    };
     let ledger = Arc::new(Ledger::new(progress)?);
     let mut sims = Simulators::new();
     let report = exercise(settings, options, &ledger, &mut sims).await;
@@ -230,12 +251,18 @@ async fn exercise(
     sims.start(settings, &subjects).await?;
     let partner_ids = settings.partners.iter().map(|p| p.id.clone()).collect();
     let gateway = Gateway::connect(url, subjects.clone(), partner_ids, run_id.clone()).await?;
-    sims.tasks.push(gateway.listen(stream, ledger.clone(), sims.stop.clone()).await?);
+    sims.tasks.push(
+        gateway
+            .listen(stream, ledger.clone(), sims.stop.clone())
+            .await?,
+    );
 
     let started = Instant::now();
     let deadline = started + options.timeout;
     let settling = tokio::time::timeout_at(deadline, async {
-        gateway.submit_all(options.orders, options.concurrency, ledger, deadline).await;
+        gateway
+            .submit_all(options.orders, options.concurrency, ledger, deadline)
+            .await;
         ledger.wait_settled(ledger.accepted_count()).await;
     });
     // `None` once every order settled; else when the wait ended (deadline or Ctrl-C).
@@ -263,14 +290,24 @@ async fn exercise(
             tally.settled,
             options.orders,
             tally.placed.len(),
-            if lines.is_empty() { "none accepted yet".into() } else { lines.join(" | ") }
+            if lines.is_empty() {
+                "none accepted yet".into()
+            } else {
+                lines.join(" | ")
+            }
         ));
     }
     if !tally.submit_failures.is_empty() {
         problems.push(format!(
             "{} orders were not accepted, e.g.: {}",
             tally.submit_failures.len(),
-            tally.submit_failures.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")
+            tally
+                .submit_failures
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" | ")
         ));
     }
 
@@ -278,7 +315,9 @@ async fn exercise(
     // has failed already).
     let aux = if options.verify_aux && all_settled {
         let aux_deadline = deadline.max(Instant::now() + AUX_GRACE);
-        let aux = gateway.verify_aux(&tally.placed, settings.aux.len(), aux_deadline).await;
+        let aux = gateway
+            .verify_aux(&tally.placed, settings.aux.len(), aux_deadline)
+            .await;
         if aux.complete < aux.checked {
             problems.push(format!(
                 "{} of {} settled orders show fewer than {} auxiliary records, e.g.: {}",
@@ -293,14 +332,17 @@ async fn exercise(
         None
     };
 
-    let stream_tally = stream_messages(&observer, stream).await.map(|total| StreamTally {
-        name: stream.to_owned(),
-        total,
-        run: before.map(|b| total.saturating_sub(b)),
-    });
+    let stream_tally = stream_messages(&observer, stream)
+        .await
+        .map(|total| StreamTally {
+            name: stream.to_owned(),
+            total,
+            run: before.map(|b| total.saturating_sub(b)),
+        });
     gateway.close().await;
-    let elapsed =
-        tally.last_settled.map_or(Duration::ZERO, |t| t.saturating_duration_since(started.into_std()));
+    let elapsed = tally.last_settled.map_or(Duration::ZERO, |t| {
+        t.saturating_duration_since(started.into_std())
+    });
     Ok(Report {
         title: options.title.to_owned(),
         run_id,

@@ -2,17 +2,19 @@
 //! through `orders.partner.<id>.get`, decides, and posts its result to
 //! `orders.partner.<id>.result`, acknowledging the event only after the hub replied.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actors::protocol::{consumer, CloudEvent, ErrorCode, EventKind, OrderReply, Subjects, SubmitReply};
-use async_nats::jetstream::{self, AckKind};
+use actors::protocol::{
+    CloudEvent, ErrorCode, EventKind, OrderReply, Subjects, SubmitReply, consumer,
+};
 use async_nats::Client;
+use async_nats::jetstream::{self, AckKind};
 use serde::Serialize;
 use serde_json::json;
 
-use super::client::{self, ack, call, CallError, Stop};
+use super::client::{self, CallError, Stop, ack, call};
 
 /// Stored events handled at once per partner.
 const CONCURRENCY: usize = 64;
@@ -45,7 +47,9 @@ impl Policy {
 
 /// FNV-1a: a stable hash, the same in every run and on every machine.
 pub fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// What a partner did, for the summary.
@@ -150,11 +154,15 @@ impl Partner {
     /// `get`, decide, `result`.
     async fn process(&self, order_id: &str) -> Result<Handled, CallError> {
         let get = json!({ "order_id": order_id });
-        let order = match call::<OrderReply>(&self.client, self.subjects.partner_get(&self.id), &get).await {
-            Ok(OrderReply { order }) => order,
-            Err(e) if e.code() == Some(ErrorCode::NotFound.as_str()) => return Ok(Handled::Stale),
-            Err(e) => return Err(e),
-        };
+        let order =
+            match call::<OrderReply>(&self.client, self.subjects.partner_get(&self.id), &get).await
+            {
+                Ok(OrderReply { order }) => order,
+                Err(e) if e.code() == Some(ErrorCode::NotFound.as_str()) => {
+                    return Ok(Handled::Stale);
+                }
+                Err(e) => return Err(e),
+            };
         let confirmed = self.policy.confirms(&order.order_id);
         let body = ResultBody {
             order_id: &order.order_id,
@@ -167,7 +175,8 @@ impl Partner {
                 json!({ "reason": "no availability" })
             },
         };
-        match call::<SubmitReply>(&self.client, self.subjects.partner_result(&self.id), &body).await {
+        match call::<SubmitReply>(&self.client, self.subjects.partner_result(&self.id), &body).await
+        {
             Ok(reply) if reply.duplicate => Ok(Handled::Stale),
             Ok(_) => Ok(Handled::Posted { confirmed }),
             Err(e) if e.code() == Some(ErrorCode::Conflict.as_str()) => Ok(Handled::Stale),
@@ -184,7 +193,9 @@ mod tests {
     #[test]
     fn globex_rejects_about_one_in_five() {
         let p = Policy::of("globex-hotels");
-        let rejected = (0..10_000).filter(|i| !p.confirms(&format!("0190-{i}"))).count();
+        let rejected = (0..10_000)
+            .filter(|i| !p.confirms(&format!("0190-{i}")))
+            .count();
         assert!((1_500..2_500).contains(&rejected), "{rejected}");
         assert!((0..100).all(|i| Policy::of("acme-air").confirms(&i.to_string())));
     }

@@ -50,7 +50,11 @@ fn ms(h: &Histogram<u64>, q: f64) -> String {
     if h.is_empty() {
         return "-".into();
     }
-    let micros = if q >= 1.0 { h.max() } else { h.value_at_quantile(q) };
+    let micros = if q >= 1.0 {
+        h.max()
+    } else {
+        h.value_at_quantile(q)
+    };
     format!("{:.1}", micros as f64 / 1000.0)
 }
 
@@ -99,12 +103,20 @@ impl Report {
             others.concat()
         );
         if let Some(aux) = &self.aux {
-            let systems: Vec<String> = aux.by_system.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let systems: Vec<String> = aux
+                .by_system
+                .iter()
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
             let _ = writeln!(
                 w,
                 "  aux records     {} written: {} ({} of {} orders show all {})",
                 aux.by_system.values().sum::<u64>(),
-                if systems.is_empty() { "none".into() } else { systems.join(", ") },
+                if systems.is_empty() {
+                    "none".into()
+                } else {
+                    systems.join(", ")
+                },
                 aux.complete,
                 aux.checked,
                 aux.expected_per_order
@@ -129,10 +141,14 @@ impl Report {
             self.settled,
             self.elapsed.as_secs_f64()
         );
-        let _ = writeln!(w, "  latency (ms)              p50      p90      p99      max    count");
-        for (name, h) in
-            [("submit → accepted", &self.submit_latency), ("submit → result event", &self.result_latency)]
-        {
+        let _ = writeln!(
+            w,
+            "  latency (ms)              p50      p90      p99      max    count"
+        );
+        for (name, h) in [
+            ("submit → accepted", &self.submit_latency),
+            ("submit → result event", &self.result_latency),
+        ] {
             let _ = writeln!(
                 w,
                 "    {name:<22}{:>7}  {:>7}  {:>7}  {:>7}  {:>7}",

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -22,7 +22,8 @@ both_backends!(
 );
 
 fn is_uuid_v7(s: &str) -> bool {
-    uuid::Uuid::try_parse(s).is_ok_and(|u| u.get_version_num() == 7 && u.hyphenated().to_string() == s)
+    uuid::Uuid::try_parse(s)
+        .is_ok_and(|u| u.get_version_num() == 7 && u.hyphenated().to_string() == s)
 }
 
 fn is_rfc3339_utc(s: &str) -> bool {
@@ -33,7 +34,12 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let partner = hub.client("partner-acme-air").await;
 
-    let r = request(&gateway, "orders.submit", order("u-1001", "gw-7f3a", "acme-air")).await;
+    let r = request(
+        &gateway,
+        "orders.submit",
+        order("u-1001", "gw-7f3a", "acme-air"),
+    )
+    .await;
     let body = r.assert_ok();
     assert_eq!(body["status"], "accepted");
     assert_eq!(body["duplicate"], false);
@@ -41,13 +47,24 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     assert!(is_uuid_v7(&order_id), "{order_id}");
 
     // The partner's durable consumer carries the stored event.
-    let stored = pull(&durable(&partner, "partner-acme-air").await, 1, Duration::from_secs(10)).await;
+    let stored = pull(
+        &durable(&partner, "partner-acme-air").await,
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(stored.len(), 1, "one stored event");
     let m = &stored[0];
-    assert_eq!(m.subject.as_str(), format!("orders.events.stored.acme-air.{order_id}"));
+    assert_eq!(
+        m.subject.as_str(),
+        format!("orders.events.stored.acme-air.{order_id}")
+    );
     let ev = event(m);
     let headers = m.headers.as_ref().expect("headers");
-    assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), ev["id"].as_str().unwrap());
+    assert_eq!(
+        headers.get("Nats-Msg-Id").unwrap().as_str(),
+        ev["id"].as_str().unwrap()
+    );
     // Postgres: the replica had replayed past the event's fence before it was published.
     let fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
     assert_eq!(ev["specversion"], "1.0");
@@ -55,7 +72,11 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     assert_eq!(ev["source"], "orderhub");
     assert_eq!(ev["type"], "orderhub.order.stored");
     assert_eq!(ev["subject"], order_id.as_str());
-    assert!(is_rfc3339_utc(ev["time"].as_str().unwrap()), "{}", ev["time"]);
+    assert!(
+        is_rfc3339_utc(ev["time"].as_str().unwrap()),
+        "{}",
+        ev["time"]
+    );
     assert_eq!(ev["datacontenttype"], "application/json");
     assert_eq!(
         ev["data"],
@@ -63,7 +84,12 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     );
 
     // It pulls the order from the read node: every submitted field plus the bookkeeping.
-    let got = request(&partner, "orders.partner.acme-air.get", json!({"order_id": order_id})).await;
+    let got = request(
+        &partner,
+        "orders.partner.acme-air.get",
+        json!({"order_id": order_id}),
+    )
+    .await;
     let o = &got.assert_ok()["order"];
     for (k, v) in order("u-1001", "gw-7f3a", "acme-air").as_object().unwrap() {
         assert_eq!(&o[k], v, "field {k}");
@@ -72,10 +98,20 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     assert!(is_rfc3339_utc(o["created_at"].as_str().unwrap()));
     assert!(is_rfc3339_utc(o["updated_at"].as_str().unwrap()));
     // The stored event is out, so the order is (or is about to be) dispatched.
-    eventually(Duration::from_secs(5), "order dispatched (version 2)", || async {
-        let got = request(&partner, "orders.partner.acme-air.get", json!({"order_id": order_id})).await;
-        (got.body["order"]["status"] == "dispatched" && got.body["order"]["version"] == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(5),
+        "order dispatched (version 2)",
+        || async {
+            let got = request(
+                &partner,
+                "orders.partner.acme-air.get",
+                json!({"order_id": order_id}),
+            )
+            .await;
+            (got.body["order"]["status"] == "dispatched" && got.body["order"]["version"] == 2)
+                .then_some(())
+        },
+    )
     .await;
 
     let res = request(
@@ -91,14 +127,33 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     );
 
     // The gateway's durable consumer carries the result event.
-    let results = pull(&durable(&gateway, "gateway").await, 1, Duration::from_secs(10)).await;
+    let results = pull(
+        &durable(&gateway, "gateway").await,
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(results.len(), 1);
     let m = &results[0];
-    assert_eq!(m.subject.as_str(), format!("orders.events.result.u-1001.{order_id}"));
+    assert_eq!(
+        m.subject.as_str(),
+        format!("orders.events.result.u-1001.{order_id}")
+    );
     let ev = event(m);
-    assert_eq!(m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str(), ev["id"].as_str().unwrap());
+    assert_eq!(
+        m.headers
+            .as_ref()
+            .unwrap()
+            .get("Nats-Msg-Id")
+            .unwrap()
+            .as_str(),
+        ev["id"].as_str().unwrap()
+    );
     let result_fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
-    assert!(result_fence >= fence, "the result's fence {result_fence:?} precedes the stored one {fence:?}");
+    assert!(
+        result_fence >= fence,
+        "the result's fence {result_fence:?} precedes the stored one {fence:?}"
+    );
     assert_eq!(ev["type"], "orderhub.order.result_stored");
     assert_eq!(ev["subject"], order_id.as_str());
     assert_eq!(ev["source"], "orderhub");
@@ -110,11 +165,20 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     );
 
     // The user sees the whole picture: order notified, result, both built-in aux records.
-    let q = eventually(Duration::from_secs(10), "order notified with invoice and loyalty records", || async {
-        let q = request(&gateway, "orders.query", json!({"order_id": order_id, "user_id": "u-1001"})).await;
-        let aux = q.body["aux"].as_array().map(|a| a.len()).unwrap_or(0);
-        (q.body["order"]["status"] == "notified" && aux == 2).then_some(q)
-    })
+    let q = eventually(
+        Duration::from_secs(10),
+        "order notified with invoice and loyalty records",
+        || async {
+            let q = request(
+                &gateway,
+                "orders.query",
+                json!({"order_id": order_id, "user_id": "u-1001"}),
+            )
+            .await;
+            let aux = q.body["aux"].as_array().map(|a| a.len()).unwrap_or(0);
+            (q.body["order"]["status"] == "notified" && aux == 2).then_some(q)
+        },
+    )
     .await;
     let b = q.assert_ok();
     assert_eq!(b["order"]["version"], 4);
@@ -138,7 +202,10 @@ async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     let first = submit(&gateway, "u-1", "k-1", "acme-air").await;
 
     let again = request(&gateway, "orders.submit", order("u-1", "k-1", "acme-air")).await;
-    assert_eq!(again.assert_ok(), &json!({"order_id": first, "status": "accepted", "duplicate": true}));
+    assert_eq!(
+        again.assert_ok(),
+        &json!({"order_id": first, "status": "accepted", "duplicate": true})
+    );
 
     // Same key, other user: a different order.
     let other = submit(&gateway, "u-2", "k-1", "acme-air").await;
@@ -147,12 +214,18 @@ async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     // Same key, same user, another body: conflict, and nothing new is stored.
     let mut changed = order("u-1", "k-1", "acme-air");
     changed["amount_minor"] = json!(1);
-    request(&gateway, "orders.submit", changed).await.assert_error("conflict", 409);
-    let orders = eventually(Duration::from_secs(10), "u-1's order on the read node", || async {
-        let list = request(&gateway, "orders.query", json!({"user_id": "u-1"})).await;
-        let orders = list.assert_ok()["orders"].as_array().unwrap().clone();
-        (!orders.is_empty()).then_some(orders)
-    })
+    request(&gateway, "orders.submit", changed)
+        .await
+        .assert_error("conflict", 409);
+    let orders = eventually(
+        Duration::from_secs(10),
+        "u-1's order on the read node",
+        || async {
+            let list = request(&gateway, "orders.query", json!({"user_id": "u-1"})).await;
+            let orders = list.assert_ok()["orders"].as_array().unwrap().clone();
+            (!orders.is_empty()).then_some(orders)
+        },
+    )
     .await;
     assert_eq!(orders.len(), 1);
     assert_eq!(orders[0]["order_id"], first.as_str());
@@ -163,7 +236,10 @@ async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     for _ in 0..20 {
         let g = gateway.clone();
         tasks.push(tokio::spawn(async move {
-            request(&g, "orders.submit", order("u-3", "burst", "globex-hotels")).await.body["order_id"].clone()
+            request(&g, "orders.submit", order("u-3", "burst", "globex-hotels"))
+                .await
+                .body["order_id"]
+                .clone()
         }));
     }
     let mut ids = Vec::new();
@@ -178,24 +254,37 @@ async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let partner = hub.client("partner-acme-air").await;
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
-    let result = json!({"order_id": id, "result_id": "r-1", "outcome": "rejected", "partner_ref": "X"});
+    let result =
+        json!({"order_id": id, "result_id": "r-1", "outcome": "rejected", "partner_ref": "X"});
 
     let first = request(&partner, "orders.partner.acme-air.result", result.clone()).await;
     assert_eq!(first.assert_ok()["duplicate"], false);
     let again = request(&partner, "orders.partner.acme-air.result", result.clone()).await;
-    assert_eq!(again.assert_ok(), &json!({"order_id": id, "status": "result_stored", "duplicate": true}));
+    assert_eq!(
+        again.assert_ok(),
+        &json!({"order_id": id, "status": "result_stored", "duplicate": true})
+    );
 
     let mut other = result.clone();
     other["result_id"] = json!("r-2");
     other["outcome"] = json!("confirmed");
-    request(&partner, "orders.partner.acme-air.result", other).await.assert_error("conflict", 409);
+    request(&partner, "orders.partner.acme-air.result", other)
+        .await
+        .assert_error("conflict", 409);
     let mut same_key = result.clone();
     same_key["outcome"] = json!("failed");
-    request(&partner, "orders.partner.acme-air.result", same_key).await.assert_error("conflict", 409);
+    request(&partner, "orders.partner.acme-air.result", same_key)
+        .await
+        .assert_error("conflict", 409);
 
     // The first result stands; the order went through dispatched to result_stored (version ≥ 3).
     let q = eventually(Duration::from_secs(10), "result visible", || async {
-        let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-1"})).await;
+        let q = request(
+            &gateway,
+            "orders.query",
+            json!({"order_id": id, "user_id": "u-1"}),
+        )
+        .await;
         (!q.body["result"].is_null()).then_some(q)
     })
     .await;
@@ -203,7 +292,12 @@ async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
     assert!(q.body["order"]["version"].as_i64().unwrap() >= 3);
 
     // Exactly one stored and one result event.
-    let events = pull(&durable(&gateway, "gateway").await, 10, Duration::from_secs(2)).await;
+    let events = pull(
+        &durable(&gateway, "gateway").await,
+        10,
+        Duration::from_secs(2),
+    )
+    .await;
     assert_eq!(events.len(), 1);
     assert_eq!(event(&events[0])["data"]["outcome"], "rejected");
 }
@@ -214,13 +308,24 @@ async fn ownership_hides_other_callers_orders(hub: TestHub) {
     let globex = hub.client("partner-globex-hotels").await;
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
     eventually(Duration::from_secs(5), "acme can read it", || async {
-        let r = request(&acme, "orders.partner.acme-air.get", json!({"order_id": id})).await;
+        let r = request(
+            &acme,
+            "orders.partner.acme-air.get",
+            json!({"order_id": id}),
+        )
+        .await;
         r.body.get("order").map(|_| ())
     })
     .await;
 
     // Another partner: not found, for reads and results alike, and nothing is stored.
-    request(&globex, "orders.partner.globex-hotels.get", json!({"order_id": id})).await.assert_error("not_found", 404);
+    request(
+        &globex,
+        "orders.partner.globex-hotels.get",
+        json!({"order_id": id}),
+    )
+    .await
+    .assert_error("not_found", 404);
     request(
         &globex,
         "orders.partner.globex-hotels.result",
@@ -229,15 +334,38 @@ async fn ownership_hides_other_callers_orders(hub: TestHub) {
     .await
     .assert_error("not_found", 404);
     // Another user: not found; their list is empty.
-    request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-2"})).await.assert_error("not_found", 404);
+    request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-2"}),
+    )
+    .await
+    .assert_error("not_found", 404);
     let list = request(&gateway, "orders.query", json!({"user_id": "u-2"})).await;
-    assert_eq!(list.assert_ok(), &json!({"orders": [], "next_before": null}));
+    assert_eq!(
+        list.assert_ok(),
+        &json!({"orders": [], "next_before": null})
+    );
     // An order that does not exist at all.
     let ghost = uuid::Uuid::now_v7().to_string();
-    request(&acme, "orders.partner.acme-air.get", json!({"order_id": ghost})).await.assert_error("not_found", 404);
+    request(
+        &acme,
+        "orders.partner.acme-air.get",
+        json!({"order_id": ghost}),
+    )
+    .await
+    .assert_error("not_found", 404);
 
-    let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-1"})).await;
-    assert!(q.assert_ok()["result"].is_null(), "globex's result must not have been stored");
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-1"}),
+    )
+    .await;
+    assert!(
+        q.assert_ok()["result"].is_null(),
+        "globex's result must not have been stored"
+    );
 }
 
 fn globex_answers_within_1s(s: &mut orderhub::Settings) {
@@ -253,15 +381,29 @@ async fn partner_timeout_closes_the_order(hub: TestHub) {
     let globex = hub.client("partner-globex-hotels").await;
     let id = submit(&gateway, "u-9", "slow-1", "globex-hotels").await;
 
-    let results = pull(&durable(&gateway, "gateway").await, 1, Duration::from_secs(15)).await;
-    assert_eq!(results.len(), 1, "the hub closes the order after the partner's timeout");
+    let results = pull(
+        &durable(&gateway, "gateway").await,
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        results.len(),
+        1,
+        "the hub closes the order after the partner's timeout"
+    );
     let ev = event(&results[0]);
     assert_eq!(ev["type"], "orderhub.order.result_stored");
     assert_eq!(ev["data"]["order_id"], id.as_str());
     assert_eq!(ev["data"]["outcome"], "timeout");
     assert!(ev["data"]["partner_ref"].is_null());
 
-    let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-9"})).await;
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-9"}),
+    )
+    .await;
     assert_eq!(q.assert_ok()["result"]["outcome"], "timeout");
     // A late answer from the partner is a second result.
     request(
@@ -279,16 +421,38 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
 
     // The hub checks the order on the read node: on Postgres, once the replica has it.
-    let r = eventually(Duration::from_secs(10), "the order is on the read node", || async {
-        let r = request(&aux, "orders.aux.audit.record", json!({"order_id": id, "status": "done", "data": {"by": "audit-7"}})).await;
-        (r.error_code() != Some("not_found")).then_some(r)
-    })
+    let r = eventually(
+        Duration::from_secs(10),
+        "the order is on the read node",
+        || async {
+            let r = request(
+                &aux,
+                "orders.aux.audit.record",
+                json!({"order_id": id, "status": "done", "data": {"by": "audit-7"}}),
+            )
+            .await;
+            (r.error_code() != Some("not_found")).then_some(r)
+        },
+    )
     .await;
-    assert_eq!(r.assert_ok(), &json!({"order_id": id, "system": "audit", "status": "recorded"}));
+    assert_eq!(
+        r.assert_ok(),
+        &json!({"order_id": id, "system": "audit", "status": "recorded"})
+    );
     // Replacing it.
-    let r = request(&aux, "orders.aux.audit.record", json!({"order_id": id, "status": "reviewed"})).await;
+    let r = request(
+        &aux,
+        "orders.aux.audit.record",
+        json!({"order_id": id, "status": "reviewed"}),
+    )
+    .await;
     r.assert_ok();
-    let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-1"})).await;
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-1"}),
+    )
+    .await;
     let aux_list = q.assert_ok()["aux"].as_array().unwrap().clone();
     let audit: Vec<&Value> = aux_list.iter().filter(|a| a["system"] == "audit").collect();
     assert_eq!(audit.len(), 1);
@@ -296,9 +460,13 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     assert_eq!(audit[0]["data"], json!({}));
 
     let ghost = uuid::Uuid::now_v7().to_string();
-    request(&aux, "orders.aux.audit.record", json!({"order_id": ghost, "status": "done"}))
-        .await
-        .assert_error("not_found", 404);
+    request(
+        &aux,
+        "orders.aux.audit.record",
+        json!({"order_id": ghost, "status": "done"}),
+    )
+    .await
+    .assert_error("not_found", 404);
 }
 
 async fn query_lists_newest_first_with_pages(hub: TestHub) {
@@ -308,20 +476,44 @@ async fn query_lists_newest_first_with_pages(hub: TestHub) {
         ids.push(submit(&gateway, "u-list", &format!("k-{i}"), "acme-air").await);
     }
     ids.reverse();
-    eventually(Duration::from_secs(10), "all five orders on the read node", || async {
-        let all = request(&gateway, "orders.query", json!({"user_id": "u-list"})).await;
-        (all.body["orders"].as_array().map(Vec::len) == Some(5)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "all five orders on the read node",
+        || async {
+            let all = request(&gateway, "orders.query", json!({"user_id": "u-list"})).await;
+            (all.body["orders"].as_array().map(Vec::len) == Some(5)).then_some(())
+        },
+    )
     .await;
-    let page1 = request(&gateway, "orders.query", json!({"user_id": "u-list", "limit": 2})).await;
+    let page1 = request(
+        &gateway,
+        "orders.query",
+        json!({"user_id": "u-list", "limit": 2}),
+    )
+    .await;
     let b = page1.assert_ok();
-    let got: Vec<&str> = b["orders"].as_array().unwrap().iter().map(|o| o["order_id"].as_str().unwrap()).collect();
+    let got: Vec<&str> = b["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["order_id"].as_str().unwrap())
+        .collect();
     assert_eq!(got, vec![ids[0].as_str(), ids[1].as_str()]);
     assert_eq!(b["next_before"], ids[1].as_str());
-    let page2 = request(&gateway, "orders.query", json!({"user_id": "u-list", "limit": 2, "before": ids[1]})).await;
+    let page2 = request(
+        &gateway,
+        "orders.query",
+        json!({"user_id": "u-list", "limit": 2, "before": ids[1]}),
+    )
+    .await;
     let b2 = page2.assert_ok();
     assert_eq!(b2["orders"][0]["order_id"], ids[2].as_str());
-    let page3 = request(&gateway, "orders.query", json!({"user_id": "u-list", "limit": 2, "before": ids[3]})).await;
+    let page3 = request(
+        &gateway,
+        "orders.query",
+        json!({"user_id": "u-list", "limit": 2, "before": ids[3]}),
+    )
+    .await;
     let b3 = page3.assert_ok();
     assert_eq!(b3["orders"].as_array().unwrap().len(), 1);
     assert!(b3["next_before"].is_null());
@@ -342,7 +534,10 @@ async fn service_discovery_lists_every_endpoint(hub: TestHub) {
         .iter()
         .map(|e| {
             assert_eq!(e["queue_group"], "orderhub");
-            (e["name"].as_str().unwrap().to_owned(), e["subject"].as_str().unwrap().to_owned())
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["subject"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     subjects.sort();
@@ -354,21 +549,38 @@ async fn service_discovery_lists_every_endpoint(hub: TestHub) {
         ("status", "orders.admin.status"),
         ("submit", "orders.submit"),
     ];
-    assert_eq!(subjects, want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+    assert_eq!(
+        subjects,
+        want.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    );
 
     // Errors count in $SRV.STATS.
     let gateway = hub.client("gateway").await;
-    request_raw(&gateway, "orders.submit", b"not json".to_vec()).await.assert_error("invalid_request", 400);
+    request_raw(&gateway, "orders.submit", b"not json".to_vec())
+        .await
+        .assert_error("invalid_request", 400);
     let stats = request(&operator, "$SRV.STATS.orderhub", json!({})).await;
-    let submit = stats.body["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == "submit").unwrap().clone();
+    let submit = stats.body["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "submit")
+        .unwrap()
+        .clone();
     assert_eq!(submit["num_requests"], 1);
     assert_eq!(submit["num_errors"], 1);
 
     // Postgres: the replication actor probes the replica even with nothing to confirm.
-    let s = eventually(Duration::from_secs(10), "the replica is known to be available", || async {
-        let s = status(&operator).await;
-        (s["replica"]["available"] == true).then_some(s)
-    })
+    let s = eventually(
+        Duration::from_secs(10),
+        "the replica is known to be available",
+        || async {
+            let s = status(&operator).await;
+            (s["replica"]["available"] == true).then_some(s)
+        },
+    )
     .await;
     let s = &s;
     if hub.is_postgres() {
@@ -385,7 +597,13 @@ async fn service_discovery_lists_every_endpoint(hub: TestHub) {
     assert_eq!(s["database"]["primary_ok"], true);
     assert_eq!(s["database"]["aux_ok"], true);
     assert_eq!(s["outbox_pending"], 0);
-    for key in ["instance_id", "version", "uptime_s", "actors_live", "in_flight"] {
+    for key in [
+        "instance_id",
+        "version",
+        "uptime_s",
+        "actors_live",
+        "in_flight",
+    ] {
         assert!(s.get(key).is_some(), "status has {key}");
     }
 }

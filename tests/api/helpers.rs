@@ -12,15 +12,15 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, consumer::pull, consumer::PullConsumer};
-use async_nats::{Client, HeaderMap};
-use futures::StreamExt;
 use actors::protocol::COMMIT_LSN_HEADER;
 use actors::replication::Lsn;
-use orderhub::natsserver::{free_port, NatsServer};
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use orderhub::natsserver::{NatsServer, free_port};
 pub use orderhub::{App, Settings};
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tempfile::TempDir;
 
 pub const STREAM: &str = "ORDER_EVENTS";
@@ -53,7 +53,9 @@ impl TestNats {
 
     /// A client connected as `user` with that role's inbox prefix.
     pub async fn client(&self, user: &str) -> Client {
-        orderhub::startup::connect_nats(&self.url(user), user).await.expect("connect")
+        orderhub::startup::connect_nats(&self.url(user), user)
+            .await
+            .expect("connect")
     }
 }
 
@@ -97,7 +99,12 @@ impl TestHub {
         let mut settings = settings_for(&nats, &dir);
         tweak(&mut settings);
         let app = App::start(settings.clone()).await.expect("hub starts");
-        Self { nats, settings, app: Some(app), store: Store::Sqlite(dir) }
+        Self {
+            nats,
+            settings,
+            app: Some(app),
+            store: Store::Sqlite(dir),
+        }
     }
 
     /// A hub on a fresh database of the Postgres pair the test binary shares (see [`shared_pg`]).
@@ -125,7 +132,12 @@ impl TestHub {
         let app = App::start(settings.clone())
             .await
             .unwrap_or_else(|e| panic!("hub starts on Postgres database {}: {e:#}", db.name));
-        Self { nats, settings, app: Some(app), store: Store::Postgres(db) }
+        Self {
+            nats,
+            settings,
+            app: Some(app),
+            store: Store::Postgres(db),
+        }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -148,15 +160,24 @@ impl TestHub {
     /// on Postgres a WAL position the replica has already replayed past. Returns the position.
     #[track_caller]
     pub fn check_commit_lsn(&self, m: &jetstream::Message, replay: Option<Lsn>) -> Option<Lsn> {
-        let header = m.headers.as_ref().and_then(|h| h.get(COMMIT_LSN_HEADER)).map(|v| v.as_str().to_owned());
+        let header = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(COMMIT_LSN_HEADER))
+            .map(|v| v.as_str().to_owned());
         if !self.is_postgres() {
             assert!(header.is_none(), "no WAL fence on SQLite: {header:?}");
             return None;
         }
-        let text = header.unwrap_or_else(|| panic!("event {} has no {COMMIT_LSN_HEADER} header", m.subject));
+        let text = header
+            .unwrap_or_else(|| panic!("event {} has no {COMMIT_LSN_HEADER} header", m.subject));
         let lsn = parse_lsn_header(&text);
         if let Some(replay) = replay {
-            assert!(lsn <= replay, "event {} fenced at {lsn} but the replica only replayed {replay}", m.subject);
+            assert!(
+                lsn <= replay,
+                "event {} fenced at {lsn} but the replica only replayed {replay}",
+                m.subject
+            );
         }
         Some(lsn)
     }
@@ -182,7 +203,10 @@ impl Reply {
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.as_ref()?.get(name).map(|v| v.as_str().to_owned())
+        self.headers
+            .as_ref()?
+            .get(name)
+            .map(|v| v.as_str().to_owned())
     }
 
     /// Asserts a complete error reply of the contract: code, status header, description header,
@@ -190,15 +214,30 @@ impl Reply {
     #[track_caller]
     pub fn assert_error(&self, code: &str, status: u16) {
         assert_eq!(self.error_code(), Some(code), "reply: {:?}", self.body);
-        assert_eq!(self.header("Nats-Service-Error-Code").as_deref(), Some(status.to_string().as_str()), "{self:?}");
+        assert_eq!(
+            self.header("Nats-Service-Error-Code").as_deref(),
+            Some(status.to_string().as_str()),
+            "{self:?}"
+        );
         let message = self.body["error"]["message"].as_str().unwrap_or_default();
-        assert!(!message.is_empty(), "error message must say what to do: {self:?}");
-        assert_eq!(self.header("Nats-Service-Error").as_deref(), Some(message), "{self:?}");
+        assert!(
+            !message.is_empty(),
+            "error message must say what to do: {self:?}"
+        );
+        assert_eq!(
+            self.header("Nats-Service-Error").as_deref(),
+            Some(message),
+            "{self:?}"
+        );
     }
 
     #[track_caller]
     pub fn assert_ok(&self) -> &Value {
-        assert!(self.body.get("error").is_none(), "unexpected error: {:?}", self.body);
+        assert!(
+            self.body.get("error").is_none(),
+            "unexpected error: {:?}",
+            self.body
+        );
         assert!(self.header("Nats-Service-Error-Code").is_none(), "{self:?}");
         &self.body
     }
@@ -206,14 +245,23 @@ impl Reply {
 
 /// Sends a request with raw bytes and decodes the reply.
 pub async fn request_raw(client: &Client, subject: &str, body: Vec<u8>) -> Reply {
-    let msg = tokio::time::timeout(Duration::from_secs(15), client.request(subject.to_owned(), body.into()))
-        .await
-        .expect("reply within 15 s")
-        .expect("request answered");
+    let msg = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.request(subject.to_owned(), body.into()),
+    )
+    .await
+    .expect("reply within 15 s")
+    .expect("request answered");
     let body = serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
-        panic!("reply is not JSON ({e}): {:?}", String::from_utf8_lossy(&msg.payload))
+        panic!(
+            "reply is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&msg.payload)
+        )
     });
-    Reply { headers: msg.headers, body }
+    Reply {
+        headers: msg.headers,
+        body,
+    }
 }
 
 pub async fn request(client: &Client, subject: &str, body: Value) -> Reply {
@@ -230,7 +278,10 @@ pub fn order(user: &str, request_id: &str, partner: &str) -> Value {
 /// Submits and returns the new order id.
 pub async fn submit(gateway: &Client, user: &str, request_id: &str, partner: &str) -> String {
     let r = request(gateway, "orders.submit", order(user, request_id, partner)).await;
-    r.assert_ok()["order_id"].as_str().expect("order_id").to_owned()
+    r.assert_ok()["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_owned()
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
@@ -347,9 +398,13 @@ fn pg_pair_script() -> PathBuf {
 
 /// `url` with its database replaced by `db`.
 fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let host_start = base.find("://").map_or(0, |i| i + 3);
-    let base = base[host_start..].find('/').map_or(base, |i| &base[..host_start + i]);
+    let base = base[host_start..]
+        .find('/')
+        .map_or(base, |i| &base[..host_start + i]);
     match query {
         Some(q) => format!("{base}/{db}?{q}"),
         None => format!("{base}/{db}"),
@@ -358,15 +413,25 @@ fn with_db(url: &str, db: &str) -> String {
 
 fn parse_lsn_header(text: &str) -> Lsn {
     let valid = text.split_once('/').is_some_and(|(hi, lo)| {
-        [hi, lo].iter().all(|p| !p.is_empty() && p.len() <= 8 && p.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase()))
+        [hi, lo].iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 8
+                && p.chars()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_lowercase())
+        })
     });
-    assert!(valid, "{COMMIT_LSN_HEADER} is not a Postgres LSN like 0/16B3F28: {text:?}");
+    assert!(
+        valid,
+        "{COMMIT_LSN_HEADER} is not a Postgres LSN like 0/16B3F28: {text:?}"
+    );
     Lsn::parse(text).unwrap_or_else(|| panic!("bad LSN {text:?}"))
 }
 
 /// `pg_last_wal_replay_lsn()` of the replica at `url`, asked now.
 pub async fn replay_lsn_at(url: &str) -> Lsn {
-    let mut conn = PgConnection::connect(url).await.unwrap_or_else(|e| panic!("connect to the replica: {e}"));
+    let mut conn = PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to the replica: {e}"));
     let text: String = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
         .fetch_one(&mut conn)
         .await
@@ -410,7 +475,12 @@ impl PgEnv {
         let maintenance = with_db(&self.primary_url, "postgres");
         let mut conn = PgConnection::connect(&maintenance)
             .await
-            .unwrap_or_else(|e| panic!("connect to the pg-pair primary ({}): {e}", self.dir.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "connect to the pg-pair primary ({}): {e}",
+                    self.dir.display()
+                )
+            });
         for db in [&name, &aux] {
             sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {db}")))
                 .execute(&mut conn)
@@ -497,8 +567,13 @@ pub struct PgPair {
 
 impl PgPair {
     pub async fn start() -> Self {
-        let (env, pipe) = tokio::task::spawn_blocking(start_pair_blocking).await.expect("pg-pair start");
-        Self { env, _watchdog: pipe }
+        let (env, pipe) = tokio::task::spawn_blocking(start_pair_blocking)
+            .await
+            .expect("pg-pair start");
+        Self {
+            env,
+            _watchdog: pipe,
+        }
     }
 
     async fn run(&self, command: &str) {

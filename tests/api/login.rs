@@ -4,8 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use orderhub::natsserver::{ensure_binary, free_port, nats_conf};
 use orderhub::App;
+use orderhub::natsserver::{ensure_binary, free_port, nats_conf};
 
 use crate::helpers::*;
 
@@ -16,8 +16,15 @@ async fn hub_logs_in_with_an_nkey_seed() {
     let key = nkeys::KeyPair::new_user();
     let seed = key.seed().expect("seed");
     let conf = std::fs::read_to_string(nats_conf()).expect("nats.conf");
-    let with_nkey = conf.replacen("user: hub\n      password: hub-dev", &format!("nkey: {}", key.public_key()), 1);
-    assert_ne!(conf, with_nkey, "the hub's user block is where this test expects it");
+    let with_nkey = conf.replacen(
+        "user: hub\n      password: hub-dev",
+        &format!("nkey: {}", key.public_key()),
+        1,
+    );
+    assert_ne!(
+        conf, with_nkey,
+        "the hub's user block is where this test expects it"
+    );
     let conf_path = dir.path().join("nats.conf");
     std::fs::write(&conf_path, with_nkey).unwrap();
     let seed_path = dir.path().join("hub.nk");
@@ -35,7 +42,9 @@ async fn hub_logs_in_with_an_nkey_seed() {
         .spawn()
         .expect("nats-server");
     eventually(Duration::from_secs(10), "nats-server listens", || async {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|_| ())
     })
     .await;
 
@@ -45,11 +54,16 @@ async fn hub_logs_in_with_an_nkey_seed() {
     settings.nats.nkey_seed_file = seed_path.display().to_string();
     settings.database.primary_url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
     settings.database.aux_url = format!("sqlite://{}/a.db?mode=rwc", dir.path().display());
-    let app = App::start(settings).await.expect("hub starts with its nkey");
-
-    let gateway = orderhub::startup::connect_nats(&format!("nats://gateway:gateway-dev@127.0.0.1:{port}"), "gw")
+    let app = App::start(settings)
         .await
-        .unwrap();
+        .expect("hub starts with its nkey");
+
+    let gateway = orderhub::startup::connect_nats(
+        &format!("nats://gateway:gateway-dev@127.0.0.1:{port}"),
+        "gw",
+    )
+    .await
+    .unwrap();
     let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
     let consumer = durable(&gateway, "gateway").await;
     let info = consumer.cached_info();

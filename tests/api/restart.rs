@@ -21,21 +21,40 @@ async fn spawn_hub(nats: &TestNats, dir: &Path) -> Child {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ORDERHUB__NATS__URL", nats.url("hub"))
         .env("ORDERHUB__NATS__SPAWN_SERVER", "false")
-        .env("ORDERHUB__DATABASE__PRIMARY_URL", format!("sqlite://{}/orderhub.db?mode=rwc", dir.display()))
-        .env("ORDERHUB__DATABASE__AUX_URL", format!("sqlite://{}/aux.db?mode=rwc", dir.display()))
+        .env(
+            "ORDERHUB__DATABASE__PRIMARY_URL",
+            format!("sqlite://{}/orderhub.db?mode=rwc", dir.display()),
+        )
+        .env(
+            "ORDERHUB__DATABASE__AUX_URL",
+            format!("sqlite://{}/aux.db?mode=rwc", dir.display()),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .expect("orderhub binary starts");
     let operator = nats.client("operator").await;
-    eventually(Duration::from_secs(30), "hub answers orders.admin.status", || async {
-        match tokio::time::timeout(Duration::from_secs(1), operator.request("orders.admin.status", "{}".into())).await {
-            Ok(Ok(m)) if m.status.is_none() => Some(()),
-            _ => None,
-        }
-    })
+    eventually(
+        Duration::from_secs(30),
+        "hub answers orders.admin.status",
+        || async {
+            match tokio::time::timeout(
+                Duration::from_secs(1),
+                operator.request("orders.admin.status", "{}".into()),
+            )
+            .await
+            {
+                Ok(Ok(m)) if m.status.is_none() => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     child
 }
@@ -50,17 +69,24 @@ fn run_partner(partner: async_nats::Client) -> tokio::task::JoinHandle<()> {
             let Ok(m) = m else { continue };
             {
                 let ev = event(&m);
-                let order_id = ev["data"]["order_id"].as_str().unwrap_or_default().to_owned();
+                let order_id = ev["data"]["order_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
                 let body = json!({"order_id": order_id, "result_id": format!("r-{order_id}"), "outcome": "confirmed"});
                 loop {
                     let sent = tokio::time::timeout(
                         Duration::from_secs(5),
-                        partner.request("orders.partner.acme-air.result", serde_json::to_vec(&body).unwrap().into()),
+                        partner.request(
+                            "orders.partner.acme-air.result",
+                            serde_json::to_vec(&body).unwrap().into(),
+                        ),
                     )
                     .await;
                     match sent {
                         Ok(Ok(reply)) if reply.status.is_none() => {
-                            let v: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+                            let v: serde_json::Value =
+                                serde_json::from_slice(&reply.payload).unwrap_or_default();
                             let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
                             if code.is_empty() || code == "conflict" {
                                 break;
@@ -82,7 +108,9 @@ async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String
     let stream = js.get_stream(STREAM).await.expect("stream");
     let total = stream.cached_info().state.messages as usize;
     let consumer = stream
-        .create_consumer(pull::OrderedConfig { ..Default::default() })
+        .create_consumer(pull::OrderedConfig {
+            ..Default::default()
+        })
         .await
         .expect("ordered consumer");
     let mut messages = consumer.messages().await.expect("messages");
@@ -93,7 +121,10 @@ async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String
             .expect("stream message")
             .expect("open")
             .expect("message");
-        out.push((m.subject.to_string(), String::from_utf8_lossy(&m.payload).into_owned()));
+        out.push((
+            m.subject.to_string(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        ));
     }
     out
 }
@@ -114,7 +145,12 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
             let g = gateway.clone();
             let user = format!("u-{}", i % 7);
             async move {
-                let r = request(&g, "orders.submit", order(&user, &format!("k-{i}"), "acme-air")).await;
+                let r = request(
+                    &g,
+                    "orders.submit",
+                    order(&user, &format!("k-{i}"), "acme-air"),
+                )
+                .await;
                 (r, user)
             }
         })
@@ -129,10 +165,19 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
 
     let _hub = spawn_hub(&nats, dir.path()).await;
     for (id, user) in &accepted {
-        let settled = eventually(Duration::from_secs(60), "accepted order settles after the restart", || async {
-            let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": user})).await;
-            (q.body["order"]["status"] == "notified").then_some(q)
-        })
+        let settled = eventually(
+            Duration::from_secs(60),
+            "accepted order settles after the restart",
+            || async {
+                let q = request(
+                    &gateway,
+                    "orders.query",
+                    json!({"order_id": id, "user_id": user}),
+                )
+                .await;
+                (q.body["order"]["status"] == "notified").then_some(q)
+            },
+        )
         .await;
         // The partner answered every stored event, across the kill: nothing waited for a timeout.
         // The partner answered every stored event, across the kill: nothing waited for a timeout.
@@ -153,10 +198,18 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
         }
     }
     let ids: HashSet<&String> = accepted.iter().map(|(id, _)| id).collect();
-    assert_eq!(per_order.len(), ORDERS, "events for exactly the accepted orders");
+    assert_eq!(
+        per_order.len(),
+        ORDERS,
+        "events for exactly the accepted orders"
+    );
     for (id, counts) in &per_order {
         assert!(ids.contains(id), "event for an order nobody accepted: {id}");
-        assert_eq!(*counts, (1, 1), "order {id}: one stored and one result event");
+        assert_eq!(
+            *counts,
+            (1, 1),
+            "order {id}: one stored and one result event"
+        );
     }
     assert_eq!(messages.len(), 2 * ORDERS);
 }
@@ -184,12 +237,23 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(printed.contains("connected: true"), "{printed}");
 
     let pid = hub.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
     assert!(status.success());
-    let exit = tokio::time::timeout(Duration::from_secs(30), hub.wait()).await.expect("exits").expect("status");
+    let exit = tokio::time::timeout(Duration::from_secs(30), hub.wait())
+        .await
+        .expect("exits")
+        .expect("status");
     assert!(exit.success(), "graceful exit: {exit:?}");
     // The accepted order is still there for the next hub.
     let _hub = spawn_hub(&nats, dir.path()).await;
-    let q = request(&gateway, "orders.query", json!({"order_id": id, "user_id": "u-1"})).await;
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-1"}),
+    )
+    .await;
     assert_eq!(q.assert_ok()["order"]["order_id"], id.as_str());
 }

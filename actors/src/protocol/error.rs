@@ -49,13 +49,19 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
     }
     pub fn not_found(order_id: &str) -> Self {
-        Self::new(ErrorCode::NotFound, format!("no order {order_id} for this caller"))
+        Self::new(
+            ErrorCode::NotFound,
+            format!("no order {order_id} for this caller"),
+        )
     }
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Conflict, message)
@@ -81,8 +87,13 @@ impl ApiError {
         struct Body<'a> {
             error: Inner<'a>,
         }
-        serde_json::to_vec(&Body { error: Inner { code: self.code.as_str(), message: &self.message } })
-            .unwrap_or_default()
+        serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code.as_str(),
+                message: &self.message,
+            },
+        })
+        .unwrap_or_default()
     }
 }
 

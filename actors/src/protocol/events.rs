@@ -21,7 +21,9 @@ impl EventKind {
         }
     }
     pub fn from_type(t: &str) -> Option<Self> {
-        [Self::Stored, Self::ResultStored].into_iter().find(|k| k.type_name() == t)
+        [Self::Stored, Self::ResultStored]
+            .into_iter()
+            .find(|k| k.type_name() == t)
     }
 }
 
@@ -50,7 +52,11 @@ pub struct EventData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
     /// Result events only (present, possibly `null`).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
     pub partner_ref: Option<Option<String>>,
 }
 
@@ -80,7 +86,9 @@ mod double_option {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
         Option::<String>::deserialize(d).map(Some)
     }
 }
@@ -118,7 +126,13 @@ mod tests {
             outcome: None,
             partner_ref: None,
         };
-        let v = serde_json::to_value(CloudEvent::new(EventKind::Stored, "e".into(), "t".into(), data)).unwrap();
+        let v = serde_json::to_value(CloudEvent::new(
+            EventKind::Stored,
+            "e".into(),
+            "t".into(),
+            data,
+        ))
+        .unwrap();
         let keys: Vec<_> = v["data"].as_object().unwrap().keys().cloned().collect();
         assert_eq!(keys.len(), 4, "{keys:?}");
     }

@@ -10,12 +10,12 @@ mod subjects;
 mod views;
 
 pub use error::{ApiError, ErrorCode};
-pub use events::{CloudEvent, EventData, EventKind, COMMIT_LSN_HEADER};
+pub use events::{COMMIT_LSN_HEADER, CloudEvent, EventData, EventKind};
 pub use requests::{
-    validate_token, AuxRecordRequest, GetRequest, QueryRequest, ResultRequest, SubmitRequest,
-    Outcome, MAX_JSON_OBJECT_BYTES,
+    AuxRecordRequest, GetRequest, MAX_JSON_OBJECT_BYTES, Outcome, QueryRequest, ResultRequest,
+    SubmitRequest, validate_token,
 };
-pub use subjects::{consumer, Subjects};
+pub use subjects::{Subjects, consumer};
 pub use views::{
     AuxView, DatabaseStatus, ListReply, NatsStatus, OrderReply, OrderView, QueryReply, RecordReply,
     ReplicaStatus, ResultView, StatusReply, SubmitReply,
@@ -56,8 +56,13 @@ impl OrderStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Accepted, Self::Dispatched, Self::ResultStored, Self::Notified]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        [
+            Self::Accepted,
+            Self::Dispatched,
+            Self::ResultStored,
+            Self::Notified,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
     }
 }

@@ -1,8 +1,8 @@
 //! Request decoding and validation: every rule of DESIGN.md §2, each refusal an
 //! [`ApiError`] with code `invalid_request` and a message naming the field.
 
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use super::ApiError;
@@ -56,7 +56,9 @@ impl<'de> Deserialize<'de> for StrictValue {
             }
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrictValue, E> {
                 if v.contains('\0') {
-                    return Err(E::custom("a string contains U+0000 (\\u0000), which cannot be stored"));
+                    return Err(E::custom(
+                        "a string contains U+0000 (\\u0000), which cannot be stored",
+                    ));
                 }
                 Ok(StrictValue(Value::String(v)))
             }
@@ -129,7 +131,9 @@ impl Body {
                 kind_of(&other)
             ))),
             Err(e) if e.is_data() => Err(ApiError::invalid(format!("the body is refused: {e}"))),
-            Err(e) => Err(ApiError::invalid(format!("the body is not valid JSON: {e}"))),
+            Err(e) => Err(ApiError::invalid(format!(
+                "the body is not valid JSON: {e}"
+            ))),
         }
     }
 
@@ -139,7 +143,8 @@ impl Body {
     }
 
     fn required(&self, field: &str) -> Result<&Value, ApiError> {
-        self.get(field).ok_or_else(|| ApiError::invalid(format!("`{field}` is required")))
+        self.get(field)
+            .ok_or_else(|| ApiError::invalid(format!("`{field}` is required")))
     }
 
     fn string(&self, field: &str) -> Result<&str, ApiError> {
@@ -201,7 +206,9 @@ impl Body {
                 }
                 Ok(v.clone())
             }
-            Some(_) => Err(ApiError::invalid(format!("`{field}` must be a JSON object"))),
+            Some(_) => Err(ApiError::invalid(format!(
+                "`{field}` must be a JSON object"
+            ))),
         }
     }
 
@@ -210,9 +217,9 @@ impl Body {
             None => Ok(None),
             Some(v) => match v.as_i64() {
                 Some(n) => Ok(Some(n)),
-                None if v.is_number() => {
-                    Err(ApiError::invalid(format!("`{field}` must be a whole number in range")))
-                }
+                None if v.is_number() => Err(ApiError::invalid(format!(
+                    "`{field}` must be a whole number in range"
+                ))),
                 None => Err(ApiError::invalid(format!("`{field}` must be an integer"))),
             },
         }
@@ -232,7 +239,8 @@ fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), ApiErro
 /// A subject token (`user_id`, `partner_id`, aux `system`): `^[A-Za-z0-9_-]{1,64}$`.
 pub fn validate_token(field: &str, s: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&s.len())
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -250,7 +258,9 @@ fn validate_order_id(field: &str, s: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!("`{field}` must be a lowercase hyphenated UUIDv7")))
+        Err(ApiError::invalid(format!(
+            "`{field}` must be a lowercase hyphenated UUIDv7"
+        )))
     }
 }
 
@@ -278,11 +288,15 @@ impl SubmitRequest {
             .integer("amount_minor")?
             .ok_or_else(|| ApiError::invalid("`amount_minor` is required"))?;
         if !(0..=MAX_AMOUNT_MINOR).contains(&amount_minor) {
-            return Err(ApiError::invalid("`amount_minor` must be between 0 and 10^15"));
+            return Err(ApiError::invalid(
+                "`amount_minor` must be between 0 and 10^15",
+            ));
         }
         let currency = b.string("currency")?;
         if currency.len() != 3 || !currency.bytes().all(|c| c.is_ascii_uppercase()) {
-            return Err(ApiError::invalid("`currency` must be three upper-case letters (ISO 4217)"));
+            return Err(ApiError::invalid(
+                "`currency` must be three upper-case letters (ISO 4217)",
+            ));
         }
         let items = match b.get("items") {
             None => Value::Array(Vec::new()),
@@ -294,7 +308,9 @@ impl SubmitRequest {
                     )));
                 }
                 if !items.iter().all(Value::is_object) {
-                    return Err(ApiError::invalid("every entry of `items` must be a JSON object"));
+                    return Err(ApiError::invalid(
+                        "every entry of `items` must be a JSON object",
+                    ));
                 }
                 Value::Array(items.clone())
             }
@@ -323,7 +339,9 @@ pub struct GetRequest {
 impl GetRequest {
     pub fn parse(bytes: &[u8]) -> Result<Self, ApiError> {
         let b = Body::parse(bytes)?;
-        Ok(Self { order_id: b.order_id("order_id")? })
+        Ok(Self {
+            order_id: b.order_id("order_id")?,
+        })
     }
 }
 
@@ -375,7 +393,7 @@ impl ResultRequest {
             _ => {
                 return Err(ApiError::invalid(
                     "`outcome` must be one of confirmed, rejected, failed",
-                ))
+                ));
             }
         };
         let partner_ref = match b.opt_string("partner_ref")? {
@@ -386,7 +404,13 @@ impl ResultRequest {
             None => None,
         };
         let detail = b.object("detail")?;
-        Ok(Self { order_id, result_id, outcome, partner_ref, detail })
+        Ok(Self {
+            order_id,
+            result_id,
+            outcome,
+            partner_ref,
+            detail,
+        })
     }
 }
 
@@ -412,8 +436,15 @@ impl AuxRecordRequest {
 /// `orders.query`: one order with its result and aux records, or a page of the user's orders.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QueryRequest {
-    One { user_id: String, order_id: String },
-    List { user_id: String, limit: u64, before: Option<String> },
+    One {
+        user_id: String,
+        order_id: String,
+    },
+    List {
+        user_id: String,
+        limit: u64,
+        before: Option<String>,
+    },
 }
 
 impl QueryRequest {
@@ -421,7 +452,10 @@ impl QueryRequest {
         let b = Body::parse(bytes)?;
         let user_id = b.token("user_id")?;
         if b.get("order_id").is_some() {
-            return Ok(Self::One { user_id, order_id: b.order_id("order_id")? });
+            return Ok(Self::One {
+                user_id,
+                order_id: b.order_id("order_id")?,
+            });
         }
         let limit = match b.integer("limit")? {
             None => 20,
@@ -432,7 +466,11 @@ impl QueryRequest {
             None => None,
             Some(_) => Some(b.order_id("before")?),
         };
-        Ok(Self::List { user_id, limit, before })
+        Ok(Self::List {
+            user_id,
+            limit,
+            before,
+        })
     }
 
     pub fn user_id(&self) -> &str {
@@ -517,10 +555,12 @@ mod tests {
 
     #[test]
     fn duplicate_keys_and_non_objects() {
-        assert!(SubmitRequest::parse(br#"{"user_id":"a","user_id":"b"}"#)
-            .unwrap_err()
-            .message
-            .contains("duplicate"));
+        assert!(
+            SubmitRequest::parse(br#"{"user_id":"a","user_id":"b"}"#)
+                .unwrap_err()
+                .message
+                .contains("duplicate")
+        );
         assert!(SubmitRequest::parse(b"[]").is_err());
         assert!(SubmitRequest::parse(b"not json").is_err());
         assert!(SubmitRequest::parse(&[0xff, 0xfe]).is_err());
@@ -535,7 +575,11 @@ mod tests {
         // A repeated key inside `payload` is as ambiguous as one at the top.
         let nested = text.replace(r#"{"seat":"12A"}"#, r#"{"seat":"12A","seat":"1C"}"#);
         let e = SubmitRequest::parse(nested.as_bytes()).unwrap_err();
-        assert!(e.message.contains("duplicate field \"seat\""), "{}", e.message);
+        assert!(
+            e.message.contains("duplicate field \"seat\""),
+            "{}",
+            e.message
+        );
         // U+0000 anywhere: Postgres cannot store it.
         v["product"] = json!("fli\u{0}ght");
         assert!(submit(v.clone()).unwrap_err().message.contains("U+0000"));
@@ -545,7 +589,11 @@ mod tests {
         // A quoted key is escaped and cut short.
         let long = format!(r#"{{"{k}":1,"{k}":2}}"#, k = "\\n".repeat(100));
         let e = SubmitRequest::parse(long.as_bytes()).unwrap_err();
-        assert!(e.message.len() < 200 && e.message.contains('…'), "{}", e.message);
+        assert!(
+            e.message.len() < 200 && e.message.contains('…'),
+            "{}",
+            e.message
+        );
         for empty in [&b""[..], b"  \n", b"null", b"42", b"\"x\""] {
             let e = SubmitRequest::parse(empty).unwrap_err();
             assert_eq!(e.code, crate::protocol::ErrorCode::InvalidRequest);
@@ -566,7 +614,14 @@ mod tests {
     #[test]
     fn query_forms() {
         let q = QueryRequest::parse(br#"{"user_id":"u1"}"#).unwrap();
-        assert_eq!(q, QueryRequest::List { user_id: "u1".into(), limit: 20, before: None });
+        assert_eq!(
+            q,
+            QueryRequest::List {
+                user_id: "u1".into(),
+                limit: 20,
+                before: None
+            }
+        );
         assert!(QueryRequest::parse(br#"{"user_id":"u1","limit":0}"#).is_err());
         assert!(QueryRequest::parse(br#"{"user_id":"u1","limit":101}"#).is_err());
         assert!(QueryRequest::parse(br#"{"limit":10}"#).is_err());

@@ -6,7 +6,9 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into() }
+        Self {
+            prefix: prefix.into(),
+        }
     }
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -51,7 +53,9 @@ impl Subjects {
     /// The token a wildcard endpoint subject carries at `*` (partner id or aux system), if the
     /// subject has the endpoint's shape `<prefix>.<kind>.<token>.<verb>`.
     pub fn token_of<'a>(&self, subject: &'a str, kind: &str, verb: &str) -> Option<&'a str> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
         let rest = rest.strip_prefix(kind)?.strip_prefix('.')?;
         let token = rest.strip_suffix(verb)?.strip_suffix('.')?;
         (!token.is_empty() && !token.contains('.')).then_some(token)
@@ -76,9 +80,18 @@ mod tests {
     #[test]
     fn endpoint_tokens() {
         let s = Subjects::new("orders");
-        assert_eq!(s.token_of("orders.partner.acme-air.get", "partner", "get"), Some("acme-air"));
-        assert_eq!(s.token_of("orders.aux.audit.record", "aux", "record"), Some("audit"));
-        assert_eq!(s.token_of("orders.partner.acme-air.result", "partner", "get"), None);
+        assert_eq!(
+            s.token_of("orders.partner.acme-air.get", "partner", "get"),
+            Some("acme-air")
+        );
+        assert_eq!(
+            s.token_of("orders.aux.audit.record", "aux", "record"),
+            Some("audit")
+        );
+        assert_eq!(
+            s.token_of("orders.partner.acme-air.result", "partner", "get"),
+            None
+        );
         assert_eq!(s.token_of("other.partner.x.get", "partner", "get"), None);
         assert_eq!(s.stored_event("p", "o"), "orders.events.stored.p.o");
     }

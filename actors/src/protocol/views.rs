@@ -79,7 +79,12 @@ pub struct AuxView {
 
 impl From<aux_records::Model> for AuxView {
     fn from(m: aux_records::Model) -> Self {
-        Self { updated_at: rfc3339(&m.updated_at), system: m.system, status: m.status, data: m.data }
+        Self {
+            updated_at: rfc3339(&m.updated_at),
+            system: m.system,
+            status: m.status,
+            data: m.data,
+        }
     }
 }
 
