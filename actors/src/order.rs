@@ -153,7 +153,7 @@ impl OrderState {
         let writer = self.ctx.writers.for_order(&self.id);
         match writer
             .call(
-                |reply| WriterMsg::Write(op, reply),
+                |reply| WriterMsg::Write(Box::new(op), reply),
                 Some(self.ctx.tuning.write_timeout),
             )
             .await

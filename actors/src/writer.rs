@@ -75,8 +75,12 @@ pub enum WriteOutcome {
     Stale,
 }
 
+/// The answer port of a write.
+pub type WriteReply = RpcReplyPort<Result<WriteOutcome, StoreError>>;
+
 pub enum WriterMsg {
-    Write(WriteOp, RpcReplyPort<Result<WriteOutcome, StoreError>>),
+    /// Boxed: ops carry whole rows, and the mailbox should not size every message for them.
+    Write(Box<WriteOp>, WriteReply),
     /// Commit what is buffered.
     Flush,
 }
@@ -91,7 +95,7 @@ pub struct WriterArgs {
 pub struct WriterState {
     primary: DatabaseConnection,
     replication: ActorRef<ReplicationMsg>,
-    buffer: Vec<(WriteOp, RpcReplyPort<Result<WriteOutcome, StoreError>>)>,
+    buffer: Vec<(WriteOp, WriteReply)>,
     flush_scheduled: bool,
     /// When the primary last could not be reached; cleared by the next commit.
     primary_down_at: Option<std::time::Instant>,
@@ -124,7 +128,7 @@ impl Actor for Writer {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             WriterMsg::Write(op, reply) => {
-                state.buffer.push((op, reply));
+                state.buffer.push((*op, reply));
                 if state.buffer.len() >= MAX_BATCH {
                     state.flush().await;
                 } else if !state.flush_scheduled {
@@ -217,11 +221,11 @@ impl WriterState {
                 WriteOp::MarkReleased { .. } => None,
             })
             .collect();
-        if !events.is_empty() {
-            if let Err(e) = self.replication.cast(ReplicationMsg::Committed(events)) {
-                // The outbox rows are committed: the periodic sweep publishes them.
-                tracing::error!(error = %e, "replication actor gone; events wait for the sweep");
-            }
+        if !events.is_empty()
+            && let Err(e) = self.replication.cast(ReplicationMsg::Committed(events))
+        {
+            // The outbox rows are committed: the periodic sweep publishes them.
+            tracing::error!(error = %e, "replication actor gone; events wait for the sweep");
         }
         let mut outcomes = outcomes.into_iter();
         answer(replies, |_| {
@@ -333,10 +337,8 @@ async fn commit(
     // Results: move each order from the version its actor saw; an order that moved meanwhile
     // either has a result already or is stale.
     let mut results = Vec::new();
-    let mut by_version: HashMap<
-        (i32, &'static str, i32),
-        Vec<(usize, &order_results::Model, &outbox::Model)>,
-    > = HashMap::new();
+    type ResultGroup<'a> = Vec<(usize, &'a order_results::Model, &'a outbox::Model)>;
+    let mut by_version: HashMap<(i32, &'static str, i32), ResultGroup> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         if let WriteOp::StoreResult {
             result,
@@ -410,10 +412,8 @@ async fn commit(
             .exec(&txn)
             .await?;
     }
-    let mut moves: HashMap<
-        (i32, &'static str, i32, Option<std::time::Duration>),
-        Vec<(usize, &str)>,
-    > = HashMap::new();
+    type MoveKey = (i32, &'static str, i32, Option<std::time::Duration>);
+    let mut moves: HashMap<MoveKey, Vec<(usize, &str)>> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         if let WriteOp::MarkReleased {
             order_id,

@@ -186,7 +186,7 @@ fn malformed(i: usize, conn: usize) -> (&'static str, Vec<u8>) {
 /// The valid request number `i`: a submit now and then, else a query of the user's orders.
 fn valid(i: usize, conn: usize) -> (&'static str, Vec<u8>) {
     let user = format!("u-flood-{conn}");
-    if (i / 2) % SUBMIT_EVERY == 0 {
+    if (i / 2).is_multiple_of(SUBMIT_EVERY) {
         (
             "orders.submit",
             serde_json::to_vec(&order(&user, &format!("ok-{i}"), "acme-air")).unwrap(),

@@ -396,8 +396,10 @@ async fn primary_down_is_unavailable_promptly_and_recovers() {
     .await;
     // Nothing acknowledged is lost, nothing refused was stored: every accepted order gets its
     // stored event once, settles with a result, and the outage's submits left no order.
-    let undispatched: HashSet<String> =
-        [&late[..], &[after.clone()]].concat().into_iter().collect();
+    let undispatched: HashSet<String> = [&late[..], std::slice::from_ref(&after)]
+        .concat()
+        .into_iter()
+        .collect();
     rig.receive_fresh(&rig.stored_consumer().await, &undispatched)
         .await;
     let pending: HashSet<String> = undispatched.iter().chain(&early[1..]).cloned().collect();
