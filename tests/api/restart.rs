@@ -16,7 +16,13 @@ use crate::helpers::*;
 
 /// `orderhub serve` as a child process on this test's server and SQLite files.
 async fn spawn_hub(nats: &TestNats, dir: &Path) -> Child {
+    spawn_hub_with(nats, dir, &[]).await
+}
+
+/// `orderhub serve` with extra command-line arguments (e.g. `--config FILE`).
+async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .args(args)
         .arg("serve")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("ORDERHUB__NATS__URL", nats.url("hub"))
@@ -256,4 +262,89 @@ async fn sigterm_drains_and_exits_zero() {
     )
     .await;
     assert_eq!(q.assert_ok()["order"]["order_id"], id.as_str());
+}
+
+#[tokio::test]
+async fn deadline_survives_a_restart() {
+    init_logs();
+    let nats = TestNats::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // `--config FILE` overlays the defaults; its partner list replaces the default one whole.
+    let config = dir.path().join("short-timeouts.toml");
+    std::fs::write(
+        &config,
+        "[[partners]]\nid = \"acme-air\"\nresult_timeout = \"30s\"\n\n\
+         [[partners]]\nid = \"globex-hotels\"\nresult_timeout = \"3s\"\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut hub = spawn_hub_with(&nats, dir.path(), &args).await;
+    let gateway = nats.client("gateway").await;
+    let id = submit(&gateway, "u-5", "slow", "globex-hotels").await;
+    // Once dispatched the deadline is in the database; then the hub dies without warning.
+    eventually(Duration::from_secs(10), "order dispatched", || async {
+        let q = request(
+            &gateway,
+            "orders.query",
+            json!({"order_id": id, "user_id": "u-5"}),
+        )
+        .await;
+        (q.body["order"]["status"] == "dispatched").then_some(())
+    })
+    .await;
+    hub.start_kill().expect("SIGKILL");
+    hub.wait().await.expect("reaped");
+
+    let _hub = spawn_hub_with(&nats, dir.path(), &args).await;
+    let results = pull(
+        &durable(&gateway, "gateway").await,
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        results.len(),
+        1,
+        "the restarted hub closes the overdue order"
+    );
+    let ev = event(&results[0]);
+    assert_eq!(ev["data"]["order_id"], id.as_str());
+    assert_eq!(ev["data"]["outcome"], "timeout");
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-5"}),
+    )
+    .await;
+    assert_eq!(q.assert_ok()["result"]["result_id"], "orderhub-timeout");
+}
+
+#[tokio::test]
+async fn migrate_applies_once_then_reports_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+            .arg("migrate")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env(
+                "ORDERHUB__DATABASE__PRIMARY_URL",
+                format!("sqlite://{}/o.db?mode=rwc", dir.path().display()),
+            )
+            .env(
+                "ORDERHUB__DATABASE__AUX_URL",
+                format!("sqlite://{}/a.db?mode=rwc", dir.path().display()),
+            )
+            .output()
+            .expect("orderhub migrate runs")
+    };
+    let first = run();
+    assert!(first.status.success(), "{first:?}");
+    let printed = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        printed.contains("0001_orders_results_outbox") && printed.contains("0001_aux_records"),
+        "{printed}"
+    );
+    let second = run();
+    assert!(second.status.success());
+    assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
