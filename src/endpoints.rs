@@ -89,6 +89,8 @@ pub struct Handlers {
     pub max_body: usize,
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
+    /// Auxiliary systems the hub runs itself: only the hub writes their records.
+    pub built_in_aux: Vec<String>,
 }
 
 impl Handlers {
@@ -233,6 +235,12 @@ impl Handlers {
             .token_of(subject, "aux", "record")
             .ok_or_else(|| ApiError::invalid("the subject has no auxiliary system"))?;
         validate_token("system", system)?;
+        if self.built_in_aux.iter().any(|b| b == system) {
+            return Err(ApiError::invalid(format!(
+                "`{system}` is an auxiliary system built into the hub; an external system records \
+                 under its own name"
+            )));
+        }
         let request = AuxRecordRequest::parse(body)?;
         if self
             .db()

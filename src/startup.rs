@@ -202,6 +202,12 @@ impl App {
             max_body: settings.limits.max_body_bytes,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             max_in_flight: settings.limits.max_in_flight,
+            built_in_aux: settings
+                .aux
+                .iter()
+                .filter(|a| !a.external)
+                .map(|a| a.system.clone())
+                .collect(),
         });
         let (service, endpoints) = micro::Service::start(
             client.clone(),

@@ -459,6 +459,30 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     assert_eq!(audit[0]["status"], "reviewed");
     assert_eq!(audit[0]["data"], json!({}));
 
+    // The built-in systems' records are the hub's alone.
+    request(
+        &aux,
+        "orders.aux.invoice.record",
+        json!({"order_id": id, "status": "forged"}),
+    )
+    .await
+    .assert_error("invalid_request", 400);
+    let q = request(
+        &gateway,
+        "orders.query",
+        json!({"order_id": id, "user_id": "u-1"}),
+    )
+    .await;
+    assert!(
+        q.assert_ok()["aux"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["status"] != "forged"),
+        "{:?}",
+        q.body
+    );
+
     let ghost = uuid::Uuid::now_v7().to_string();
     request(
         &aux,
