@@ -169,12 +169,7 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
         Duration::from_secs(10),
         "order notified with invoice and loyalty records",
         || async {
-            let q = request(
-                &gateway,
-                "orders.query",
-                json!({"order_id": order_id, "user_id": "u-1001"}),
-            )
-            .await;
+            let q = query_order(&gateway, &order_id, "u-1001").await;
             let aux = q.body["aux"].as_array().map(|a| a.len()).unwrap_or(0);
             (q.body["order"]["status"] == "notified" && aux == 2).then_some(q)
         },
@@ -279,12 +274,7 @@ async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
 
     // The first result stands; the order went through dispatched to result_stored (version ≥ 3).
     let q = eventually(Duration::from_secs(10), "result visible", || async {
-        let q = request(
-            &gateway,
-            "orders.query",
-            json!({"order_id": id, "user_id": "u-1"}),
-        )
-        .await;
+        let q = query_order(&gateway, &id, "u-1").await;
         (!q.body["result"].is_null()).then_some(q)
     })
     .await;
@@ -334,13 +324,9 @@ async fn ownership_hides_other_callers_orders(hub: TestHub) {
     .await
     .assert_error("not_found", 404);
     // Another user: not found; their list is empty.
-    request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-2"}),
-    )
-    .await
-    .assert_error("not_found", 404);
+    query_order(&gateway, &id, "u-2")
+        .await
+        .assert_error("not_found", 404);
     let list = request(&gateway, "orders.query", json!({"user_id": "u-2"})).await;
     assert_eq!(
         list.assert_ok(),
@@ -356,12 +342,7 @@ async fn ownership_hides_other_callers_orders(hub: TestHub) {
     .await
     .assert_error("not_found", 404);
 
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-1").await;
     assert!(
         q.assert_ok()["result"].is_null(),
         "globex's result must not have been stored"
@@ -398,12 +379,7 @@ async fn partner_timeout_closes_the_order(hub: TestHub) {
     assert_eq!(ev["data"]["outcome"], "timeout");
     assert!(ev["data"]["partner_ref"].is_null());
 
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-9"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-9").await;
     assert_eq!(q.assert_ok()["result"]["outcome"], "timeout");
     // A late answer from the partner is a second result.
     request(
@@ -447,12 +423,7 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     )
     .await;
     r.assert_ok();
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-1").await;
     let aux_list = q.assert_ok()["aux"].as_array().unwrap().clone();
     let audit: Vec<&Value> = aux_list.iter().filter(|a| a["system"] == "audit").collect();
     assert_eq!(audit.len(), 1);
@@ -467,12 +438,7 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     )
     .await
     .assert_error("invalid_request", 400);
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-1").await;
     assert!(
         q.assert_ok()["aux"]
             .as_array()

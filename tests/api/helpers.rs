@@ -627,3 +627,13 @@ impl Drop for PgPair {
             .status();
     }
 }
+
+/// `orders.query` for one order, as `user_id`.
+pub async fn query_order(client: &Client, order_id: &str, user_id: impl serde::Serialize) -> Reply {
+    request(
+        client,
+        "orders.query",
+        json!({"order_id": order_id, "user_id": user_id}),
+    )
+    .await
+}

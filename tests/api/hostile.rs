@@ -909,12 +909,7 @@ async fn every_hostile_input_is_refused_with_the_right_error_and_leaves_nothing_
 
     // Nothing was written: the one real order, untouched; no other order, result, aux record,
     // outbox row or event.
-    let q = request(
-        gateway,
-        "orders.query",
-        json!({"order_id": real, "user_id": "u-real"}),
-    )
-    .await;
+    let q = query_order(gateway, &real, "u-real").await;
     let b = q.assert_ok();
     assert!(b["result"].is_null(), "{b}");
     assert_eq!(b["aux"], json!([]));

@@ -127,12 +127,7 @@ impl Rig {
     async fn all_notified(&self, user: &str, ids: &[String]) {
         for id in ids {
             eventually(CATCH_UP, &format!("order {id} notified"), || async {
-                let q = request(
-                    &self.gateway,
-                    "orders.query",
-                    json!({"order_id": id, "user_id": user}),
-                )
-                .await;
+                let q = query_order(&self.gateway, &id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(())
             })
             .await;

@@ -175,12 +175,7 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
             Duration::from_secs(60),
             "accepted order settles after the restart",
             || async {
-                let q = request(
-                    &gateway,
-                    "orders.query",
-                    json!({"order_id": id, "user_id": user}),
-                )
-                .await;
+                let q = query_order(&gateway, &id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(q)
             },
         )
@@ -255,12 +250,7 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(exit.success(), "graceful exit: {exit:?}");
     // The accepted order is still there for the next hub.
     let _hub = spawn_hub(&nats, dir.path()).await;
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-1").await;
     assert_eq!(q.assert_ok()["order"]["order_id"], id.as_str());
 }
 
@@ -283,12 +273,7 @@ async fn deadline_survives_a_restart() {
     let id = submit(&gateway, "u-5", "slow", "globex-hotels").await;
     // Once dispatched the deadline is in the database; then the hub dies without warning.
     eventually(Duration::from_secs(10), "order dispatched", || async {
-        let q = request(
-            &gateway,
-            "orders.query",
-            json!({"order_id": id, "user_id": "u-5"}),
-        )
-        .await;
+        let q = query_order(&gateway, &id, "u-5").await;
         (q.body["order"]["status"] == "dispatched").then_some(())
     })
     .await;
@@ -310,12 +295,7 @@ async fn deadline_survives_a_restart() {
     let ev = event(&results[0]);
     assert_eq!(ev["data"]["order_id"], id.as_str());
     assert_eq!(ev["data"]["outcome"], "timeout");
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-5"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-5").await;
     assert_eq!(q.assert_ok()["result"]["result_id"], "orderhub-timeout");
 }
 

@@ -326,12 +326,7 @@ async fn results_only_for_ones_own_orders() {
     ]);
 
     // No result, no result event, the order still waits for globex.
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": g, "user_id": "u-g"}),
-    )
-    .await;
+    let q = query_order(&gateway, &g, "u-g").await;
     assert!(q.assert_ok()["result"].is_null(), "{:?}", q.body);
     assert_eq!(probe.messages().await, 1, "no result event");
     assert_eq!(probe.consumer_state("gateway").await["num_pending"], 0);
@@ -492,12 +487,7 @@ async fn the_gateway_cannot_act_as_a_partner_an_aux_system_or_an_operator() {
     ];
 
     // No result, no aux record, no event, no consumer moved.
-    let q = request(
-        &gateway.client,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway.client, &id, "u-1").await;
     let b = q.assert_ok();
     assert!(b["result"].is_null() && b["aux"] == json!([]), "{b}");
     assert_eq!(probe.messages().await, 1);
@@ -569,12 +559,7 @@ async fn the_operator_reads_but_cannot_write() {
             .assert_ok()["orders"]
             == json!([])
     );
-    let q = request(
-        &operator.client,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&operator.client, &id, "u-1").await;
     let b = q.assert_ok();
     assert!(b["result"].is_null() && b["aux"] == json!([]), "{b}");
     assert_eq!(probe.messages().await, 1);
@@ -625,12 +610,7 @@ async fn aux_only_records() {
     assert_silent(&mut subs, "aux must not see stored events or requests").await;
 
     assert!(orders_of(&gateway, "u-aux").await.is_empty());
-    let q = request(
-        &gateway,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&gateway, &id, "u-1").await;
     assert!(q.assert_ok()["result"].is_null());
     assert_eq!(probe.consumer_state("gateway").await, gateway_before);
 }
@@ -795,12 +775,7 @@ async fn every_role_can_do_all_it_must() {
     // Operator: watches everything, queries, status, service discovery, stream and consumers.
     let first = next(&mut everything).await;
     assert!(first.subject.starts_with("orders."), "{}", first.subject);
-    let q = request(
-        &operator.client,
-        "orders.query",
-        json!({"order_id": id, "user_id": "u-1"}),
-    )
-    .await;
+    let q = query_order(&operator.client, &id, "u-1").await;
     assert!(
         q.assert_ok()["aux"]
             .as_array()
