@@ -185,9 +185,10 @@ impl App {
         let js = jetstream::new(client.clone());
         let aux = provision_stream(&js, &settings, &subjects).await?;
         let hub = Hub::start(HubConfig {
+            instance: instance_id.clone(),
             db,
             subjects: subjects.clone(),
-            partners: settings.partner_timeouts(),
+            partners: actors::Partners::new(settings.partner_timeouts()),
             aux,
             jetstream: js,
             writers: settings.writers(),
@@ -202,12 +203,6 @@ impl App {
             max_body: settings.limits.max_body_bytes,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             max_in_flight: settings.limits.max_in_flight,
-            built_in_aux: settings
-                .aux
-                .iter()
-                .filter(|a| !a.external)
-                .map(|a| a.system.clone())
-                .collect(),
         });
         let (service, endpoints) = micro::Service::start(
             client.clone(),

@@ -209,3 +209,45 @@ pub fn record(
         updated_at: chrono::Utc::now(),
     }
 }
+
+/// `orders.aux.<system>.record` from an external system: stores or replaces its record of an
+/// order. A built-in system's name is refused (only the hub writes those records), and an order
+/// the read node does not know is `not_found`.
+pub async fn record_external(
+    db: &Db,
+    built_in: &[String],
+    system: &str,
+    request: crate::protocol::AuxRecordRequest,
+) -> Result<crate::protocol::RecordReply, crate::protocol::ApiError> {
+    use crate::protocol::{ApiError, RecordReply};
+    if built_in.iter().any(|b| b == system) {
+        return Err(ApiError::invalid(format!(
+            "`{system}` is an auxiliary system built into the hub; an external system records \
+             under its own name"
+        )));
+    }
+    if db
+        .order(&request.order_id)
+        .await
+        .map_err(crate::reads::read_failed)?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&request.order_id));
+    }
+    let record = aux_records::Model {
+        order_id: request.order_id.clone(),
+        system: system.to_owned(),
+        status: request.status,
+        data: request.data,
+        updated_at: chrono::Utc::now(),
+    };
+    db.upsert_aux(vec![record]).await.map_err(|e| {
+        tracing::warn!(error = %e, "aux write failed");
+        ApiError::unavailable("the auxiliary database is not available; retry later")
+    })?;
+    Ok(RecordReply {
+        order_id: request.order_id,
+        system: system.to_owned(),
+        status: "recorded".into(),
+    })
+}

@@ -1,14 +1,14 @@
 //! DeadlineActor: closes orders whose partner missed `result_timeout`. The deadline is a column
 //! (`orders.result_deadline`, set when the stored event is released), so it survives restarts; this
 //! actor only polls for overdue orders and tells each order's actor to expire, and the order
-//! actor's version check makes a second close (another instance, a late partner) harmless.
+//! actor's version check makes a second close (another instance, a late partner) harmless. A
+//! restarted deadline actor simply scans again.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::order::OrderMsg;
 use crate::store::Db;
 use crate::supervisor::Orders;
 
@@ -65,7 +65,7 @@ impl Actor for DeadlineActor {
                     if state.told.contains_key(&id) {
                         continue;
                     }
-                    state.orders.cast(&id, OrderMsg::Expire).await;
+                    state.orders.expire(&id).await;
                     state.told.insert(id, Instant::now());
                 }
             }

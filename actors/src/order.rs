@@ -1,23 +1,26 @@
-//! OrderActor: the only writer of its order (registry name `order:<id>`). It checks every move of
-//! the state machine `accepted → dispatched → result_stored → notified`, builds the outbox event
-//! that goes with it and hands both to its writer, which commits them with other orders' changes
-//! in one transaction. It stops when the order is settled and idle (or idle for long), and is
-//! reloaded from the primary when it is needed again.
+//! OrderActor: the only writer of its order (registry name `order:<id>`). It decides every move of
+//! the state machine `accepted → dispatched → result_stored → notified`: it stores the order and
+//! its result, each with the event that announces it, through its writer, which commits them
+//! with other orders' changes in one transaction. The two other statuses only record that such an
+//! event is out: `dispatched` and `notified` are written by the release step (see
+//! [`crate::writer`]) when JetStream acknowledged the event, under a version check, so the order
+//! actor is not asked a second time. It stops once its order has a result and it is idle (or
+//! after being idle for long), and is reloaded from the primary when it is needed again.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
-use entities::{order_results, orders, outbox};
+use entities::{order_results, orders};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 
-use crate::Context;
+use crate::context::Context;
+use crate::outbox::PendingEvent;
 use crate::protocol::{
-    ApiError, CloudEvent, EventData, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply,
-    SubmitRequest, rfc3339,
+    ApiError, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply, SubmitRequest,
 };
-use crate::writer::{Transition, WriteOp, WriteOutcome, WriterMsg};
+use crate::writer::{WriteOp, WriteOutcome, WriterMsg};
 
 pub type Reply = RpcReplyPort<Result<SubmitReply, ApiError>>;
 
@@ -32,11 +35,6 @@ pub enum OrderMsg {
     },
     /// The deadline actor says the partner's time is up.
     Expire,
-    /// The relay published this event.
-    Released {
-        event_id: String,
-        kind: EventKind,
-    },
     IdleCheck,
 }
 
@@ -124,14 +122,12 @@ impl Actor for OrderActor {
                 let _ = reply.send(answer);
             }
             OrderMsg::Expire => state.expire().await,
-            OrderMsg::Released { event_id, kind } => state.released(event_id, kind).await,
             OrderMsg::IdleCheck => {
                 let idle = state.last_active.elapsed();
                 let tuning = &state.ctx.tuning;
-                let settled = state
-                    .order
-                    .as_ref()
-                    .is_none_or(|o| o.status == OrderStatus::Notified.as_str());
+                // Nothing more to decide once the order has its result: the release of the
+                // result event needs no actor.
+                let settled = state.order.is_none() || state.result.is_some();
                 if (settled && idle >= tuning.settle_linger) || idle >= tuning.idle_stop {
                     myself.stop(None);
                 } else {
@@ -154,7 +150,7 @@ impl OrderState {
         match writer
             .call(
                 |reply| WriterMsg::Write(Box::new(op), reply),
-                Some(self.ctx.tuning.write_timeout),
+                self.ctx.tuning.write_timeout,
             )
             .await
         {
@@ -169,7 +165,7 @@ impl OrderState {
                 "the primary database did not answer in time; retry later",
             )),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
-                "the hub is shutting down; retry later",
+                "the hub's writer is restarting or shutting down; retry later",
             )),
         }
     }
@@ -195,40 +191,6 @@ impl OrderState {
         }
     }
 
-    fn event(
-        &self,
-        kind: EventKind,
-        order: &orders::Model,
-        version: i32,
-        result: Option<&order_results::Model>,
-        now: chrono::DateTime<Utc>,
-    ) -> outbox::Model {
-        let id = uuid::Uuid::now_v7().to_string();
-        let data = EventData {
-            order_id: order.id.clone(),
-            user_id: order.user_id.clone(),
-            partner_id: order.partner_id.clone(),
-            version,
-            outcome: result.map(|r| r.outcome.clone()),
-            partner_ref: result.map(|r| r.partner_ref.clone()),
-        };
-        let subject = match kind {
-            EventKind::Stored => self.ctx.subjects.stored_event(&order.partner_id, &order.id),
-            EventKind::ResultStored => self.ctx.subjects.result_event(&order.user_id, &order.id),
-        };
-        let payload =
-            serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
-                .unwrap_or_default();
-        outbox::Model {
-            id,
-            order_id: order.id.clone(),
-            subject,
-            payload,
-            created_at: now,
-            published_at: None,
-        }
-    }
-
     async fn submit(&mut self, req: SubmitRequest) -> Result<SubmitReply, ApiError> {
         let now = Utc::now();
         let order = orders::Model {
@@ -247,7 +209,14 @@ impl OrderState {
             created_at: now,
             updated_at: now,
         };
-        let event = self.event(EventKind::Stored, &order, order.version, None, now);
+        let event = PendingEvent::new(
+            EventKind::Stored,
+            &self.ctx.subjects,
+            &order,
+            order.version,
+            None,
+            now,
+        );
         match self
             .write(WriteOp::InsertOrder {
                 order: order.clone(),
@@ -263,26 +232,7 @@ impl OrderState {
                     duplicate: false,
                 })
             }
-            WriteOutcome::DuplicateOrder(existing) => {
-                let same = existing.partner_id == order.partner_id
-                    && existing.product == order.product
-                    && existing.amount_minor == order.amount_minor
-                    && existing.currency == order.currency
-                    && existing.items == order.items
-                    && existing.payload == order.payload;
-                if same {
-                    Ok(SubmitReply {
-                        order_id: existing.id,
-                        status: "accepted".into(),
-                        duplicate: true,
-                    })
-                } else {
-                    Err(ApiError::conflict(format!(
-                        "request_id `{}` was already used by this user for order {} with a different body",
-                        order.request_id, existing.id
-                    )))
-                }
-            }
+            WriteOutcome::DuplicateOrder(existing) => answer_reused_key(&existing, &order),
             other => {
                 tracing::error!(?other, "unexpected outcome for an insert");
                 Err(ApiError::unavailable(
@@ -290,35 +240,6 @@ impl OrderState {
                 ))
             }
         }
-    }
-
-    /// Answers a result that meets an existing one.
-    fn settled_answer(
-        &self,
-        existing: &order_results::Model,
-        req: &ResultRequest,
-    ) -> Result<SubmitReply, ApiError> {
-        let same = existing.result_id == req.result_id
-            && existing.outcome == req.outcome.as_str()
-            && existing.partner_ref == req.partner_ref
-            && existing.detail == req.detail;
-        if same {
-            return Ok(SubmitReply {
-                order_id: self.id.clone(),
-                status: "result_stored".into(),
-                duplicate: true,
-            });
-        }
-        if existing.result_id == req.result_id {
-            return Err(ApiError::conflict(format!(
-                "result_id `{}` was already used for this order with a different body",
-                req.result_id
-            )));
-        }
-        Err(ApiError::conflict(format!(
-            "order {} already has a result (outcome `{}`)",
-            self.id, existing.outcome
-        )))
     }
 
     async fn record_result(
@@ -331,7 +252,7 @@ impl OrderState {
                 return Err(ApiError::not_found(&self.id));
             };
             if let Some(existing) = &self.result {
-                return self.settled_answer(existing, &req);
+                return answer_second_result(&self.id, existing, &req);
             }
             match self
                 .store_result(
@@ -361,8 +282,9 @@ impl OrderState {
         ))
     }
 
-    /// Commits a result and the order's move to `result_stored` (version 3), whatever the order's
-    /// version was: a result that overtakes the `dispatched` mark still leaves version 3.
+    /// Commits a result and the order's move to `result_stored` (version 3) from whichever status
+    /// before it the order is in: a result that overtakes the `dispatched` mark still leaves
+    /// version 3.
     async fn store_result(
         &mut self,
         order: &orders::Model,
@@ -381,8 +303,9 @@ impl OrderState {
             received_at: now,
         };
         let status = OrderStatus::ResultStored;
-        let event = self.event(
+        let event = PendingEvent::new(
             EventKind::ResultStored,
+            &self.ctx.subjects,
             order,
             status.version(),
             Some(&result),
@@ -391,9 +314,6 @@ impl OrderState {
         let outcome = self
             .write(WriteOp::StoreResult {
                 result: result.clone(),
-                expected_version: order.version,
-                status: status.as_str(),
-                version: status.version(),
                 event,
             })
             .await?;
@@ -421,7 +341,7 @@ impl OrderState {
         if !due {
             return;
         }
-        let timeout = self.ctx.result_timeout(&order.partner_id);
+        let timeout = self.ctx.partners.result_timeout(&order.partner_id);
         let detail = json!({"reason": format!("partner `{}` did not answer within {}s", order.partner_id, timeout.as_secs())});
         match self
             .store_result(
@@ -444,52 +364,165 @@ impl OrderState {
             }
         }
     }
+}
 
-    async fn released(&mut self, event_id: String, kind: EventKind) {
-        let transition = self.order.as_ref().and_then(|o| match kind {
-            EventKind::Stored if o.status == OrderStatus::Accepted.as_str() => Some(Transition {
-                from_version: o.version,
-                status: OrderStatus::Dispatched.as_str(),
-                version: OrderStatus::Dispatched.version(),
-                deadline_after: Some(self.ctx.result_timeout(&o.partner_id)),
-            }),
-            EventKind::ResultStored if o.status == OrderStatus::ResultStored.as_str() => {
-                Some(Transition {
-                    from_version: o.version,
-                    status: OrderStatus::Notified.as_str(),
-                    version: OrderStatus::Notified.version(),
-                    deadline_after: None,
-                })
-            }
-            _ => None,
+/// The answer to a submit whose `(user_id, request_id)` already holds `existing`: the same order
+/// again (a retry) is a duplicate, any other body is a conflict.
+fn answer_reused_key(
+    existing: &orders::Model,
+    order: &orders::Model,
+) -> Result<SubmitReply, ApiError> {
+    let same = existing.partner_id == order.partner_id
+        && existing.product == order.product
+        && existing.amount_minor == order.amount_minor
+        && existing.currency == order.currency
+        && existing.items == order.items
+        && existing.payload == order.payload;
+    if same {
+        Ok(SubmitReply {
+            order_id: existing.id.clone(),
+            status: "accepted".into(),
+            duplicate: true,
+        })
+    } else {
+        Err(ApiError::conflict(format!(
+            "request_id `{}` was already used by this user for order {} with a different body",
+            order.request_id, existing.id
+        )))
+    }
+}
+
+/// The answer to a result for an order that has one already: the same result again (a retry) is
+/// a duplicate; its `result_id` with another body, or any other result, is a conflict.
+fn answer_second_result(
+    order_id: &str,
+    existing: &order_results::Model,
+    req: &ResultRequest,
+) -> Result<SubmitReply, ApiError> {
+    let same = existing.result_id == req.result_id
+        && existing.outcome == req.outcome.as_str()
+        && existing.partner_ref == req.partner_ref
+        && existing.detail == req.detail;
+    if same {
+        return Ok(SubmitReply {
+            order_id: order_id.to_owned(),
+            status: "result_stored".into(),
+            duplicate: true,
         });
-        let moved = transition.clone();
-        match self
-            .write(WriteOp::MarkReleased {
-                event_id,
-                order_id: self.id.clone(),
-                transition,
-            })
-            .await
-        {
-            Ok(WriteOutcome::Done) => {
-                if let (Some(t), Some(o)) = (moved, self.order.as_mut()) {
-                    o.status = t.status.into();
-                    o.version = t.version;
-                    if let Some(after) = t.deadline_after {
-                        o.result_deadline = Some(
-                            Utc::now() + chrono::Duration::from_std(after).unwrap_or_default(),
-                        );
-                    }
-                    o.updated_at = Utc::now();
-                }
-            }
-            Ok(_) => {
-                let _ = self.reload().await;
-            }
-            // The outbox row stays unpublished; the sweep publishes it again (deduplicated) and
-            // this mark is retried then.
-            Err(e) => tracing::warn!(error = %e, "could not mark an event published"),
+    }
+    if existing.result_id == req.result_id {
+        return Err(ApiError::conflict(format!(
+            "result_id `{}` was already used for this order with a different body",
+            req.result_id
+        )));
+    }
+    Err(ApiError::conflict(format!(
+        "order {order_id} already has a result (outcome `{}`)",
+        existing.outcome
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ErrorCode;
+
+    fn order(request_id: &str, amount: i64) -> orders::Model {
+        let now = Utc::now();
+        orders::Model {
+            id: "o-1".into(),
+            user_id: "u-1".into(),
+            request_id: request_id.into(),
+            partner_id: "acme-air".into(),
+            product: "flight".into(),
+            amount_minor: amount,
+            currency: "CNY".into(),
+            items: json!([{"sku": "MU5101", "qty": 1}]),
+            payload: json!({"seat": "12A"}),
+            status: "accepted".into(),
+            version: 1,
+            result_deadline: None,
+            created_at: now,
+            updated_at: now,
         }
+    }
+
+    fn result(result_id: &str, outcome: &str) -> order_results::Model {
+        order_results::Model {
+            order_id: "o-1".into(),
+            result_id: result_id.into(),
+            outcome: outcome.into(),
+            partner_ref: Some("PNR".into()),
+            detail: json!({}),
+            received_at: Utc::now(),
+        }
+    }
+
+    fn request(result_id: &str, outcome: Outcome, partner_ref: Option<&str>) -> ResultRequest {
+        ResultRequest {
+            order_id: "o-1".into(),
+            result_id: result_id.into(),
+            outcome,
+            partner_ref: partner_ref.map(str::to_owned),
+            detail: json!({}),
+        }
+    }
+
+    #[test]
+    fn a_reused_key_with_the_same_body_is_the_same_order() {
+        let mut retry = order("r-1", 100);
+        retry.id = "o-2".into();
+        let reply = answer_reused_key(&order("r-1", 100), &retry).unwrap();
+        assert_eq!(
+            reply.order_id, "o-1",
+            "the existing order's id, not the new one"
+        );
+        assert!(reply.duplicate);
+    }
+
+    #[test]
+    fn a_reused_key_with_another_body_is_a_conflict() {
+        let err = answer_reused_key(&order("r-1", 100), &order("r-1", 101)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(err.message.contains("r-1"));
+    }
+
+    #[test]
+    fn the_same_result_again_is_a_duplicate() {
+        let existing = result("res-1", "confirmed");
+        let reply = answer_second_result(
+            "o-1",
+            &existing,
+            &request("res-1", Outcome::Confirmed, Some("PNR")),
+        )
+        .unwrap();
+        assert!(reply.duplicate);
+        assert_eq!(reply.status, "result_stored");
+    }
+
+    #[test]
+    fn the_same_result_id_with_another_body_is_a_conflict_naming_the_key() {
+        let existing = result("res-1", "confirmed");
+        for other in [
+            request("res-1", Outcome::Rejected, Some("PNR")),
+            request("res-1", Outcome::Confirmed, None),
+        ] {
+            let err = answer_second_result("o-1", &existing, &other).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Conflict);
+            assert!(err.message.contains("result_id `res-1`"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_second_result_is_a_conflict_naming_the_first_outcome() {
+        let existing = result("orderhub-timeout", "timeout");
+        let err = answer_second_result(
+            "o-1",
+            &existing,
+            &request("res-2", Outcome::Confirmed, None),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(err.message.contains("outcome `timeout`"), "{}", err.message);
     }
 }

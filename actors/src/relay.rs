@@ -1,45 +1,35 @@
 //! OutboxRelay: publishes released events to stream `ORDER_EVENTS` with `Nats-Msg-Id` (= event
-//! id) so JetStream drops a second copy, then tells each order's actor its event is out, which
-//! marks the outbox row and moves the order on.
+//! id) so JetStream drops a second copy, then hands the acknowledged ones to their writers
+//! ([`Published`]), which mark the outbox rows and record the release in each order's status.
 //!
 //! A batch is published pipelined (all sends, then all acks) and in order, so per order the stored
 //! event precedes the result event. An event whose publish fails stays unpublished in the outbox
 //! and the replication actor's sweep brings it back.
 
-use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::{HashMap, HashSet};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::order::OrderMsg;
-use crate::protocol::{COMMIT_LSN_HEADER, EventKind};
-use crate::replication::PendingEvent;
-use crate::supervisor::Orders;
-
-pub enum RelayMsg {
-    Publish(Vec<PendingEvent>),
-}
+use crate::outbox::{PendingEvent, Published, Released};
+use crate::protocol::COMMIT_LSN_HEADER;
+use crate::writer::WriterPool;
 
 pub struct OutboxRelay;
 
 pub struct RelayArgs {
     pub jetstream: jetstream::Context,
-    /// Filled in once the order directory exists (it needs the writers, which need this relay).
-    pub orders: Arc<OnceLock<Orders>>,
-    pub stored_marker: String,
+    pub writers: WriterPool,
 }
 
 pub struct RelayState {
     js: jetstream::Context,
-    orders: Arc<OnceLock<Orders>>,
-    /// `<prefix>.events.stored.`: tells a stored event from a result event by its subject.
-    stored_marker: String,
+    writers: WriterPool,
 }
 
 impl Actor for OutboxRelay {
-    type Msg = RelayMsg;
+    type Msg = Released;
     type State = RelayState;
     type Arguments = RelayArgs;
 
@@ -50,25 +40,25 @@ impl Actor for OutboxRelay {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(RelayState {
             js: args.jetstream,
-            orders: args.orders,
-            stored_marker: args.stored_marker,
+            writers: args.writers,
         })
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
-        msg: RelayMsg,
+        Released(events): Released,
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
-        let RelayMsg::Publish(events) = msg;
-        state.publish(events).await;
+        let published = state.publish(events).await;
+        state.hand_to_writers(published);
         Ok(())
     }
 }
 
 impl RelayState {
-    async fn publish(&self, events: Vec<PendingEvent>) {
+    /// Publishes a batch; returns the events JetStream acknowledged.
+    async fn publish(&self, events: Vec<PendingEvent>) -> Vec<PendingEvent> {
         let mut acks = Vec::with_capacity(events.len());
         // Orders with an event that could not be sent: their later events wait for the sweep
         // too, so per order the stored event still precedes the result event.
@@ -101,30 +91,31 @@ impl RelayState {
                 .map(|(event, ack)| async move { (ack.await, event) }),
         )
         .await;
-        let Some(orders) = self.orders.get() else {
-            return;
-        };
-        for (ack, event) in results {
-            match ack {
-                Ok(_) => {
-                    let kind = if event.subject.starts_with(&self.stored_marker) {
-                        EventKind::Stored
-                    } else {
-                        EventKind::ResultStored
-                    };
-                    orders
-                        .cast(
-                            &event.order_id,
-                            OrderMsg::Released {
-                                event_id: event.id,
-                                kind,
-                            },
-                        )
-                        .await;
-                }
+        results
+            .into_iter()
+            .filter_map(|(ack, event)| match ack {
+                Ok(_) => Some(event),
                 Err(e) => {
-                    tracing::warn!(event_id = %event.id, error = %e, "no ack from JetStream; the sweep retries it")
+                    tracing::warn!(event_id = %event.id, error = %e, "no ack from JetStream; the sweep retries it");
+                    None
                 }
+            })
+            .collect()
+    }
+
+    /// Each order's writer records its published events; a writer that is down leaves them
+    /// unmarked, and the sweep publishes them again (deduplicated) and marks them then.
+    fn hand_to_writers(&self, published: Vec<PendingEvent>) {
+        let mut by_writer: HashMap<usize, Vec<PendingEvent>> = HashMap::new();
+        for event in published {
+            by_writer
+                .entry(self.writers.index_of(&event.order_id))
+                .or_default()
+                .push(event);
+        }
+        for (writer, events) in by_writer {
+            if let Err(e) = self.writers.get(writer).cast(Published(events).into()) {
+                tracing::warn!(error = %e, "release marks wait for the sweep");
             }
         }
     }

@@ -176,13 +176,13 @@ impl Db {
     /// all the schema the migrations just made), polling until `timeout`. `false`: it has not
     /// (the replica is down or far behind); reads then answer `unavailable` until it has.
     pub async fn await_replica(&self, timeout: Duration) -> bool {
-        use crate::replication::{lsn_of, replay_lsn};
+        use crate::wal::{current_lsn, replay_position};
         if !self.separate_replica {
             return true;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let target = loop {
-            match lsn_of(&self.primary, "SELECT pg_current_wal_lsn()::text AS lsn").await {
+            match current_lsn(&self.primary).await {
                 Ok(lsn) => break lsn,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
                     tracing::warn!(error = %e, "the primary's WAL position is unknown");
@@ -192,8 +192,9 @@ impl Db {
             }
         };
         loop {
-            match tokio::time::timeout(Duration::from_secs(1), replay_lsn(&self.replica)).await {
-                Ok(Ok(replay)) if replay >= target => return true,
+            match tokio::time::timeout(Duration::from_secs(1), replay_position(&self.replica)).await
+            {
+                Ok(Ok(replay)) if replay.lsn >= target => return true,
                 _ if tokio::time::Instant::now() >= deadline => return false,
                 _ => tokio::time::sleep(Duration::from_millis(20)).await,
             }

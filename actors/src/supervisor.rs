@@ -12,9 +12,9 @@ use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 
-use crate::Context;
+use crate::context::Context;
 use crate::order::{OrderActor, OrderArgs, OrderMsg};
-use crate::protocol::{ApiError, SubmitReply};
+use crate::protocol::{ApiError, ResultRequest, SubmitReply, SubmitRequest};
 
 pub struct OrderSupervisor;
 
@@ -74,7 +74,7 @@ impl Orders {
     }
 
     /// The live actor of an order, or a fresh one that loads it from the primary.
-    pub async fn get(&self, order_id: &str) -> Result<ActorRef<OrderMsg>, ApiError> {
+    async fn get(&self, order_id: &str) -> Result<ActorRef<OrderMsg>, ApiError> {
         self.spawn(order_id, false).await
     }
 
@@ -117,7 +117,7 @@ impl Orders {
     pub async fn submit(
         &self,
         order_id: &str,
-        request: crate::protocol::SubmitRequest,
+        request: SubmitRequest,
     ) -> Result<SubmitReply, ApiError> {
         let actor = self.spawn(order_id, true).await?;
         let request = Box::new(request);
@@ -131,9 +131,30 @@ impl Orders {
         )
     }
 
+    /// A partner's result for one of its orders; `partner_id` is the caller's, from the subject.
+    pub async fn record_result(
+        &self,
+        partner_id: &str,
+        request: ResultRequest,
+    ) -> Result<SubmitReply, ApiError> {
+        let order_id = request.order_id.clone();
+        let request = Box::new(request);
+        self.call(&order_id, |reply| OrderMsg::RecordResult {
+            partner_id: partner_id.to_owned(),
+            request: request.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Tells an order's actor that its partner's deadline has passed.
+    pub async fn expire(&self, order_id: &str) {
+        self.cast(order_id, OrderMsg::Expire).await
+    }
+
     /// Asks an order's actor something; if the actor stopped before answering (it was settling),
     /// asks a fresh one once more.
-    pub async fn call(
+    async fn call(
         &self,
         order_id: &str,
         make: impl Fn(RpcReplyPort<Result<SubmitReply, ApiError>>) -> OrderMsg,
@@ -151,7 +172,7 @@ impl Orders {
     }
 
     /// Tells an order's actor something, without waiting.
-    pub async fn cast(&self, order_id: &str, msg: OrderMsg) {
+    async fn cast(&self, order_id: &str, msg: OrderMsg) {
         match self.get(order_id).await {
             Ok(actor) => {
                 if let Err(e) = actor.cast(msg) {

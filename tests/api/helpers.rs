@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use actors::protocol::COMMIT_LSN_HEADER;
-use actors::replication::Lsn;
+use actors::wal::Lsn;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;

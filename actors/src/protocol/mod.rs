@@ -17,8 +17,8 @@ pub use requests::{
 };
 pub use subjects::{Subjects, consumer};
 pub use views::{
-    AuxView, DatabaseStatus, ListReply, NatsStatus, OrderReply, OrderView, QueryReply, RecordReply,
-    ReplicaStatus, ResultView, StatusReply, SubmitReply,
+    AuxView, DatabaseStatus, ListReply, NatsStatus, OrderReply, OrderView, QueryAnswer, QueryReply,
+    RecordReply, ReplicaStatus, ResultView, StatusReply, SubmitReply,
 };
 
 /// RFC 3339 UTC with millisecond precision and a `Z` suffix: every timestamp on the wire.

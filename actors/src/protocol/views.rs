@@ -117,6 +117,14 @@ pub struct ListReply {
     pub next_before: Option<String>,
 }
 
+/// `query` reply, either form.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum QueryAnswer {
+    One(QueryReply),
+    List(ListReply),
+}
+
 /// `orders.aux.<system>.record` reply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordReply {
@@ -137,6 +145,9 @@ pub struct StatusReply {
     pub replica: ReplicaStatus,
     pub nats: NatsStatus,
     pub database: DatabaseStatus,
+    /// How often each supervised actor (writers, replication, relay, deadline, subscribers) was
+    /// restarted since the hub started.
+    pub restarts: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,383 @@
+//! [`Hub`]: the running actors, and the one surface the NATS endpoints call. Each method takes a
+//! validated request and returns the reply or an [`ApiError`]; the endpoints only decode, call and
+//! encode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::FutureExt;
+use ractor::{Actor, ActorRef};
+use tracing::Instrument;
+
+use crate::aux::{self, AuxArgs, AuxSubscriber};
+use crate::context::{Context, Metrics, Tuning};
+use crate::deadline::{DeadlineActor, DeadlineArgs};
+use crate::link::Link;
+use crate::outbox::{Committed, Released};
+use crate::partners::Partners;
+use crate::pipeline::{
+    Child, PipelineArgs, PipelineMsg, PipelineSupervisor, Restarts, registry_name,
+};
+use crate::protocol::{
+    ApiError, AuxRecordRequest, DatabaseStatus, GetRequest, OrderReply, QueryAnswer, QueryRequest,
+    RecordReply, ReplicaStatus, ResultRequest, Subjects, SubmitReply, SubmitRequest,
+};
+use crate::reads;
+use crate::relay::{OutboxRelay, RelayArgs};
+use crate::replication::{ReplicationActor, ReplicationArgs, ReplicationMsg};
+use crate::store::Db;
+use crate::supervisor::{OrderSupervisor, Orders, SupervisorMsg};
+use crate::writer::{Writer, WriterArgs, WriterMsg, WriterPool};
+
+/// What the hub's actors need to start.
+pub struct HubConfig {
+    /// This hub instance's id: its actors are registered as `<instance>:<role>`.
+    pub instance: String,
+    pub db: Db,
+    pub subjects: Subjects,
+    pub partners: Partners,
+    /// Built-in auxiliary systems and their durable consumers.
+    pub aux: Vec<(String, jetstream::consumer::PullConsumer)>,
+    pub jetstream: jetstream::Context,
+    /// Group-commit writers (SQLite: 1).
+    pub writers: usize,
+    pub tuning: Tuning,
+}
+
+/// Why the hub's actors could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("actor `{0}` failed to start: {1}")]
+    Spawn(&'static str, #[source] ractor::SpawnErr),
+}
+
+/// What the hub's actors report to `orders.admin.status`.
+#[derive(Debug)]
+pub struct HubStatus {
+    pub actors_live: u64,
+    pub outbox_pending: Option<u64>,
+    pub replica: ReplicaStatus,
+    pub database: DatabaseStatus,
+    pub restarts: BTreeMap<String, u64>,
+}
+
+/// The running actors.
+pub struct Hub {
+    ctx: Arc<Context>,
+    orders: Orders,
+    built_in_aux: Vec<String>,
+    replication: Link<ReplicationMsg>,
+    restarts: Arc<Restarts>,
+    pipeline: ActorRef<PipelineMsg>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Hub {
+    pub async fn start(config: HubConfig) -> Result<Self, StartError> {
+        let instance = config.instance.clone();
+        let partners = Arc::new(config.partners);
+        let replication: Link<ReplicationMsg> = Link::new("replication");
+        let committed: Link<Committed> = Link::new("replication");
+        let released: Link<Released> = Link::new("relay");
+        let writer_links: Vec<Link<WriterMsg>> = (0..config.writers.max(1))
+            .map(|_| Link::new("writer"))
+            .collect();
+        let writers = WriterPool::new(writer_links.clone());
+        let ctx = Arc::new(Context {
+            db: config.db.clone(),
+            subjects: config.subjects,
+            partners: partners.clone(),
+            writers: writers.clone(),
+            metrics: Metrics::default(),
+            tuning: config.tuning,
+        });
+        let (supervisor, _) = Actor::spawn(None, OrderSupervisor, ())
+            .await
+            .map_err(|e| StartError::Spawn("order supervisor", e))?;
+        let orders = Orders::new(ctx.clone(), supervisor.get_cell());
+
+        // A restarted writer or relay may have dropped committed events: the replication actor
+        // sweeps every unpublished row.
+        let sweep_all = {
+            let replication = replication.clone();
+            move || {
+                let _ = replication.cast(ReplicationMsg::Sweep { all: true });
+            }
+        };
+        let mut children = Vec::new();
+        {
+            let (js, writers, released, sweep_all) = (
+                config.jetstream.clone(),
+                writers.clone(),
+                released.clone(),
+                sweep_all.clone(),
+            );
+            let name = registry_name(&instance, "relay");
+            children.push(child("relay", move |sup, restarted| {
+                let args = RelayArgs {
+                    jetstream: js.clone(),
+                    writers: writers.clone(),
+                };
+                let (name, released, sweep_all) =
+                    (name.clone(), released.clone(), sweep_all.clone());
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(name), OutboxRelay, args, sup).await?;
+                    released.set(actor.get_derived());
+                    if restarted {
+                        sweep_all();
+                    }
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
+        {
+            let (db, replication, committed, released) = (
+                config.db.clone(),
+                replication.clone(),
+                committed.clone(),
+                released.clone(),
+            );
+            let name = registry_name(&instance, "replication");
+            children.push(child("replication", move |sup, _| {
+                let args = ReplicationArgs {
+                    db: db.clone(),
+                    released: released.clone(),
+                };
+                let (name, replication, committed) =
+                    (name.clone(), replication.clone(), committed.clone());
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(name), ReplicationActor, args, sup).await?;
+                    committed.set(actor.get_derived());
+                    replication.set(actor.get_derived());
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
+        for (i, link) in writer_links.into_iter().enumerate() {
+            let role = format!("writer-{i}");
+            let name = registry_name(&instance, &role);
+            let (primary, partners, committed, sweep_all) = (
+                config.db.primary.clone(),
+                partners.clone(),
+                committed.clone(),
+                sweep_all.clone(),
+            );
+            children.push(child(&role, move |sup, restarted| {
+                let args = WriterArgs {
+                    primary: primary.clone(),
+                    partners: partners.clone(),
+                    committed: committed.clone(),
+                };
+                let (name, link, sweep_all) = (name.clone(), link.clone(), sweep_all.clone());
+                async move {
+                    let (actor, _) = Actor::spawn_linked(Some(name), Writer, args, sup).await?;
+                    link.set(actor.get_derived());
+                    if restarted {
+                        sweep_all();
+                    }
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
+        {
+            let (db, orders) = (config.db.clone(), orders.clone());
+            let name = registry_name(&instance, "deadline");
+            children.push(child("deadline", move |sup, _| {
+                let args = DeadlineArgs {
+                    db: db.clone(),
+                    orders: orders.clone(),
+                };
+                let name = name.clone();
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(name), DeadlineActor, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
+        let mut built_in_aux = Vec::new();
+        for (system, consumer) in config.aux {
+            let role = format!("aux-{system}");
+            let name = registry_name(&instance, &role);
+            built_in_aux.push(system.clone());
+            let db = config.db.clone();
+            children.push(child(&role, move |sup, _| {
+                let args = AuxArgs {
+                    system: system.clone(),
+                    consumer: consumer.clone(),
+                    db: db.clone(),
+                };
+                let name = name.clone();
+                async move {
+                    let (actor, _) =
+                        Actor::spawn_linked(Some(name), AuxSubscriber, args, sup).await?;
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
+        let restarts = Arc::new(Restarts::default());
+        let (pipeline, _) = Actor::spawn(
+            Some(registry_name(&instance, "pipeline")),
+            PipelineSupervisor,
+            PipelineArgs {
+                children,
+                restarts: restarts.clone(),
+            },
+        )
+        .await
+        .map_err(|e| StartError::Spawn("pipeline", e))?;
+        Ok(Self {
+            ctx,
+            orders,
+            built_in_aux,
+            replication,
+            restarts,
+            pipeline,
+            supervisor,
+        })
+    }
+
+    /// `true` when `partner_id` is a configured partner.
+    pub fn is_partner(&self, partner_id: &str) -> bool {
+        self.ctx.partners.contains(partner_id)
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.ctx.subjects
+    }
+
+    /// `orders.submit`: stores a new order under a fresh UUIDv7.
+    pub async fn submit(&self, request: SubmitRequest) -> Result<SubmitReply, ApiError> {
+        if !self.is_partner(&request.partner_id) {
+            return Err(ApiError::unknown_partner(&request.partner_id));
+        }
+        let order_id = uuid::Uuid::now_v7().to_string();
+        let span = tracing::debug_span!("order", order_id = %order_id);
+        self.orders
+            .submit(&order_id, request)
+            .instrument(span)
+            .await
+    }
+
+    /// `orders.partner.<partner_id>.result`.
+    pub async fn record_result(
+        &self,
+        partner_id: &str,
+        request: ResultRequest,
+    ) -> Result<SubmitReply, ApiError> {
+        let span = tracing::debug_span!("order", order_id = %request.order_id);
+        self.orders
+            .record_result(partner_id, request)
+            .instrument(span)
+            .await
+    }
+
+    /// `orders.partner.<partner_id>.get`.
+    pub async fn partner_get(
+        &self,
+        partner_id: &str,
+        request: GetRequest,
+    ) -> Result<OrderReply, ApiError> {
+        reads::partner_get(&self.ctx.db, partner_id, &request.order_id).await
+    }
+
+    /// `orders.query`, either form.
+    pub async fn query(&self, request: QueryRequest) -> Result<QueryAnswer, ApiError> {
+        reads::query(&self.ctx.db, request).await
+    }
+
+    /// `orders.aux.<system>.record` from an external system.
+    pub async fn record_aux(
+        &self,
+        system: &str,
+        request: AuxRecordRequest,
+    ) -> Result<RecordReply, ApiError> {
+        aux::record_external(&self.ctx.db, &self.built_in_aux, system, request).await
+    }
+
+    /// The actors' part of `orders.admin.status`.
+    pub async fn status(&self) -> HubStatus {
+        let db = &self.ctx.db;
+        let (replica, outbox_pending, primary_ok, aux_ok) = tokio::join!(
+            self.replica_status(),
+            db.outbox_pending(),
+            Db::ping(&db.primary),
+            Db::ping(&db.aux),
+        );
+        HubStatus {
+            actors_live: self.ctx.metrics.actors_live(),
+            outbox_pending: outbox_pending.ok(),
+            replica,
+            database: DatabaseStatus {
+                primary_ok: Some(primary_ok),
+                aux_ok: Some(aux_ok),
+            },
+            restarts: self.restarts.snapshot(),
+        }
+    }
+
+    /// The replication actor's view of the read node.
+    async fn replica_status(&self) -> ReplicaStatus {
+        match self
+            .replication
+            .call(ReplicationMsg::Status, Duration::from_secs(2))
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(s)) => s,
+            _ => ReplicaStatus {
+                mode: if self.ctx.db.separate_replica {
+                    "postgres"
+                } else {
+                    "same-as-primary"
+                }
+                .into(),
+                available: None,
+                lag_bytes: None,
+                lag_ms: None,
+                confirmed_lsn: None,
+                events_waiting: 0,
+                reason: Some("the replication actor did not answer".into()),
+            },
+        }
+    }
+
+    /// Stops every actor: orders first, then the pipeline. Unpublished events stay in the outbox
+    /// for the next start.
+    pub async fn stop(self) {
+        self.supervisor
+            .stop_children_and_wait(None, Some(Duration::from_secs(5)))
+            .await;
+        self.supervisor.stop(None);
+        let _ = self
+            .pipeline
+            .call(PipelineMsg::Shutdown, Some(Duration::from_secs(10)))
+            .await;
+        self.pipeline.stop(None);
+    }
+}
+
+fn child(
+    role: &str,
+    start: impl Fn(
+        ractor::ActorCell,
+        bool,
+    )
+        -> futures::future::BoxFuture<'static, Result<ractor::ActorCell, ractor::SpawnErr>>
+    + Send
+    + Sync
+    + 'static,
+) -> Child {
+    Child {
+        role: role.to_owned(),
+        start: Box::new(start),
+    }
+}

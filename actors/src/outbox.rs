@@ -1,0 +1,151 @@
+//! The transactional outbox: [`PendingEvent`], an event made together with the state change it
+//! announces, committed in the same transaction as an `outbox` row, and carried from there to the
+//! stream. The messages that move events along the pipeline are defined here too, so each stage
+//! depends only on this module, not on the stage after it:
+//!
+//! writer ([`Committed`]) → replication ([`Released`]) → relay → writer (marks them published).
+
+use chrono::{DateTime, Utc};
+use entities::{order_results, orders, outbox};
+
+use crate::protocol::{CloudEvent, EventData, EventKind, Subjects, rfc3339};
+use crate::wal::Lsn;
+
+/// A committed (or about to be committed) event on its way to the stream.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingEvent {
+    /// The event id, also `Nats-Msg-Id` and the outbox row's key.
+    pub id: String,
+    pub order_id: String,
+    pub partner_id: String,
+    pub kind: EventKind,
+    pub subject: String,
+    /// The CloudEvent, as JSON.
+    pub payload: String,
+    /// The fence: a primary WAL position at or after the event's commit (Postgres only).
+    pub lsn: Option<Lsn>,
+}
+
+impl PendingEvent {
+    /// The event announcing that `order` reached `version`; result events carry the result.
+    pub fn new(
+        kind: EventKind,
+        subjects: &Subjects,
+        order: &orders::Model,
+        version: i32,
+        result: Option<&order_results::Model>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
+        let subject = match kind {
+            EventKind::Stored => subjects.stored_event(&order.partner_id, &order.id),
+            EventKind::ResultStored => subjects.result_event(&order.user_id, &order.id),
+        };
+        let data = EventData {
+            order_id: order.id.clone(),
+            user_id: order.user_id.clone(),
+            partner_id: order.partner_id.clone(),
+            version,
+            outcome: result.map(|r| r.outcome.clone()),
+            partner_ref: result.map(|r| r.partner_ref.clone()),
+        };
+        let payload =
+            serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
+                .unwrap_or_default();
+        Self {
+            id,
+            order_id: order.id.clone(),
+            partner_id: order.partner_id.clone(),
+            kind,
+            subject,
+            payload,
+            lsn: None,
+        }
+    }
+
+    /// The outbox row that commits this event.
+    pub fn row(&self, created_at: DateTime<Utc>) -> outbox::Model {
+        outbox::Model {
+            id: self.id.clone(),
+            order_id: self.order_id.clone(),
+            subject: self.subject.clone(),
+            payload: self.payload.clone(),
+            created_at,
+            published_at: None,
+        }
+    }
+
+    /// An unpublished outbox row back on its way (the sweep). `None` for a row whose payload is
+    /// not an orderhub event (it stays in the outbox and is logged).
+    pub fn from_row(row: &outbox::Model) -> Option<Self> {
+        let event: CloudEvent = serde_json::from_str(&row.payload).ok()?;
+        Some(Self {
+            id: row.id.clone(),
+            order_id: row.order_id.clone(),
+            partner_id: event.data.partner_id,
+            kind: EventKind::from_type(&event.kind)?,
+            subject: row.subject.clone(),
+            payload: row.payload.clone(),
+            lsn: None,
+        })
+    }
+}
+
+/// Events whose transactions have committed on the primary: writer → replication.
+#[derive(Debug)]
+pub struct Committed(pub Vec<PendingEvent>);
+
+/// Events the read node can serve, to publish now: replication → relay.
+#[derive(Debug)]
+pub struct Released(pub Vec<PendingEvent>);
+
+/// Events JetStream has acknowledged: relay → writer, which marks their rows published and moves
+/// each order to the status that records the release (`dispatched`, `notified`).
+#[derive(Debug)]
+pub struct Published(pub Vec<PendingEvent>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> orders::Model {
+        let now = Utc::now();
+        orders::Model {
+            id: "0190c9d2-0000-7000-8000-000000000001".into(),
+            user_id: "u-1".into(),
+            request_id: "r-1".into(),
+            partner_id: "acme-air".into(),
+            product: "flight".into(),
+            amount_minor: 100,
+            currency: "CNY".into(),
+            items: serde_json::json!([]),
+            payload: serde_json::json!({}),
+            status: "accepted".into(),
+            version: 1,
+            result_deadline: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    #[test]
+    fn a_swept_row_comes_back_as_the_same_event() {
+        let subjects = Subjects::new("orders");
+        let now = Utc::now();
+        for kind in [EventKind::Stored, EventKind::ResultStored] {
+            let event = PendingEvent::new(kind, &subjects, &order(), 1, None, now);
+            let back = PendingEvent::from_row(&event.row(now)).expect("an orderhub event");
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn a_foreign_row_is_not_an_event() {
+        let subjects = Subjects::new("orders");
+        let now = Utc::now();
+        let mut row =
+            PendingEvent::new(EventKind::Stored, &subjects, &order(), 1, None, now).row(now);
+        row.payload = "{\"hello\":1}".into();
+        assert!(PendingEvent::from_row(&row).is_none());
+    }
+}

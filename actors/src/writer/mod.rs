@@ -1,0 +1,314 @@
+//! Writer: the group-commit actor. Order actors hand it [`WriteOp`]s and the relay hands it
+//! published events; it buffers everything that arrives while a transaction runs and commits the
+//! next batch in one transaction ([`commit`]), so a thousand orders cost one commit, not a
+//! thousand. The hub runs a small pool of writers ([`WriterPool`]) and routes each order to one
+//! of them by id, so no single actor carries every order.
+//!
+//! After a commit the writer hands the batch's new events on ([`Committed`], to the replication
+//! actor), then answers each op.
+
+mod commit;
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use entities::{order_results, orders};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sea_orm::{DatabaseConnection, DbErr};
+
+use crate::link::Link;
+use crate::outbox::{Committed, PendingEvent, Published};
+use crate::partners::Partners;
+use crate::store::StoreError;
+
+/// Most ops in one transaction.
+const MAX_BATCH: usize = 512;
+/// After the primary could not be reached, ops fail at once for this long before the next real
+/// attempt: a down primary costs each caller milliseconds, not a connection timeout each.
+const DOWN_RETRY: Duration = Duration::from_millis(250);
+
+/// One change to the order database, made atomically with its outbox event.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// A new order and its stored event; an existing `(user_id, request_id)` wins.
+    InsertOrder {
+        order: orders::Model,
+        event: PendingEvent,
+    },
+    /// A result, the order's move to `result_stored` (from any status before it), and the
+    /// result event.
+    StoreResult {
+        result: order_results::Model,
+        event: PendingEvent,
+    },
+}
+
+/// How an op went.
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// Committed as asked.
+    Done,
+    /// `InsertOrder` found the idempotency key taken; this is the order that holds it.
+    DuplicateOrder(Box<orders::Model>),
+    /// `StoreResult` found a result already there.
+    ResultExists(Box<order_results::Model>),
+    /// The order is not where the op expected it (gone): reload and retry.
+    Stale,
+}
+
+/// The answer port of a write.
+pub type WriteReply = RpcReplyPort<Result<WriteOutcome, StoreError>>;
+
+pub enum WriterMsg {
+    /// Boxed: ops carry whole rows, and the mailbox should not size every message for them.
+    Write(Box<WriteOp>, WriteReply),
+    /// Events JetStream acknowledged: mark them released in the next commit.
+    Published(Vec<PendingEvent>),
+    /// Commit what is buffered.
+    Flush,
+}
+
+impl From<Published> for WriterMsg {
+    fn from(p: Published) -> Self {
+        Self::Published(p.0)
+    }
+}
+
+pub struct Writer;
+
+pub struct WriterArgs {
+    pub primary: DatabaseConnection,
+    pub partners: Arc<Partners>,
+    /// Where committed events go: the replication actor.
+    pub committed: Link<Committed>,
+}
+
+pub struct WriterState {
+    primary: DatabaseConnection,
+    partners: Arc<Partners>,
+    committed: Link<Committed>,
+    buffer: Vec<(WriteOp, WriteReply)>,
+    published: Vec<PendingEvent>,
+    flush_scheduled: bool,
+    /// When the primary last could not be reached; cleared by the next commit.
+    primary_down_at: Option<Instant>,
+}
+
+impl Actor for Writer {
+    type Msg = WriterMsg;
+    type State = WriterState;
+    type Arguments = WriterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: WriterArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(WriterState {
+            primary: args.primary,
+            partners: args.partners,
+            committed: args.committed,
+            buffer: Vec::with_capacity(MAX_BATCH),
+            published: Vec::new(),
+            flush_scheduled: false,
+            primary_down_at: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: WriterMsg,
+        state: &mut WriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WriterMsg::Write(op, reply) => state.buffer.push((*op, reply)),
+            WriterMsg::Published(events) => state.published.extend(events),
+            WriterMsg::Flush => {
+                state.flush_scheduled = false;
+                state.flush().await;
+                return Ok(());
+            }
+        }
+        if state.buffer.len() + state.published.len() >= MAX_BATCH {
+            state.flush().await;
+        } else if !state.flush_scheduled {
+            // Everything already in the mailbox is handled before this Flush: that is the
+            // group-commit window, and it costs no timer.
+            state.flush_scheduled = true;
+            myself.cast(WriterMsg::Flush)?;
+        }
+        Ok(())
+    }
+}
+
+impl WriterState {
+    async fn flush(&mut self) {
+        if self.buffer.is_empty() && self.published.is_empty() {
+            return;
+        }
+        let (ops, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
+        let published = std::mem::take(&mut self.published);
+        if self
+            .primary_down_at
+            .is_some_and(|at| at.elapsed() < DOWN_RETRY)
+        {
+            // Published rows stay unpublished in the outbox: the sweep brings them back.
+            answer(replies, |_| Err(primary_down()));
+            return;
+        }
+        let started = Instant::now();
+        let committed = commit::commit(&self.primary, &ops, &published, &self.partners).await;
+        self.primary_down_at = committed
+            .as_ref()
+            .err()
+            .filter(|e| unreachable(e))
+            .map(|_| Instant::now());
+        tracing::debug!(
+            ops = ops.len(),
+            released = published.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "group commit"
+        );
+        match committed {
+            Ok(outcomes) => self.finish(&ops, replies, outcomes),
+            // A lone op, or a primary out of reach: retrying one by one would only wait again.
+            Err(e) if ops.len() + published.len() <= 1 || self.primary_down_at.is_some() => {
+                tracing::warn!(error = %e, ops = ops.len(), "write failed");
+                answer(replies, |_| Err(StoreError::Unavailable(clone_err(&e))));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, ops = ops.len(), "batch failed; retrying ops one by one");
+                self.one_by_one(ops, replies, published).await;
+            }
+        }
+    }
+
+    /// One bad op must not fail its neighbours: each op alone, then the release marks alone.
+    async fn one_by_one(
+        &mut self,
+        ops: Vec<WriteOp>,
+        replies: Vec<WriteReply>,
+        published: Vec<PendingEvent>,
+    ) {
+        for (op, reply) in ops.into_iter().zip(replies) {
+            if self.primary_down_at.is_some() {
+                let _ = reply.send(Err(primary_down()));
+                continue;
+            }
+            let one = [op];
+            match commit::commit(&self.primary, &one, &[], &self.partners).await {
+                Ok(outcomes) => self.finish(&one, vec![reply], outcomes),
+                Err(e) => {
+                    if unreachable(&e) {
+                        self.primary_down_at = Some(Instant::now());
+                    }
+                    let _ = reply.send(Err(StoreError::Unavailable(e)));
+                }
+            }
+        }
+        if !published.is_empty()
+            && self.primary_down_at.is_none()
+            && let Err(e) = commit::commit(&self.primary, &[], &published, &self.partners).await
+        {
+            tracing::warn!(error = %e, "release marks failed; the sweep brings the events back");
+        }
+    }
+
+    /// Hands new events to the replication actor, then answers the callers.
+    fn finish(&self, ops: &[WriteOp], replies: Vec<WriteReply>, outcomes: Vec<WriteOutcome>) {
+        let events: Vec<PendingEvent> = ops
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, outcome)| matches!(outcome, WriteOutcome::Done))
+            .map(|(op, _)| match op {
+                WriteOp::InsertOrder { event, .. } | WriteOp::StoreResult { event, .. } => {
+                    event.clone()
+                }
+            })
+            .collect();
+        if !events.is_empty()
+            && let Err(e) = self.committed.cast(Committed(events))
+        {
+            // The outbox rows are committed: the periodic sweep publishes them.
+            tracing::warn!(error = %e, "events wait for the sweep");
+        }
+        let mut outcomes = outcomes.into_iter();
+        answer(replies, |_| {
+            outcomes
+                .next()
+                .ok_or_else(|| StoreError::Unavailable(DbErr::Custom("missing outcome".into())))
+        });
+    }
+}
+
+fn answer(replies: Vec<WriteReply>, mut f: impl FnMut(usize) -> Result<WriteOutcome, StoreError>) {
+    for (i, reply) in replies.into_iter().enumerate() {
+        // A caller that timed out has dropped its port: nothing to do.
+        let _ = reply.send(f(i));
+    }
+}
+
+/// `true` when the error says the primary cannot be reached (no connection, connection lost,
+/// server shutting down), as opposed to a statement the primary refused.
+fn unreachable(e: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match &**e {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => true,
+                // Postgres class 08 (connection exception) and 57P01-03 (shutting down, cannot connect now).
+                sqlx::Error::Database(d) => d
+                    .code()
+                    .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn primary_down() -> StoreError {
+    StoreError::Unavailable(DbErr::Custom(
+        "the primary database could not be reached moments ago".into(),
+    ))
+}
+
+fn clone_err(e: &DbErr) -> DbErr {
+    DbErr::Custom(e.to_string())
+}
+
+/// The hub's writers; each order always goes to the same one. Cheap to clone.
+#[derive(Clone)]
+pub struct WriterPool {
+    writers: Arc<[Link<WriterMsg>]>,
+}
+
+impl WriterPool {
+    pub fn new(writers: Vec<Link<WriterMsg>>) -> Self {
+        Self {
+            writers: writers.into(),
+        }
+    }
+
+    pub fn for_order(&self, order_id: &str) -> &Link<WriterMsg> {
+        &self.writers[self.index_of(order_id)]
+    }
+
+    /// The position of an order's writer in the pool.
+    pub fn index_of(&self, order_id: &str) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        order_id.hash(&mut h);
+        (h.finish() as usize) % self.writers.len()
+    }
+
+    pub fn get(&self, index: usize) -> &Link<WriterMsg> {
+        &self.writers[index]
+    }
+}
