@@ -1,4 +1,4 @@
-//! The databases: the primary (written only by the [`crate::writer`] actors), the read node
+//! The databases: the primary (written only by the writer actors), the read node
 //! (replica, or a read-only pool on the SQLite file), and the auxiliary database; plus every read
 //! the endpoints and subscribers make.
 
@@ -56,7 +56,7 @@ pub struct Db {
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The same on Postgres, where a server that is down refuses at once but sqlx keeps retrying until
 /// this passes: short enough that a write reaching a down primary still answers `unavailable`
-/// within 2 s (the writers then fail fast, see `writer::DOWN_RETRY`).
+/// within 2 s (the writers then fail fast, see the writer's `DOWN_RETRY`).
 const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1000);
 /// How long a query waits for the auxiliary database before it reads `aux_standby` instead.
 const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);

@@ -1,4 +1,4 @@
-//! `orderhub demo` and `orderhub bench`: the whole flow of DESIGN.md §1 end to end, driven from
+//! `orderhub demo` and `orderhub bench`: the whole flow of `docs/protocol.md` end to end, driven from
 //! outside the hub the way real participants drive it — each simulated participant is its own
 //! NATS connection as its own `nats.conf` role and talks to the hub only through subjects.
 //!

@@ -10,3 +10,4 @@ mod replica;
 mod restart;
 mod roles;
 mod security;
+mod supervision;

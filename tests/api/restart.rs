@@ -66,7 +66,7 @@ async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
 }
 
 /// Answers every stored event of `acme-air` until aborted, retrying while no hub answers.
-fn run_partner(partner: async_nats::Client) -> tokio::task::JoinHandle<()> {
+pub(crate) fn run_partner(partner: async_nats::Client) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let consumer = durable(&partner, "partner-acme-air").await;
         let mut messages = consumer.messages().await.expect("message stream");
@@ -109,7 +109,7 @@ fn run_partner(partner: async_nats::Client) -> tokio::task::JoinHandle<()> {
 }
 
 /// Every message in the stream, read through an ordered consumer as the hub user.
-async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String)> {
+pub(crate) async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String)> {
     let js = jetstream::new(hub_client.clone());
     let stream = js.get_stream(STREAM).await.expect("stream");
     let total = stream.cached_info().state.messages as usize;

@@ -1,6 +1,6 @@
 use serde::Serialize;
 
-/// The error table of DESIGN.md §2: the code a caller branches on and its Services API status.
+/// The error table of `docs/protocol.md`: the code a caller branches on and its Services API status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {

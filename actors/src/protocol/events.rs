@@ -1,4 +1,4 @@
-//! The two events of DESIGN.md §2 "Events": structured-mode CloudEvents 1.0 JSON, thin data.
+//! The events of `docs/protocol.md` "Events": structured-mode CloudEvents 1.0 JSON, thin data.
 
 use serde::{Deserialize, Serialize};
 

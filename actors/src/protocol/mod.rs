@@ -1,4 +1,4 @@
-//! The wire contract of DESIGN.md §2, defined once: subjects, consumer names, request validation,
+//! The wire protocol of `docs/protocol.md`, defined once: subjects, consumer names, request validation,
 //! reply and event payloads, error codes. Everything else in orderhub speaks through these types.
 
 mod error;
@@ -26,7 +26,7 @@ pub fn rfc3339(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// The lifecycle of an order (DESIGN.md §2); `version` is the position in this chain.
+/// The lifecycle of an order (`docs/protocol.md`); `version` is the position in this chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum OrderStatus {
     Accepted,

@@ -1,4 +1,4 @@
-//! Request decoding and validation: every rule of DESIGN.md §2, each refusal an
+//! Request decoding and validation: every rule of `docs/protocol.md`, each refusal an
 //! [`ApiError`] with code `invalid_request` and a message naming the field.
 
 use serde::Deserialize;
