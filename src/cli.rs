@@ -29,6 +29,11 @@ pub enum Command {
     Migrate,
     /// Print `orders.admin.status` of a running hub.
     Status,
+    /// Print an order's whole story (`orders.admin.trace`) as a timeline.
+    Trace {
+        /// The order's id (a UUIDv7).
+        order_id: String,
+    },
     /// Run the embedded flow end to end with simulated partners, gateway and aux systems.
     Demo(crate::demo::DemoArgs),
     /// Load generator: throughput and latency percentiles of full order lifecycles.
@@ -42,6 +47,7 @@ impl Cli {
             Command::Serve => crate::run(settings, shutdown_signal()).await,
             Command::Migrate => migrate(&settings).await,
             Command::Status => status(&settings).await,
+            Command::Trace { order_id } => crate::trace::run(&settings, &order_id).await,
             Command::Demo(args) => crate::demo::demo(settings, args).await,
             Command::Bench(args) => crate::demo::bench(settings, args).await,
         }
@@ -97,6 +103,26 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     println!("nats          connected: {}", status.nats.connected);
+    let pending: Vec<String> = status
+        .partners_pending
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
+    println!("pending       {}", pending.join(", "));
+    let restarts: Vec<String> = status
+        .restarts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    println!(
+        "restarts      {}",
+        if restarts.is_empty() {
+            "none".to_owned()
+        } else {
+            restarts.join(", ")
+        }
+    );
     println!(
         "databases     primary ok: {}, aux ok: {}",
         status

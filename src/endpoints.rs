@@ -31,16 +31,18 @@ pub enum Kind {
     PartnerResult,
     AuxRecord,
     Status,
+    Trace,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Submit,
         Kind::Query,
         Kind::PartnerGet,
         Kind::PartnerResult,
         Kind::AuxRecord,
         Kind::Status,
+        Kind::Trace,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::PartnerResult => "partner_result",
             Kind::AuxRecord => "aux_record",
             Kind::Status => "status",
+            Kind::Trace => "trace",
         }
     }
 
@@ -62,6 +65,7 @@ impl Kind {
             Kind::PartnerResult => s.partner_result("*"),
             Kind::AuxRecord => s.aux_record("*"),
             Kind::Status => s.status(),
+            Kind::Trace => s.trace(),
         }
     }
 
@@ -103,10 +107,10 @@ impl Handlers {
         // Operators must see a saturated hub, so `status` has slots of its own; a few, so that a
         // flood of status requests cannot spawn without bound either.
         let (slots, limit, what) = match kind {
-            Kind::Status => (
+            Kind::Status | Kind::Trace => (
                 Arc::new(Semaphore::new(MAX_STATUS_IN_FLIGHT)),
                 MAX_STATUS_IN_FLIGHT,
-                "status requests",
+                "operator requests of this kind",
             ),
             _ => (self.in_flight.clone(), self.max_in_flight, "requests"),
         };
@@ -117,14 +121,14 @@ impl Handlers {
                     "the body is {size} bytes; the limit is {}",
                     self.max_body
                 ));
-                reply(request, Err(e)).await;
+                reply(kind, request, Err(e)).await;
                 continue;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 let e = ApiError::unavailable(format!(
                     "the hub is handling {limit} {what}, its limit; retry later"
                 ));
-                reply(request, Err(e)).await;
+                reply(kind, request, Err(e)).await;
                 continue;
             };
             let this = self.clone();
@@ -134,8 +138,13 @@ impl Handlers {
                     endpoint = kind.name(),
                     subject = request.subject()
                 );
+                let started = Instant::now();
                 let answer = this.handle(kind, &request).instrument(span).await;
-                reply(request, answer).await;
+                if kind == Kind::Submit && answer.is_ok() {
+                    metrics::histogram!("orderhub_lifecycle_seconds", "stage" => "accepted")
+                        .record(started.elapsed().as_secs_f64());
+                }
+                reply(kind, request, answer).await;
                 drop(slot);
             });
         }
@@ -171,6 +180,7 @@ impl Handlers {
                 )
             }
             Kind::Status => self.status().await,
+            Kind::Trace => json(&hub.trace(GetRequest::parse(body)?).await?),
         }
     }
 
@@ -204,6 +214,7 @@ impl Handlers {
             },
             database: hub.database,
             restarts: hub.restarts,
+            partners_pending: hub.pending,
         })
     }
 }
@@ -214,7 +225,13 @@ fn json<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
         .map_err(|e| ApiError::unavailable(format!("could not encode the reply: {e}")))
 }
 
-async fn reply(request: Request, answer: Result<Bytes, ApiError>) {
+async fn reply(kind: Kind, request: Request, answer: Result<Bytes, ApiError>) {
+    let code = match &answer {
+        Ok(_) => "ok",
+        Err(e) => e.code.as_str(),
+    };
+    metrics::counter!("orderhub_requests_total", "endpoint" => kind.name(), "code" => code)
+        .increment(1);
     let sent = match answer {
         Ok(body) => request.respond(body).await,
         Err(e) => {

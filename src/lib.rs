@@ -5,11 +5,13 @@
 pub mod cli;
 pub mod demo;
 pub mod endpoints;
+pub mod metrics;
 pub mod micro;
 pub mod natsserver;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;
+pub mod trace;
 
 pub use settings::Settings;
 pub use startup::{App, run};

@@ -16,6 +16,15 @@ pub struct Settings {
     #[serde(default)]
     pub aux: Vec<AuxSettings>,
     pub limits: LimitSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct MetricsSettings {
+    /// `host:port` to serve Prometheus text at `/metrics`; empty: off.
+    #[serde(default)]
+    pub listen: String,
 }
 
 #[derive(Clone, Deserialize)]
@@ -81,6 +90,10 @@ pub struct PartnerSettings {
     pub id: String,
     #[serde(with = "humantime_serde")]
     pub result_timeout: Duration,
+    /// Accepted orders still waiting for this partner's result; beyond it new orders get
+    /// `unavailable`.
+    #[serde(default = "max_pending")]
+    pub max_pending: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -98,6 +111,9 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
 }
 
+fn max_pending() -> u64 {
+    actors::partners::DEFAULT_MAX_PENDING
+}
 fn yes() -> bool {
     true
 }
@@ -181,6 +197,12 @@ impl Settings {
             actors::protocol::validate_token("aux.system", &a.system)
                 .map_err(|e| SettingsError::Invalid(e.message))?;
         }
+        if let Some(p) = self.partners.iter().find(|p| p.max_pending == 0) {
+            return Err(SettingsError::Invalid(format!(
+                "partners.max_pending of `{}` must be at least 1",
+                p.id
+            )));
+        }
         if self.limits.max_in_flight == 0 {
             return Err(SettingsError::Invalid(
                 "limits.max_in_flight must be at least 1".into(),
@@ -194,11 +216,20 @@ impl Settings {
         Ok(())
     }
 
-    pub fn partner_timeouts(&self) -> HashMap<String, Duration> {
-        self.partners
-            .iter()
-            .map(|p| (p.id.clone(), p.result_timeout))
-            .collect()
+    /// The configured partners as the hub's actors take them.
+    pub fn partners(&self) -> actors::Partners {
+        actors::Partners::new(
+            self.partners
+                .iter()
+                .map(|p| {
+                    let partner = actors::partners::Partner {
+                        result_timeout: p.result_timeout,
+                        max_pending: p.max_pending,
+                    };
+                    (p.id.clone(), partner)
+                })
+                .collect::<HashMap<_, _>>(),
+        )
     }
 
     /// Writers for the group commit: SQLite has one writer at a time.

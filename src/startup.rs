@@ -117,21 +117,24 @@ pub async fn provision_stream(
             .await
             .context("creating stream ORDER_EVENTS")?,
     };
-    let durable = |name: String, filter: String| pull::Config {
+    let durable = |name: String, filters: Vec<String>| pull::Config {
         durable_name: Some(name.clone()),
         name: Some(name),
-        filter_subject: filter,
+        filter_subjects: filters,
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 20_000,
         ..Default::default()
     };
-    let mut wanted = vec![(consumer::GATEWAY.to_owned(), subjects.result_events())];
+    let mut wanted = vec![(consumer::GATEWAY.to_owned(), subjects.gateway_filters())];
     for p in &settings.partners {
-        wanted.push((consumer::partner(&p.id), subjects.stored_events_of(&p.id)));
+        wanted.push((
+            consumer::partner(&p.id),
+            vec![subjects.stored_events_of(&p.id)],
+        ));
     }
     for a in &settings.aux {
-        wanted.push((consumer::aux(&a.system), subjects.result_events()));
+        wanted.push((consumer::aux(&a.system), subjects.aux_filters()));
     }
     let mut built_in = Vec::new();
     for (name, filter) in wanted {
@@ -188,9 +191,11 @@ impl App {
             instance: instance_id.clone(),
             db,
             subjects: subjects.clone(),
-            partners: actors::Partners::new(settings.partner_timeouts()),
+            partners: settings.partners(),
             aux,
+            aux_systems: settings.aux.iter().map(|a| a.system.clone()).collect(),
             jetstream: js,
+            stream: settings.nats.stream.clone(),
             writers: settings.writers(),
             tuning: Tuning::default(),
         })
@@ -204,6 +209,9 @@ impl App {
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             max_in_flight: settings.limits.max_in_flight,
         });
+        if !settings.metrics.listen.is_empty() {
+            crate::metrics::start(&settings.metrics.listen, &handlers)?;
+        }
         let (service, endpoints) = micro::Service::start(
             client.clone(),
             ServiceConfig {

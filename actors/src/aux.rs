@@ -1,7 +1,10 @@
 //! AuxSubscriber: a built-in auxiliary system (`invoice`, `loyalty`, …). Each one pulls result
-//! events from its own durable consumer `aux-<system>`, reads what it needs from the read node, and
-//! writes its record to the auxiliary database, a batch per transaction; it acknowledges only what
-//! is written, so a crash loses nothing (delivery is at least once and the write is an upsert).
+//! and late events from its own durable consumer `aux-<system>`, reads what it needs from the read
+//! node, and writes its record to the auxiliary database, a batch per transaction; it acknowledges
+//! only what is written, so a crash loses nothing (delivery is at least once and the write is an
+//! upsert). A late event replaces the record with what the system did with the late outcome. A
+//! restarted subscriber opens a new pull stream on its durable consumer, where everything it had
+//! not acknowledged is redelivered. Every record written is a hint to the settler.
 
 use std::time::Duration;
 
@@ -14,7 +17,9 @@ use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
-use crate::protocol::CloudEvent;
+use crate::link::Link;
+use crate::outbox::SettleCheck;
+use crate::protocol::{CloudEvent, EventKind};
 use crate::store::{Db, StoreError};
 
 const BATCH: usize = 256;
@@ -43,6 +48,8 @@ pub struct AuxArgs {
     pub system: String,
     pub consumer: PullConsumer,
     pub db: Db,
+    /// Who hears of orders that got a record: the settler.
+    pub settle: Link<SettleCheck>,
 }
 
 pub struct AuxState {
@@ -51,6 +58,7 @@ pub struct AuxState {
     /// The consumer's continuous pull stream, opened on first use.
     messages: Option<pull::Stream>,
     db: Db,
+    settle: Link<SettleCheck>,
 }
 
 impl Actor for AuxSubscriber {
@@ -69,6 +77,7 @@ impl Actor for AuxSubscriber {
             consumer: args.consumer,
             messages: None,
             db: args.db,
+            settle: args.settle,
         })
     }
 
@@ -131,33 +140,49 @@ impl AuxState {
         if messages.is_empty() {
             return Ok(());
         }
-        let mut wanted = Vec::with_capacity(messages.len());
+        let (mut wanted, mut wanted_late) = (Vec::new(), Vec::new());
         let mut events = Vec::with_capacity(messages.len());
         for m in messages {
-            match serde_json::from_slice::<CloudEvent>(&m.payload) {
-                Ok(event) if event.source == "orderhub" => {
-                    wanted.push(event.data.order_id.clone());
-                    events.push((event, m));
+            let decoded = serde_json::from_slice::<CloudEvent>(&m.payload)
+                .ok()
+                .filter(|e| e.source == "orderhub")
+                .and_then(|e| EventKind::from_type(&e.kind).map(|k| (k, e)));
+            match decoded {
+                Some((kind @ (EventKind::ResultStored | EventKind::Late), event)) => {
+                    if kind == EventKind::Late {
+                        wanted_late.push(event.data.order_id.clone());
+                    } else {
+                        wanted.push(event.data.order_id.clone());
+                    }
+                    events.push((kind, event, m));
                 }
                 _ => {
-                    tracing::warn!(subject = %m.subject, "not an orderhub event; dropping it");
+                    tracing::warn!(subject = %m.subject, "not an orderhub result or late event; dropping it");
                     let _ = m.ack().await;
                 }
             }
         }
-        let settled: HashMap<String, (orders::Model, order_results::Model)> = self
-            .db
-            .settled_orders(&wanted)
-            .await?
-            .into_iter()
-            .map(|(o, r)| (o.id.clone(), (o, r)))
-            .collect();
+        let by_id = |rows: Vec<(orders::Model, order_results::Model)>| {
+            rows.into_iter()
+                .map(|(o, r)| (o.id.clone(), (o, r)))
+                .collect::<HashMap<_, _>>()
+        };
+        let results = by_id(self.db.settled_orders(&wanted).await?);
+        let late = by_id(self.db.late_orders(&wanted_late).await?);
         let mut records = Vec::with_capacity(events.len());
         let mut done = Vec::with_capacity(events.len());
-        for (event, m) in events {
-            match settled.get(&event.data.order_id) {
+        for (kind, event, m) in events {
+            let found = match kind {
+                EventKind::Late => late.get(&event.data.order_id),
+                _ => results.get(&event.data.order_id),
+            };
+            match found {
                 Some((order, result)) => {
-                    records.push(record(&self.system, order, result));
+                    records.push(if kind == EventKind::Late {
+                        record_late(&self.system, order, result)
+                    } else {
+                        record(&self.system, order, result)
+                    });
                     done.push(m);
                 }
                 // Not on the read node (cannot happen once released): left unacknowledged, it
@@ -167,6 +192,7 @@ impl AuxState {
                 }
             }
         }
+        let ids: Vec<String> = records.iter().map(|r| r.order_id.clone()).collect();
         if let Err(e) = self.db.upsert_aux(records).await {
             // Hand the batch back soon rather than after the ack wait.
             for m in &done {
@@ -178,6 +204,9 @@ impl AuxState {
             if let Err(e) = m.ack().await {
                 tracing::debug!(error = %e, "ack lost; the event is redelivered and rewritten");
             }
+        }
+        if let Err(e) = self.settle.cast(SettleCheck(ids)) {
+            tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         Ok(())
     }
@@ -208,6 +237,21 @@ pub fn record(
         data,
         updated_at: chrono::Utc::now(),
     }
+}
+
+/// What a built-in system records for a late result: the late outcome replaces the timeout's.
+pub fn record_late(
+    system: &str,
+    order: &orders::Model,
+    late: &order_results::Model,
+) -> aux_records::Model {
+    let mut r = record(system, order, late);
+    if let Some(data) = r.data.as_object_mut() {
+        data.insert("late".into(), json!(true));
+        data.insert("late_outcome".into(), json!(late.outcome));
+        data.insert("late_result_id".into(), json!(late.result_id));
+    }
+    r
 }
 
 /// `orders.aux.<system>.record` from an external system: stores or replaces its record of an

@@ -15,7 +15,9 @@ use crate::writer::WriterPool;
 pub struct Tuning {
     /// An order's actor stops this long after its last message once its order has a result.
     pub settle_linger: Duration,
-    /// Any order's actor stops after this long without messages (it reloads on demand).
+    /// Any order's actor stops after this long without messages: an order waiting for its
+    /// partner needs no resident actor (its state is in the database, its deadline a column), and
+    /// one is loaded again when its result or its deadline comes.
     pub idle_stop: Duration,
     /// How long an endpoint waits for an order actor's answer.
     pub call_timeout: Duration,
@@ -27,7 +29,7 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             settle_linger: Duration::from_millis(500),
-            idle_stop: Duration::from_secs(60),
+            idle_stop: Duration::from_secs(2),
             call_timeout: Duration::from_secs(8),
             write_timeout: Duration::from_secs(5),
         }

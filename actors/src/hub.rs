@@ -15,18 +15,19 @@ use crate::aux::{self, AuxArgs, AuxSubscriber};
 use crate::context::{Context, Metrics, Tuning};
 use crate::deadline::{DeadlineActor, DeadlineArgs};
 use crate::link::Link;
-use crate::outbox::{Committed, Released};
+use crate::outbox::{Committed, Released, SettleCheck};
 use crate::partners::Partners;
 use crate::pipeline::{
     Child, PipelineArgs, PipelineMsg, PipelineSupervisor, Restarts, registry_name,
 };
 use crate::protocol::{
     ApiError, AuxRecordRequest, DatabaseStatus, GetRequest, OrderReply, QueryAnswer, QueryRequest,
-    RecordReply, ReplicaStatus, ResultRequest, Subjects, SubmitReply, SubmitRequest,
+    RecordReply, ReplicaStatus, ResultRequest, Subjects, SubmitReply, SubmitRequest, TraceReply,
 };
 use crate::reads;
 use crate::relay::{OutboxRelay, RelayArgs};
 use crate::replication::{ReplicationActor, ReplicationArgs, ReplicationMsg};
+use crate::settle::{Settler, SettlerArgs};
 use crate::store::Db;
 use crate::supervisor::{OrderSupervisor, Orders, SupervisorMsg};
 use crate::writer::{Writer, WriterArgs, WriterMsg, WriterPool};
@@ -40,7 +41,12 @@ pub struct HubConfig {
     pub partners: Partners,
     /// Built-in auxiliary systems and their durable consumers.
     pub aux: Vec<(String, jetstream::consumer::PullConsumer)>,
+    /// Every configured auxiliary system, built-in and external: an order settles once each has
+    /// a record.
+    pub aux_systems: Vec<String>,
     pub jetstream: jetstream::Context,
+    /// The event stream's name (`ORDER_EVENTS`), for `trace`.
+    pub stream: String,
     /// Group-commit writers (SQLite: 1).
     pub writers: usize,
     pub tuning: Tuning,
@@ -61,6 +67,8 @@ pub struct HubStatus {
     pub replica: ReplicaStatus,
     pub database: DatabaseStatus,
     pub restarts: BTreeMap<String, u64>,
+    /// Per partner: accepted orders waiting for its result.
+    pub pending: BTreeMap<String, u64>,
 }
 
 /// The running actors.
@@ -68,7 +76,11 @@ pub struct Hub {
     ctx: Arc<Context>,
     orders: Orders,
     built_in_aux: Vec<String>,
+    aux_systems: Vec<String>,
+    jetstream: jetstream::Context,
+    stream: String,
     replication: Link<ReplicationMsg>,
+    settle: Link<SettleCheck>,
     restarts: Arc<Restarts>,
     pipeline: ActorRef<PipelineMsg>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -81,6 +93,7 @@ impl Hub {
         let replication: Link<ReplicationMsg> = Link::new("replication");
         let committed: Link<Committed> = Link::new("replication");
         let released: Link<Released> = Link::new("relay");
+        let settle: Link<SettleCheck> = Link::new("settler");
         let writer_links: Vec<Link<WriterMsg>> = (0..config.writers.max(1))
             .map(|_| Link::new("writer"))
             .collect();
@@ -162,10 +175,11 @@ impl Hub {
         for (i, link) in writer_links.into_iter().enumerate() {
             let role = format!("writer-{i}");
             let name = registry_name(&instance, &role);
-            let (primary, partners, committed, sweep_all) = (
+            let (primary, partners, committed, settle, sweep_all) = (
                 config.db.primary.clone(),
                 partners.clone(),
                 committed.clone(),
+                settle.clone(),
                 sweep_all.clone(),
             );
             children.push(child(&role, move |sup, restarted| {
@@ -173,6 +187,7 @@ impl Hub {
                     primary: primary.clone(),
                     partners: partners.clone(),
                     committed: committed.clone(),
+                    settle: settle.clone(),
                 };
                 let (name, link, sweep_all) = (name.clone(), link.clone(), sweep_all.clone());
                 async move {
@@ -187,12 +202,13 @@ impl Hub {
             }));
         }
         {
-            let (db, orders) = (config.db.clone(), orders.clone());
+            let (db, orders, partners) = (config.db.clone(), orders.clone(), partners.clone());
             let name = registry_name(&instance, "deadline");
             children.push(child("deadline", move |sup, _| {
                 let args = DeadlineArgs {
                     db: db.clone(),
                     orders: orders.clone(),
+                    partners: partners.clone(),
                 };
                 let name = name.clone();
                 async move {
@@ -203,17 +219,43 @@ impl Hub {
                 .boxed()
             }));
         }
+        {
+            let (db, subjects, systems, writers, settle) = (
+                config.db.clone(),
+                ctx.subjects.clone(),
+                config.aux_systems.clone(),
+                writers.clone(),
+                settle.clone(),
+            );
+            let name = registry_name(&instance, "settler");
+            children.push(child("settler", move |sup, _| {
+                let args = SettlerArgs {
+                    db: db.clone(),
+                    subjects: subjects.clone(),
+                    systems: systems.clone(),
+                    writers: writers.clone(),
+                };
+                let (name, settle) = (name.clone(), settle.clone());
+                async move {
+                    let (actor, _) = Actor::spawn_linked(Some(name), Settler, args, sup).await?;
+                    settle.set(actor.get_derived());
+                    Ok(actor.get_cell())
+                }
+                .boxed()
+            }));
+        }
         let mut built_in_aux = Vec::new();
         for (system, consumer) in config.aux {
             let role = format!("aux-{system}");
             let name = registry_name(&instance, &role);
             built_in_aux.push(system.clone());
-            let db = config.db.clone();
+            let (db, settle) = (config.db.clone(), settle.clone());
             children.push(child(&role, move |sup, _| {
                 let args = AuxArgs {
                     system: system.clone(),
                     consumer: consumer.clone(),
                     db: db.clone(),
+                    settle: settle.clone(),
                 };
                 let name = name.clone();
                 async move {
@@ -239,7 +281,11 @@ impl Hub {
             ctx,
             orders,
             built_in_aux,
+            aux_systems: config.aux_systems,
+            jetstream: config.jetstream,
+            stream: config.stream,
             replication,
+            settle,
             restarts,
             pipeline,
             supervisor,
@@ -259,6 +305,9 @@ impl Hub {
     pub async fn submit(&self, request: SubmitRequest) -> Result<SubmitReply, ApiError> {
         if !self.is_partner(&request.partner_id) {
             return Err(ApiError::unknown_partner(&request.partner_id));
+        }
+        if let Some(why) = self.ctx.partners.saturated(&request.partner_id) {
+            return Err(ApiError::unavailable(why));
         }
         let order_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::debug_span!("order", order_id = %order_id);
@@ -301,7 +350,26 @@ impl Hub {
         system: &str,
         request: AuxRecordRequest,
     ) -> Result<RecordReply, ApiError> {
-        aux::record_external(&self.ctx.db, &self.built_in_aux, system, request).await
+        let reply = aux::record_external(&self.ctx.db, &self.built_in_aux, system, request).await?;
+        if let Err(e) = self.settle.cast(SettleCheck(vec![reply.order_id.clone()])) {
+            tracing::debug!(error = %e, "the settler's scan will find this order");
+        }
+        Ok(reply)
+    }
+
+    /// `orders.admin.trace`: the order's whole story.
+    pub async fn trace(&self, request: GetRequest) -> Result<TraceReply, ApiError> {
+        let stream = self.jetstream.get_stream(&self.stream).await;
+        if let Err(e) = &stream {
+            tracing::warn!(error = %e, "trace: the stream is not available; events show no stream side");
+        }
+        crate::trace::trace(
+            &self.ctx.db,
+            stream.as_ref().ok(),
+            &self.aux_systems,
+            &request.order_id,
+        )
+        .await
     }
 
     /// The actors' part of `orders.admin.status`.
@@ -322,6 +390,7 @@ impl Hub {
                 aux_ok: Some(aux_ok),
             },
             restarts: self.restarts.snapshot(),
+            pending: self.ctx.partners.pending_all(),
         }
     }
 

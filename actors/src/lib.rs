@@ -20,10 +20,14 @@
 //! - [`order`]: OrderActor, the only one that decides its order's transitions.
 //! - [`supervisor`]: OrderSupervisor and [`Orders`], which finds or spawns an order's actor.
 //! - [`deadline`]: DeadlineActor, which closes orders whose partner missed `result_timeout`.
+//! - [`settle`]: Settler, which makes each order's settled event once every auxiliary system
+//!   has a record.
 //! - [`reads`]: `get` and `query` with their ownership rules, from the read node.
+//! - [`trace`]: `orders.admin.trace`, an order's whole story for an operator.
 //! - [`aux`]: AuxSubscriber, a built-in auxiliary system on its own durable consumer, and the
 //!   records of external systems.
-//! - [`pipeline`]: PipelineSupervisor, which restarts every long-lived actor that fails.
+//! - [`pipeline`]: PipelineSupervisor, which restarts every long-lived actor that fails (writers,
+//!   replication, relay, deadline, settler, subscribers).
 //! - [`hub`]: [`Hub`], which starts it all and is what the endpoints call.
 //!
 //! A submit travels: endpoint → [`Hub::submit`] → OrderActor → Writer (commits the order with its
@@ -43,8 +47,10 @@ pub mod protocol;
 pub mod reads;
 pub mod relay;
 pub mod replication;
+pub mod settle;
 pub mod store;
 pub mod supervisor;
+pub mod trace;
 pub mod wal;
 pub mod writer;
 

@@ -19,6 +19,7 @@ use crate::context::Context;
 use crate::outbox::PendingEvent;
 use crate::protocol::{
     ApiError, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply, SubmitRequest,
+    TIMEOUT_RESULT_ID,
 };
 use crate::writer::{WriteOp, WriteOutcome, WriterMsg};
 
@@ -52,6 +53,8 @@ pub struct OrderState {
     ctx: Arc<Context>,
     order: Option<orders::Model>,
     result: Option<order_results::Model>,
+    /// A partner's result that arrived after the hub's timeout.
+    late: Option<order_results::Model>,
     last_active: Instant,
 }
 
@@ -65,12 +68,12 @@ impl Actor for OrderActor {
         myself: ActorRef<Self::Msg>,
         args: OrderArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let (order, result) = if args.new {
-            (None, None)
+        let (order, result, late) = if args.new {
+            (None, None, None)
         } else {
             match args.ctx.db.order_on_primary(&args.id).await? {
-                Some((o, r)) => (Some(o), r),
-                None => (None, None),
+                Some(s) => (Some(s.order), s.result, s.late),
+                None => (None, None, None),
             }
         };
         args.ctx.metrics.actor_started();
@@ -80,6 +83,7 @@ impl Actor for OrderActor {
             ctx: args.ctx,
             order,
             result,
+            late,
             last_active: Instant::now(),
         })
     }
@@ -172,14 +176,16 @@ impl OrderState {
 
     async fn reload(&mut self) -> Result<(), ApiError> {
         match self.ctx.db.order_on_primary(&self.id).await {
-            Ok(Some((o, r))) => {
-                self.order = Some(o);
-                self.result = r;
+            Ok(Some(s)) => {
+                self.order = Some(s.order);
+                self.result = s.result;
+                self.late = s.late;
                 Ok(())
             }
             Ok(None) => {
                 self.order = None;
                 self.result = None;
+                self.late = None;
                 Ok(())
             }
             Err(e) => {
@@ -206,6 +212,7 @@ impl OrderState {
             status: OrderStatus::Accepted.as_str().into(),
             version: OrderStatus::Accepted.version(),
             result_deadline: None,
+            settled_at: None,
             created_at: now,
             updated_at: now,
         };
@@ -225,6 +232,7 @@ impl OrderState {
             .await?
         {
             WriteOutcome::Done => {
+                self.ctx.partners.adjust(&order.partner_id, 1);
                 self.order = Some(order);
                 Ok(SubmitReply {
                     order_id: self.id.clone(),
@@ -252,7 +260,10 @@ impl OrderState {
                 return Err(ApiError::not_found(&self.id));
             };
             if let Some(existing) = &self.result {
-                return answer_second_result(&self.id, existing, &req);
+                if existing.result_id != TIMEOUT_RESULT_ID {
+                    return answer_second_result(&self.id, existing, &req);
+                }
+                return self.record_late_result(&order, req).await;
             }
             match self
                 .store_result(
@@ -280,6 +291,64 @@ impl OrderState {
         Err(ApiError::unavailable(
             "the order kept changing under this result; retry",
         ))
+    }
+
+    /// A result for an order the hub closed as `timeout`: kept as its late result (the first one
+    /// only; the same one again is a duplicate, any other a conflict).
+    async fn record_late_result(
+        &mut self,
+        order: &orders::Model,
+        req: ResultRequest,
+    ) -> Result<SubmitReply, ApiError> {
+        let late_reply = |duplicate| SubmitReply {
+            order_id: self.id.clone(),
+            status: OrderStatus::LateResultStored.as_str().into(),
+            duplicate,
+        };
+        if let Some(existing) = &self.late {
+            return answer_second_result(&self.id, existing, &req)
+                .map(|reply| late_reply(reply.duplicate));
+        }
+        let now = Utc::now();
+        let late = order_results::Model {
+            order_id: self.id.clone(),
+            result_id: req.result_id.clone(),
+            outcome: req.outcome.as_str().into(),
+            partner_ref: req.partner_ref.clone(),
+            detail: req.detail.clone(),
+            received_at: now,
+        };
+        let event = PendingEvent::new(
+            EventKind::Late,
+            &self.ctx.subjects,
+            order,
+            OrderStatus::LateResultStored.version(),
+            Some(&late),
+            now,
+        );
+        match self
+            .write(WriteOp::StoreLateResult {
+                late: late.clone(),
+                event,
+            })
+            .await?
+        {
+            WriteOutcome::Done => {
+                self.late = Some(late);
+                Ok(late_reply(false))
+            }
+            WriteOutcome::ResultExists(existing) => {
+                let answer = answer_second_result(&self.id, &existing, &req);
+                self.late = Some(*existing);
+                answer.map(|reply| late_reply(reply.duplicate))
+            }
+            other => {
+                tracing::error!(?other, "unexpected outcome for a late result");
+                Err(ApiError::unavailable(
+                    "the late result could not be stored; retry later",
+                ))
+            }
+        }
     }
 
     /// Commits a result and the order's move to `result_stored` (version 3) from whichever status
@@ -318,6 +387,7 @@ impl OrderState {
             })
             .await?;
         if matches!(outcome, WriteOutcome::Done) {
+            self.ctx.partners.adjust(&order.partner_id, -1);
             if let Some(o) = self.order.as_mut() {
                 o.status = status.as_str().into();
                 o.version = status.version();
@@ -346,7 +416,7 @@ impl OrderState {
         match self
             .store_result(
                 &order,
-                "orderhub-timeout".into(),
+                TIMEOUT_RESULT_ID.into(),
                 Outcome::Timeout,
                 None,
                 detail,
@@ -442,6 +512,7 @@ mod tests {
             status: "accepted".into(),
             version: 1,
             result_deadline: None,
+            settled_at: None,
             created_at: now,
             updated_at: now,
         }

@@ -27,7 +27,8 @@ pub struct PendingEvent {
 }
 
 impl PendingEvent {
-    /// The event announcing that `order` reached `version`; result events carry the result.
+    /// The event announcing that `order` reached `version`; result and late events carry the
+    /// (late) result.
     pub fn new(
         kind: EventKind,
         subjects: &Subjects,
@@ -36,11 +37,6 @@ impl PendingEvent {
         result: Option<&order_results::Model>,
         now: DateTime<Utc>,
     ) -> Self {
-        let id = uuid::Uuid::now_v7().to_string();
-        let subject = match kind {
-            EventKind::Stored => subjects.stored_event(&order.partner_id, &order.id),
-            EventKind::ResultStored => subjects.result_event(&order.user_id, &order.id),
-        };
         let data = EventData {
             order_id: order.id.clone(),
             user_id: order.user_id.clone(),
@@ -48,14 +44,54 @@ impl PendingEvent {
             version,
             outcome: result.map(|r| r.outcome.clone()),
             partner_ref: result.map(|r| r.partner_ref.clone()),
+            aux: None,
         };
+        Self::with_data(kind, subjects, data, now)
+    }
+
+    /// The settled event of `order` at `version`: its result's `outcome` and each configured
+    /// auxiliary system's record status.
+    pub fn settled(
+        subjects: &Subjects,
+        order: &orders::Model,
+        outcome: String,
+        aux: std::collections::BTreeMap<String, String>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let data = EventData {
+            order_id: order.id.clone(),
+            user_id: order.user_id.clone(),
+            partner_id: order.partner_id.clone(),
+            version: order.version,
+            outcome: Some(outcome),
+            partner_ref: None,
+            aux: Some(aux),
+        };
+        Self::with_data(EventKind::Settled, subjects, data, now)
+    }
+
+    fn with_data(
+        kind: EventKind,
+        subjects: &Subjects,
+        data: EventData,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (user, order) = (&data.user_id, &data.order_id);
+        let subject = match kind {
+            EventKind::Stored => subjects.stored_event(&data.partner_id, order),
+            EventKind::ResultStored => subjects.result_event(user, order),
+            EventKind::Late => subjects.late_event(user, order),
+            EventKind::Settled => subjects.settled_event(user, order),
+        };
+        let (order_id, partner_id) = (data.order_id.clone(), data.partner_id.clone());
         let payload =
             serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
                 .unwrap_or_default();
         Self {
             id,
-            order_id: order.id.clone(),
-            partner_id: order.partner_id.clone(),
+            order_id,
+            partner_id,
             kind,
             subject,
             payload,
@@ -99,6 +135,11 @@ pub struct Committed(pub Vec<PendingEvent>);
 #[derive(Debug)]
 pub struct Released(pub Vec<PendingEvent>);
 
+/// Orders whose settlement may be due (their result event is out, or an auxiliary record was
+/// written): writer and auxiliary subscribers → settler.
+#[derive(Debug)]
+pub struct SettleCheck(pub Vec<String>);
+
 /// Events JetStream has acknowledged: relay → writer, which marks their rows published and moves
 /// each order to the status that records the release (`dispatched`, `notified`).
 #[derive(Debug)]
@@ -123,6 +164,7 @@ mod tests {
             status: "accepted".into(),
             version: 1,
             result_deadline: None,
+            settled_at: None,
             created_at: now,
             updated_at: now,
         }
@@ -132,7 +174,7 @@ mod tests {
     fn a_swept_row_comes_back_as_the_same_event() {
         let subjects = Subjects::new("orders");
         let now = Utc::now();
-        for kind in [EventKind::Stored, EventKind::ResultStored] {
+        for kind in [EventKind::Stored, EventKind::ResultStored, EventKind::Late] {
             let event = PendingEvent::new(kind, &subjects, &order(), 1, None, now);
             let back = PendingEvent::from_row(&event.row(now)).expect("an orderhub event");
             assert_eq!(back, event);

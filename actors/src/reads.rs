@@ -5,7 +5,7 @@
 
 use crate::protocol::{
     ApiError, AuxView, ListReply, OrderReply, OrderView, QueryAnswer, QueryReply, QueryRequest,
-    ResultView,
+    ResultView, rfc3339,
 };
 use crate::store::{Db, StoreError};
 
@@ -32,11 +32,21 @@ pub async fn query(db: &Db, request: QueryRequest) -> Result<QueryAnswer, ApiErr
             let Some(order) = order.filter(|o| o.user_id == user_id) else {
                 return Err(ApiError::not_found(&order_id));
             };
-            let result = db.result(&order_id).await.map_err(read_failed)?;
-            let aux = db.aux_records(&order_id).await.map_err(read_failed)?;
+            let (result, late, aux) = tokio::join!(
+                db.result(&order_id),
+                db.late_result(&order_id),
+                db.aux_records(&order_id)
+            );
+            let (result, late, aux) = (
+                result.map_err(read_failed)?,
+                late.map_err(read_failed)?,
+                aux.map_err(read_failed)?,
+            );
             Ok(QueryAnswer::One(QueryReply {
+                settled_at: order.settled_at.as_ref().map(rfc3339),
                 order: OrderView::from(order),
                 result: result.map(ResultView::from),
+                late_result: late.map(ResultView::from),
                 aux: aux.into_iter().map(AuxView::from).collect(),
             }))
         }

@@ -3,17 +3,19 @@
 //! ([`Published`]), which mark the outbox rows and record the release in each order's status.
 //!
 //! A batch is published pipelined (all sends, then all acks) and in order, so per order the stored
-//! event precedes the result event. An event whose publish fails stays unpublished in the outbox
-//! and the replication actor's sweep brings it back.
+//! event precedes the result event, which precedes the late event. An event whose publish fails
+//! stays unpublished in the outbox and the replication actor's sweep brings it back; the order's
+//! later events wait for the sweep with it. A restarted relay starts with an empty memory, and the
+//! supervisor has the replication actor sweep every unpublished row.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::outbox::{PendingEvent, Published, Released};
-use crate::protocol::COMMIT_LSN_HEADER;
+use crate::protocol::{COMMIT_LSN_HEADER, EventKind};
 use crate::writer::WriterPool;
 
 pub struct OutboxRelay;
@@ -26,7 +28,14 @@ pub struct RelayArgs {
 pub struct RelayState {
     js: jetstream::Context,
     writers: WriterPool,
+    /// Orders with an event that could not be published, and the oldest such event: their later
+    /// events are held back for the sweep too (it republishes oldest first), so per order the
+    /// stream keeps the order stored → result → late → settled.
+    held_back: HashMap<String, String>,
 }
+
+/// Most orders remembered as held back; beyond it the oldest memories are dropped.
+const MAX_HELD_BACK: usize = 100_000;
 
 impl Actor for OutboxRelay {
     type Msg = Released;
@@ -41,6 +50,7 @@ impl Actor for OutboxRelay {
         Ok(RelayState {
             js: args.jetstream,
             writers: args.writers,
+            held_back: HashMap::new(),
         })
     }
 
@@ -58,13 +68,14 @@ impl Actor for OutboxRelay {
 
 impl RelayState {
     /// Publishes a batch; returns the events JetStream acknowledged.
-    async fn publish(&self, events: Vec<PendingEvent>) -> Vec<PendingEvent> {
+    async fn publish(&mut self, events: Vec<PendingEvent>) -> Vec<PendingEvent> {
         let mut acks = Vec::with_capacity(events.len());
-        // Orders with an event that could not be sent: their later events wait for the sweep
-        // too, so per order the stored event still precedes the result event.
-        let mut held_back: HashSet<String> = HashSet::new();
         for event in events {
-            if held_back.contains(&event.order_id) {
+            if self
+                .held_back
+                .get(&event.order_id)
+                .is_some_and(|failed| event.id > *failed)
+            {
                 tracing::warn!(event_id = %event.id, "an earlier event of this order failed; the sweep publishes both in order");
                 continue;
             }
@@ -82,7 +93,7 @@ impl RelayState {
                 Ok(ack) => acks.push((event, ack)),
                 Err(e) => {
                     tracing::warn!(event_id = %event.id, error = %e, "publish failed; the sweep retries it");
-                    held_back.insert(event.order_id);
+                    self.hold_back(&event);
                 }
             }
         }
@@ -91,16 +102,39 @@ impl RelayState {
                 .map(|(event, ack)| async move { (ack.await, event) }),
         )
         .await;
-        results
-            .into_iter()
-            .filter_map(|(ack, event)| match ack {
-                Ok(_) => Some(event),
+        let mut published = Vec::with_capacity(results.len());
+        for (ack, event) in results {
+            match ack {
+                Ok(_) => {
+                    if self.held_back.get(&event.order_id) == Some(&event.id) {
+                        self.held_back.remove(&event.order_id);
+                    }
+                    observe(&event);
+                    published.push(event);
+                }
                 Err(e) => {
                     tracing::warn!(event_id = %event.id, error = %e, "no ack from JetStream; the sweep retries it");
-                    None
+                    self.hold_back(&event);
                 }
-            })
-            .collect()
+            }
+        }
+        published
+    }
+
+    fn hold_back(&mut self, event: &PendingEvent) {
+        if self.held_back.len() >= MAX_HELD_BACK {
+            tracing::warn!(
+                "too many orders held back; forgetting them (the sweep still publishes every event)"
+            );
+            self.held_back.clear();
+        }
+        let oldest = self
+            .held_back
+            .entry(event.order_id.clone())
+            .or_insert_with(|| event.id.clone());
+        if event.id < *oldest {
+            *oldest = event.id.clone();
+        }
     }
 
     /// Each order's writer records its published events; a writer that is down leaves them
@@ -118,5 +152,28 @@ impl RelayState {
                 tracing::warn!(error = %e, "release marks wait for the sweep");
             }
         }
+    }
+}
+
+/// Counts a published event and, from its order's UUIDv7 (the submit's time), how long the order
+/// took to get this far.
+fn observe(event: &PendingEvent) {
+    let stage = match event.kind {
+        EventKind::Stored => "stored_event",
+        EventKind::ResultStored => "result_event",
+        EventKind::Late => "late_event",
+        EventKind::Settled => "settled",
+    };
+    metrics::counter!("orderhub_events_published_total", "stage" => stage).increment(1);
+    let submitted = uuid::Uuid::parse_str(&event.order_id)
+        .ok()
+        .and_then(|id| id.get_timestamp())
+        .map(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+        });
+    if let Some(age) = submitted.and_then(|t| t.elapsed().ok()) {
+        metrics::histogram!("orderhub_lifecycle_seconds", "stage" => stage)
+            .record(age.as_secs_f64());
     }
 }

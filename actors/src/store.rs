@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use entities::{aux_records, order_results, orders, outbox};
+use entities::{aux_records, order_late_results, order_results, order_transitions, orders, outbox};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
@@ -241,11 +241,43 @@ impl Db {
             .collect())
     }
 
-    /// The current state of an order on the primary: what its writer starts from.
-    pub async fn order_on_primary(
+    /// An order's late result, read from the read node.
+    pub async fn late_result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
+        Ok(order_late_results::Entity::find_by_id(id.to_owned())
+            .one(&self.replica)
+            .await?
+            .map(late_as_result))
+    }
+
+    /// Orders that have a late result, with it, read from the read node.
+    pub async fn late_orders(
         &self,
-        id: &str,
-    ) -> Result<Option<(orders::Model, Option<order_results::Model>)>, StoreError> {
+        ids: &[String],
+    ) -> Result<Vec<(orders::Model, order_results::Model)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let orders = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .all(&self.replica)
+            .await?;
+        let mut late: std::collections::HashMap<String, order_results::Model> =
+            order_late_results::Entity::find()
+                .filter(order_late_results::Column::OrderId.is_in(ids.iter().cloned()))
+                .all(&self.replica)
+                .await?
+                .into_iter()
+                .map(|r| (r.order_id.clone(), late_as_result(r)))
+                .collect();
+        Ok(orders
+            .into_iter()
+            .filter_map(|o| late.remove(&o.id).map(|r| (o, r)))
+            .collect())
+    }
+
+    /// The current state of an order on the primary, with its result and late result: what its
+    /// actor starts from, and what `trace` shows.
+    pub async fn order_on_primary(&self, id: &str) -> Result<Option<OrderState>, StoreError> {
         let Some(order) = orders::Entity::find_by_id(id.to_owned())
             .one(&self.primary)
             .await?
@@ -255,7 +287,110 @@ impl Db {
         let result = order_results::Entity::find_by_id(id.to_owned())
             .one(&self.primary)
             .await?;
-        Ok(Some((order, result)))
+        let late = order_late_results::Entity::find_by_id(id.to_owned())
+            .one(&self.primary)
+            .await?
+            .map(late_as_result);
+        Ok(Some(OrderState {
+            order,
+            result,
+            late,
+        }))
+    }
+
+    /// An order's transitions, oldest first, and its outbox events, oldest first (primary).
+    pub async fn story(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<order_transitions::Model>, Vec<outbox::Model>), StoreError> {
+        let transitions = order_transitions::Entity::find()
+            .filter(order_transitions::Column::OrderId.eq(id))
+            .order_by_asc(order_transitions::Column::Version)
+            .all(&self.primary)
+            .await?;
+        let events = outbox::Entity::find()
+            .filter(outbox::Column::OrderId.eq(id))
+            .order_by_asc(outbox::Column::Id)
+            .all(&self.primary)
+            .await?;
+        Ok((transitions, events))
+    }
+
+    /// Of `ids`, the orders whose result event is out and that are not settled yet, with their
+    /// result's outcome (primary).
+    pub async fn unsettled(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(orders::Model, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let orders = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .filter(orders::Column::SettledAt.is_null())
+            .filter(orders::Column::Version.gte(crate::protocol::OrderStatus::Notified.version()))
+            .all(&self.primary)
+            .await?;
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut outcomes: std::collections::HashMap<String, String> = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.is_in(orders.iter().map(|o| o.id.clone())))
+            .all(&self.primary)
+            .await?
+            .into_iter()
+            .map(|r| (r.order_id, r.outcome))
+            .collect();
+        Ok(orders
+            .into_iter()
+            .filter_map(|o| outcomes.remove(&o.id).map(|outcome| (o, outcome)))
+            .collect())
+    }
+
+    /// A page of unsettled orders whose result event is out, by id after `after` (primary).
+    pub async fn unsettled_page(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut q = orders::Entity::find()
+            .select_only()
+            .column(orders::Column::Id)
+            .filter(orders::Column::SettledAt.is_null())
+            .filter(orders::Column::Version.gte(crate::protocol::OrderStatus::Notified.version()));
+        if let Some(after) = after {
+            q = q.filter(orders::Column::Id.gt(after));
+        }
+        Ok(q.order_by_asc(orders::Column::Id)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.primary)
+            .await?)
+    }
+
+    /// Each order's auxiliary records, as `system → status` (auxiliary database).
+    pub async fn aux_statuses(
+        &self,
+        ids: &[String],
+    ) -> Result<
+        std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
+        StoreError,
+    > {
+        let mut out: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
+            std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for r in aux_records::Entity::find()
+            .filter(aux_records::Column::OrderId.is_in(ids.iter().cloned()))
+            .all(&self.aux)
+            .await?
+        {
+            out.entry(r.order_id)
+                .or_default()
+                .insert(r.system, r.status);
+        }
+        Ok(out)
     }
 
     /// A page of a user's orders, newest first, strictly older than `before`.
@@ -346,6 +481,27 @@ impl Db {
             .await?)
     }
 
+    /// Per partner, accepted orders that have no result yet (primary).
+    pub async fn pending_counts(
+        &self,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = orders::Entity::find()
+            .select_only()
+            .column(orders::Column::PartnerId)
+            .column_as(orders::Column::Id.count(), "n")
+            .filter(
+                orders::Column::Version.lt(crate::protocol::OrderStatus::ResultStored.version()),
+            )
+            .group_by(orders::Column::PartnerId)
+            .into_tuple()
+            .all(&self.primary)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, n)| (p, n.max(0) as u64))
+            .collect())
+    }
+
     /// Orders whose partner missed the deadline, soonest first.
     pub async fn overdue(
         &self,
@@ -373,6 +529,26 @@ impl Db {
             .map(|r| r.is_ok())
             .unwrap_or(false)
     }
+}
+
+/// A late result has the columns of a result.
+fn late_as_result(r: order_late_results::Model) -> order_results::Model {
+    order_results::Model {
+        order_id: r.order_id,
+        result_id: r.result_id,
+        outcome: r.outcome,
+        partner_ref: r.partner_ref,
+        detail: r.detail,
+        received_at: r.received_at,
+    }
+}
+
+/// An order as the primary has it, with its result and late result.
+#[derive(Clone, Debug)]
+pub struct OrderState {
+    pub order: orders::Model,
+    pub result: Option<order_results::Model>,
+    pub late: Option<order_results::Model>,
 }
 
 async fn aux_records_on(

@@ -7,7 +7,9 @@ use sea_orm::sea_query::{Index, TableCreateStatement};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Schema};
 
 use crate::constraints;
-use crate::entity::{aux_records, order_results, orders, outbox};
+use crate::entity::{
+    aux_records, order_late_results, order_results, order_transitions, orders, outbox,
+};
 
 /// What `migrate` reports when it cannot bring a database up to date.
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +26,31 @@ pub enum MigrationError {
 /// One migration: a name and the statements that make it.
 struct Step {
     name: &'static str,
-    build: fn(DbBackend) -> Vec<String>,
+    build: fn(DbBackend) -> Vec<Sql>,
 }
 
-const ORDER_STEPS: &[Step] = &[Step {
-    name: "0001_orders_results_outbox",
-    build: order_schema,
-}];
+/// A statement of a step.
+enum Sql {
+    Run(String),
+    /// `ALTER TABLE … ADD COLUMN`, skipped when the column exists: step 0001 builds its tables
+    /// from the current entities, so a fresh database has the column already.
+    AddColumn {
+        table: &'static str,
+        column: &'static str,
+        sql: String,
+    },
+}
+
+const ORDER_STEPS: &[Step] = &[
+    Step {
+        name: "0001_orders_results_outbox",
+        build: order_schema,
+    },
+    Step {
+        name: "0002_transitions_late_results_settled",
+        build: story_schema,
+    },
+];
 
 const AUX_STEPS: &[Step] = &[Step {
     name: "0001_aux_records",
@@ -86,6 +106,20 @@ async fn apply(
             continue;
         }
         for sql in (step.build)(backend) {
+            let sql = match sql {
+                Sql::Run(sql) => sql,
+                Sql::AddColumn { table, column, sql } => {
+                    if has_column(db, table, column).await.map_err(|source| {
+                        MigrationError::Step {
+                            step: step.name,
+                            source,
+                        }
+                    })? {
+                        continue;
+                    }
+                    sql
+                }
+            };
             db.execute_unprepared(&sql)
                 .await
                 .map_err(|source| MigrationError::Step {
@@ -111,60 +145,120 @@ async fn apply(
     Ok(applied)
 }
 
-fn create<E: EntityTrait>(backend: DbBackend, entity: E) -> String {
-    let mut table: TableCreateStatement = Schema::new(backend).create_table_from_entity(entity);
-    backend.build(table.if_not_exists()).to_string()
+async fn has_column(db: &DatabaseConnection, table: &str, column: &str) -> Result<bool, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT 1 AS present FROM information_schema.columns \
+                                WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
+        }
+        _ => "SELECT 1 AS present FROM pragma_table_info(?) WHERE name = ?",
+    };
+    Ok(db
+        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+            backend,
+            sql,
+            [table.into(), column.into()],
+        ))
+        .await?
+        .is_some())
 }
 
-fn order_schema(backend: DbBackend) -> Vec<String> {
+fn create<E: EntityTrait>(backend: DbBackend, entity: E) -> Sql {
+    let mut table: TableCreateStatement = Schema::new(backend).create_table_from_entity(entity);
+    Sql::Run(backend.build(table.if_not_exists()).to_string())
+}
+
+fn index(backend: DbBackend, index: &sea_orm::sea_query::IndexCreateStatement) -> Sql {
+    Sql::Run(backend.build(index).to_string())
+}
+
+/// The order's whole story: each transition's time, the late result, and when it settled; and the
+/// index behind the partners' pending counts.
+fn story_schema(backend: DbBackend) -> Vec<Sql> {
+    use sea_orm::sea_query::{Alias, ColumnDef, Table};
+    let settled_at = Table::alter()
+        .table(orders::Entity)
+        .add_column(
+            ColumnDef::new(Alias::new("settled_at"))
+                .timestamp_with_time_zone()
+                .null(),
+        )
+        .to_owned();
+    vec![
+        create(backend, order_transitions::Entity),
+        create(backend, order_late_results::Entity),
+        Sql::AddColumn {
+            table: "orders",
+            column: "settled_at",
+            sql: backend.build(&settled_at).to_string(),
+        },
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_unsettled")
+                .table(orders::Entity)
+                .col(orders::Column::SettledAt)
+                .col(orders::Column::Version),
+        ),
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_open")
+                .table(orders::Entity)
+                .col(orders::Column::Version)
+                .col(orders::Column::PartnerId),
+        ),
+    ]
+}
+
+fn order_schema(backend: DbBackend) -> Vec<Sql> {
     vec![
         create(backend, orders::Entity),
         create(backend, order_results::Entity),
         create(backend, outbox::Entity),
-        backend
-            .build(
-                Index::create()
-                    .if_not_exists()
-                    .name(constraints::ORDERS_USER_REQUEST)
-                    .table(orders::Entity)
-                    .col(orders::Column::UserId)
-                    .col(orders::Column::RequestId)
-                    .unique(),
-            )
-            .to_string(),
-        backend
-            .build(
-                Index::create()
-                    .if_not_exists()
-                    .name("ix_orders_user_id")
-                    .table(orders::Entity)
-                    .col(orders::Column::UserId)
-                    .col(orders::Column::Id),
-            )
-            .to_string(),
-        backend
-            .build(
-                Index::create()
-                    .if_not_exists()
-                    .name("ix_orders_deadline")
-                    .table(orders::Entity)
-                    .col(orders::Column::Status)
-                    .col(orders::Column::ResultDeadline),
-            )
-            .to_string(),
-        backend
-            .build(
-                Index::create()
-                    .if_not_exists()
-                    .name("ix_outbox_unpublished")
-                    .table(outbox::Entity)
-                    .col(outbox::Column::PublishedAt)
-                    .col(outbox::Column::Id),
-            )
-            .to_string(),
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name(constraints::ORDERS_USER_REQUEST)
+                .table(orders::Entity)
+                .col(orders::Column::UserId)
+                .col(orders::Column::RequestId)
+                .unique(),
+        ),
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_user_id")
+                .table(orders::Entity)
+                .col(orders::Column::UserId)
+                .col(orders::Column::Id),
+        ),
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_deadline")
+                .table(orders::Entity)
+                .col(orders::Column::Status)
+                .col(orders::Column::ResultDeadline),
+        ),
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_outbox_unpublished")
+                .table(outbox::Entity)
+                .col(outbox::Column::PublishedAt)
+                .col(outbox::Column::Id),
+        ),
     ]
 }
 
-fn aux_schema(backend: DbBackend) -> Vec<String> {
+fn aux_schema(backend: DbBackend) -> Vec<Sql> {
     vec![create(backend, aux_records::Entity)]
 }

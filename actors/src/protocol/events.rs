@@ -1,6 +1,11 @@
 //! The events of `docs/protocol.md` "Events": structured-mode CloudEvents 1.0 JSON, thin data.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+/// The `result_id` of the result the hub stores itself when a partner misses its deadline.
+pub const TIMEOUT_RESULT_ID: &str = "orderhub-timeout";
 
 /// Header carrying the primary WAL position the event's commit is covered by (Postgres only).
 pub const COMMIT_LSN_HEADER: &str = "Orderhub-Commit-Lsn";
@@ -11,6 +16,10 @@ pub enum EventKind {
     Stored,
     /// `orderhub.order.result_stored`, on `orders.events.result.<user_id>.<order_id>`.
     ResultStored,
+    /// `orderhub.order.late_result_stored`, on `orders.events.late.<user_id>.<order_id>`.
+    Late,
+    /// `orderhub.order.settled`, on `orders.events.settled.<user_id>.<order_id>`.
+    Settled,
 }
 
 impl EventKind {
@@ -18,10 +27,12 @@ impl EventKind {
         match self {
             Self::Stored => "orderhub.order.stored",
             Self::ResultStored => "orderhub.order.result_stored",
+            Self::Late => "orderhub.order.late_result_stored",
+            Self::Settled => "orderhub.order.settled",
         }
     }
     pub fn from_type(t: &str) -> Option<Self> {
-        [Self::Stored, Self::ResultStored]
+        [Self::Stored, Self::ResultStored, Self::Late, Self::Settled]
             .into_iter()
             .find(|k| k.type_name() == t)
     }
@@ -48,16 +59,19 @@ pub struct EventData {
     pub user_id: String,
     pub partner_id: String,
     pub version: i32,
-    /// Result events only.
+    /// Result, late and settled events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
-    /// Result events only (present, possibly `null`).
+    /// Result and late events only (present, possibly `null`).
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "double_option"
     )]
     pub partner_ref: Option<Option<String>>,
+    /// Settled events only: each configured auxiliary system's record `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aux: Option<BTreeMap<String, String>>,
 }
 
 impl CloudEvent {
@@ -106,6 +120,7 @@ mod tests {
             version: 3,
             outcome: Some("timeout".into()),
             partner_ref: Some(None),
+            aux: None,
         };
         let ev = CloudEvent::new(EventKind::ResultStored, "e".into(), "t".into(), data);
         let v = serde_json::to_value(&ev).unwrap();
@@ -125,6 +140,7 @@ mod tests {
             version: 1,
             outcome: None,
             partner_ref: None,
+            aux: None,
         };
         let v = serde_json::to_value(CloudEvent::new(
             EventKind::Stored,

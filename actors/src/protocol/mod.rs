@@ -10,15 +10,16 @@ mod subjects;
 mod views;
 
 pub use error::{ApiError, ErrorCode};
-pub use events::{COMMIT_LSN_HEADER, CloudEvent, EventData, EventKind};
+pub use events::{COMMIT_LSN_HEADER, CloudEvent, EventData, EventKind, TIMEOUT_RESULT_ID};
 pub use requests::{
     AuxRecordRequest, GetRequest, MAX_JSON_OBJECT_BYTES, Outcome, QueryRequest, ResultRequest,
     SubmitRequest, validate_token,
 };
 pub use subjects::{Subjects, consumer};
 pub use views::{
-    AuxView, DatabaseStatus, ListReply, NatsStatus, OrderReply, OrderView, QueryAnswer, QueryReply,
-    RecordReply, ReplicaStatus, ResultView, StatusReply, SubmitReply,
+    AuxTraceView, AuxView, ConsumerTrace, DatabaseStatus, EventTrace, ListReply, NatsStatus,
+    OrderReply, OrderView, QueryAnswer, QueryReply, RecordReply, ReplicaStatus, ResultView,
+    StatusReply, SubmitReply, TraceReply, TransitionView,
 };
 
 /// RFC 3339 UTC with millisecond precision and a `Z` suffix: every timestamp on the wire.
@@ -33,6 +34,10 @@ pub enum OrderStatus {
     Dispatched,
     ResultStored,
     Notified,
+    /// A partner's result arrived after the hub closed the order as `timeout`.
+    LateResultStored,
+    /// The late event is out.
+    LateNotified,
 }
 
 impl OrderStatus {
@@ -42,6 +47,8 @@ impl OrderStatus {
             Self::Dispatched => "dispatched",
             Self::ResultStored => "result_stored",
             Self::Notified => "notified",
+            Self::LateResultStored => "late_result_stored",
+            Self::LateNotified => "late_notified",
         }
     }
 
@@ -52,6 +59,8 @@ impl OrderStatus {
             Self::Dispatched => 2,
             Self::ResultStored => 3,
             Self::Notified => 4,
+            Self::LateResultStored => 5,
+            Self::LateNotified => 6,
         }
     }
 
@@ -61,6 +70,8 @@ impl OrderStatus {
             Self::Dispatched,
             Self::ResultStored,
             Self::Notified,
+            Self::LateResultStored,
+            Self::LateNotified,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)

@@ -22,6 +22,9 @@ impl Subjects {
     pub fn status(&self) -> String {
         format!("{}.admin.status", self.prefix)
     }
+    pub fn trace(&self) -> String {
+        format!("{}.admin.trace", self.prefix)
+    }
     pub fn partner_get(&self, partner_id: &str) -> String {
         format!("{}.partner.{partner_id}.get", self.prefix)
     }
@@ -41,13 +44,39 @@ impl Subjects {
     pub fn result_event(&self, user_id: &str, order_id: &str) -> String {
         format!("{}.events.result.{user_id}.{order_id}", self.prefix)
     }
+    pub fn settled_event(&self, user_id: &str, order_id: &str) -> String {
+        format!("{}.events.settled.{user_id}.{order_id}", self.prefix)
+    }
+    pub fn late_event(&self, user_id: &str, order_id: &str) -> String {
+        format!("{}.events.late.{user_id}.{order_id}", self.prefix)
+    }
     /// Filter of a partner's durable consumer.
     pub fn stored_events_of(&self, partner_id: &str) -> String {
         format!("{}.events.stored.{partner_id}.>", self.prefix)
     }
-    /// Filter of the gateway's and every auxiliary system's durable consumer.
+    /// A filter of the gateway's and every auxiliary system's durable consumer.
     pub fn result_events(&self) -> String {
         format!("{}.events.result.>", self.prefix)
+    }
+    /// A filter of the gateway's durable consumer.
+    pub fn settled_events(&self) -> String {
+        format!("{}.events.settled.>", self.prefix)
+    }
+    /// A filter of the gateway's and every auxiliary system's durable consumer.
+    pub fn late_events(&self) -> String {
+        format!("{}.events.late.>", self.prefix)
+    }
+    /// The filters of the gateway's durable consumer.
+    pub fn gateway_filters(&self) -> Vec<String> {
+        vec![
+            self.result_events(),
+            self.settled_events(),
+            self.late_events(),
+        ]
+    }
+    /// The filters of an auxiliary system's durable consumer.
+    pub fn aux_filters(&self) -> Vec<String> {
+        vec![self.result_events(), self.late_events()]
     }
 
     /// The token a wildcard endpoint subject carries at `*` (partner id or aux system), if the

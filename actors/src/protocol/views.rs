@@ -107,7 +107,66 @@ pub struct OrderReply {
 pub struct QueryReply {
     pub order: OrderView,
     pub result: Option<ResultView>,
+    /// A partner's result that arrived after the hub closed the order as `timeout`.
+    pub late_result: Option<ResultView>,
+    /// When every configured auxiliary system had a record (and the settled event was made).
+    pub settled_at: Option<String>,
     pub aux: Vec<AuxView>,
+}
+
+/// `orders.admin.trace` reply: the order's whole story, read from the primary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceReply {
+    pub order: OrderView,
+    pub result: Option<ResultView>,
+    pub late_result: Option<ResultView>,
+    pub settled_at: Option<String>,
+    /// One entry per version, oldest first.
+    pub transitions: Vec<TransitionView>,
+    pub events: Vec<EventTrace>,
+    pub aux: Vec<AuxTraceView>,
+    /// Configured auxiliary systems without a record.
+    pub aux_missing: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransitionView {
+    pub version: i32,
+    pub status: String,
+    pub at: String,
+}
+
+/// One event of an order, and who has seen it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventTrace {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: String,
+    pub committed_at: String,
+    pub published_at: Option<String>,
+    pub stream_seq: Option<u64>,
+    pub commit_lsn: Option<String>,
+    pub consumers: Vec<ConsumerTrace>,
+}
+
+/// A durable consumer whose filter matches an event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerTrace {
+    pub name: String,
+    /// The consumer's delivered stream sequence has reached the event's.
+    pub delivered: bool,
+    /// The consumer's ack floor has reached the event's (an event acked out of order above the
+    /// floor shows `false` until the floor reaches it).
+    pub acked: bool,
+}
+
+/// An auxiliary record in a trace: its status and time, without its data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuxTraceView {
+    pub system: String,
+    pub status: String,
+    pub updated_at: String,
 }
 
 /// `query` reply, list form.
@@ -148,6 +207,8 @@ pub struct StatusReply {
     /// How often each supervised actor (writers, replication, relay, deadline, subscribers) was
     /// restarted since the hub started.
     pub restarts: std::collections::BTreeMap<String, u64>,
+    /// Per partner: accepted orders waiting for its result (admission control's count).
+    pub partners_pending: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,13 +1,14 @@
 //! The statements of one group commit. The ops of a batch always concern distinct orders (an
 //! order actor awaits each write), so each kind of op goes out as one multi-row statement per
-//! chunk, and `RETURNING id` tells which rows it touched. Three parts, in this order, in one
-//! transaction: new orders, results, and the release marks of published events.
+//! chunk, and `RETURNING id` tells which rows it touched. In one transaction, in this order: new
+//! orders, results, late results, settlements, and the release marks of published events. Every
+//! status change also records its time in `order_transitions` (one row per version).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{order_results, orders, outbox};
+use entities::{order_late_results, order_results, order_transitions, orders, outbox};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
@@ -22,29 +23,57 @@ use crate::protocol::{EventKind, OrderStatus};
 /// Rows per multi-row statement: well under SQLite's bind-parameter limit.
 const CHUNK: usize = 256;
 
-/// Runs the ops and the release marks in one transaction; one outcome per op.
+/// What one group commit is asked to do.
+#[derive(Default)]
+pub(super) struct Batch<'a> {
+    pub ops: &'a [WriteOp],
+    /// Events JetStream acknowledged: their release step.
+    pub published: &'a [PendingEvent],
+    /// Settled events to make, each for the order version it was checked at.
+    pub settle: &'a [(PendingEvent, i32)],
+}
+
+/// What a group commit did.
+pub(super) struct Done {
+    /// One per op.
+    pub outcomes: Vec<WriteOutcome>,
+    /// Settled events made (the rest were settled already, or moved on meanwhile).
+    pub settled: Vec<PendingEvent>,
+    /// Orders whose result event is now released: their settlement may be due.
+    pub notified: Vec<String>,
+}
+
+/// Runs a batch in one transaction.
 pub(super) async fn commit(
     db: &DatabaseConnection,
-    ops: &[WriteOp],
-    published: &[PendingEvent],
+    batch: Batch<'_>,
     partners: &Partners,
-) -> Result<Vec<WriteOutcome>, DbErr> {
+) -> Result<Done, DbErr> {
     let txn = db.begin().await?;
     let now = Utc::now();
+    let ops = batch.ops;
     let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
-    let mut events = insert_orders(&txn, ops, &mut outcomes).await?;
+    let mut events = insert_orders(&txn, ops, now, &mut outcomes).await?;
     events.extend(store_results(&txn, ops, now, &mut outcomes).await?);
+    events.extend(store_late_results(&txn, ops, now, &mut outcomes).await?);
+    let settled = settle(&txn, batch.settle, now).await?;
+    events.extend(settled.iter());
     for chunk in events.chunks(CHUNK) {
         outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
             .exec_without_returning(&txn)
             .await?;
     }
-    mark_released(&txn, published, partners, now).await?;
+    let notified = mark_released(&txn, batch.published, partners, now).await?;
     txn.commit().await?;
-    outcomes
+    let outcomes = outcomes
         .into_iter()
         .map(|o| o.ok_or_else(|| DbErr::Custom("an op of the batch was not applied".into())))
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(Done {
+        outcomes,
+        settled: settled.into_iter().cloned().collect(),
+        notified,
+    })
 }
 
 /// New orders: one `INSERT … ON CONFLICT DO NOTHING RETURNING id` per chunk; an order whose id
@@ -52,6 +81,7 @@ pub(super) async fn commit(
 async fn insert_orders<'a>(
     txn: &DatabaseTransaction,
     ops: &'a [WriteOp],
+    now: DateTime<Utc>,
     outcomes: &mut [Option<WriteOutcome>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
     let inserts: Vec<(usize, &orders::Model, &PendingEvent)> = ops
@@ -92,12 +122,15 @@ async fn insert_orders<'a>(
             }
         }
     }
+    let ids: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
+    record_transitions(txn, &ids, OrderStatus::Accepted, now).await?;
     Ok(events)
 }
 
 /// Results: each order moves to `result_stored` if it has no result yet (`accepted` or
-/// `dispatched`); one that moved meanwhile either has a result already or is gone. Returns the
-/// events of the stored results.
+/// `dispatched`; one still `accepted` is recorded as `dispatched` too, so the chain stays strict).
+/// One that moved meanwhile either has a result already or is gone. Returns the events of the
+/// stored results.
 async fn store_results<'a>(
     txn: &DatabaseTransaction,
     ops: &'a [WriteOp],
@@ -146,20 +179,133 @@ async fn store_results<'a>(
             .exec_without_returning(txn)
             .await?;
     }
+    let ids: Vec<&str> = stored.iter().map(|r| r.order_id.as_str()).collect();
+    record_transitions(txn, &ids, OrderStatus::Dispatched, now).await?;
+    record_transitions(txn, &ids, OrderStatus::ResultStored, now).await?;
     Ok(events)
+}
+
+/// Late results (the order actor checked that the order's result is the hub's timeout): each is
+/// inserted unless the order has one already. An order whose timeout result event is out
+/// (`notified`) moves to `late_result_stored` now; one still at `result_stored` moves when that
+/// event is released (see [`mark_released`]), so `notified` always comes first.
+async fn store_late_results<'a>(
+    txn: &DatabaseTransaction,
+    ops: &'a [WriteOp],
+    now: DateTime<Utc>,
+    outcomes: &mut [Option<WriteOutcome>],
+) -> Result<Vec<&'a PendingEvent>, DbErr> {
+    let wanted: Vec<(usize, &order_results::Model, &PendingEvent)> = ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match op {
+            WriteOp::StoreLateResult { late, event } => Some((i, late, event)),
+            _ => None,
+        })
+        .collect();
+    let mut events = Vec::with_capacity(wanted.len());
+    let mut inserted_ids = Vec::with_capacity(wanted.len());
+    for chunk in wanted.chunks(CHUNK) {
+        let mut stmt = order_late_results::Entity::insert_many(chunk.iter().map(|(_, r, _)| {
+            let r = (*r).clone();
+            order_late_results::Model {
+                order_id: r.order_id,
+                result_id: r.result_id,
+                outcome: r.outcome,
+                partner_ref: r.partner_ref,
+                detail: r.detail,
+                received_at: r.received_at,
+            }
+            .into_active_model()
+        }))
+        .on_conflict(
+            OnConflict::column(order_late_results::Column::OrderId)
+                .do_nothing()
+                .to_owned(),
+        )
+        .into_query();
+        stmt.returning_col(order_late_results::Column::OrderId);
+        let rows = txn.query_all(&stmt).await?;
+        let inserted: HashSet<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String>("", "order_id"))
+            .collect::<Result<_, _>>()?;
+        for (i, late, event) in chunk {
+            if inserted.contains(late.order_id.as_str()) {
+                outcomes[*i] = Some(WriteOutcome::Done);
+                events.push(*event);
+                inserted_ids.push(late.order_id.as_str());
+                continue;
+            }
+            let existing = order_late_results::Entity::find_by_id(late.order_id.clone())
+                .one(txn)
+                .await?;
+            outcomes[*i] = Some(match existing {
+                Some(e) => WriteOutcome::ResultExists(Box::new(order_results::Model {
+                    order_id: e.order_id,
+                    result_id: e.result_id,
+                    outcome: e.outcome,
+                    partner_ref: e.partner_ref,
+                    detail: e.detail,
+                    received_at: e.received_at,
+                })),
+                None => WriteOutcome::Stale,
+            });
+        }
+    }
+    move_orders(
+        txn,
+        &inserted_ids,
+        OrderStatus::Notified,
+        OrderStatus::LateResultStored,
+        None,
+        now,
+    )
+    .await?;
+    Ok(events)
+}
+
+/// Settlements: `settled_at` is set once, by whichever instance gets there first, and only while
+/// the order is still at the version the settler checked; the settled event goes with it.
+async fn settle<'a>(
+    txn: &DatabaseTransaction,
+    settle: &'a [(PendingEvent, i32)],
+    now: DateTime<Utc>,
+) -> Result<Vec<&'a PendingEvent>, DbErr> {
+    let mut by_version: HashMap<i32, Vec<&PendingEvent>> = HashMap::new();
+    for (event, version) in settle {
+        by_version.entry(*version).or_default().push(event);
+    }
+    let mut made = Vec::new();
+    for (version, events) in by_version {
+        for chunk in events.chunks(CHUNK) {
+            let mut stmt = orders::Entity::update_many()
+                .col_expr(orders::Column::SettledAt, Expr::value(now))
+                .filter(orders::Column::SettledAt.is_null())
+                .filter(orders::Column::Version.eq(version))
+                .filter(orders::Column::Id.is_in(chunk.iter().map(|e| e.order_id.as_str())))
+                .into_query();
+            stmt.returning_col(orders::Column::Id);
+            let moved = returned_ids(txn, &stmt).await?;
+            made.extend(chunk.iter().filter(|e| moved.contains(e.order_id.as_str())));
+        }
+    }
+    Ok(made)
 }
 
 /// The release step of published events: marks their outbox rows, and records the release in
 /// each order's status — `accepted → dispatched` (starting the partner's deadline) for a stored
-/// event, `result_stored → notified` for a result event. The order actor decided the change when
-/// it made the event; this step only records that the event is out, and the version condition
-/// makes a repeated mark (a sweep, a peer instance) a no-op.
+/// event, `result_stored → notified` for a result event (then on to `late_result_stored` if a late
+/// result is waiting), `late_result_stored → late_notified` for a late event. The order actor
+/// decided the change when it made the event; this step only records that the event is out, and
+/// the version conditions make a repeated mark (a sweep, a peer instance) a no-op. Returns the
+/// orders now `notified`.
 async fn mark_released(
     txn: &DatabaseTransaction,
     published: &[PendingEvent],
     partners: &Partners,
     now: DateTime<Utc>,
-) -> Result<(), DbErr> {
+) -> Result<Vec<String>, DbErr> {
     for chunk in published.chunks(CHUNK) {
         outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAt, Expr::value(now))
@@ -169,7 +315,7 @@ async fn mark_released(
             .await?;
     }
     let mut dispatched: HashMap<Duration, Vec<&str>> = HashMap::new();
-    let mut notified = Vec::new();
+    let (mut notified, mut late) = (Vec::new(), Vec::new());
     for e in published {
         match e.kind {
             EventKind::Stored => dispatched
@@ -177,33 +323,120 @@ async fn mark_released(
                 .or_default()
                 .push(e.order_id.as_str()),
             EventKind::ResultStored => notified.push(e.order_id.as_str()),
+            EventKind::Late => late.push(e.order_id.as_str()),
+            EventKind::Settled => {}
         }
     }
     for (timeout, ids) in dispatched {
         let deadline = now + chrono::Duration::from_std(timeout).unwrap_or_default();
-        let to = OrderStatus::Dispatched;
-        for chunk in ids.chunks(CHUNK) {
-            orders::Entity::update_many()
-                .col_expr(orders::Column::Status, Expr::value(to.as_str()))
-                .col_expr(orders::Column::Version, Expr::value(to.version()))
-                .col_expr(orders::Column::UpdatedAt, Expr::value(now))
-                .col_expr(orders::Column::ResultDeadline, Expr::value(deadline))
-                .filter(orders::Column::Version.eq(OrderStatus::Accepted.version()))
-                .filter(orders::Column::Id.is_in(chunk.iter().copied()))
-                .exec(txn)
-                .await?;
-        }
+        move_orders(
+            txn,
+            &ids,
+            OrderStatus::Accepted,
+            OrderStatus::Dispatched,
+            Some(deadline),
+            now,
+        )
+        .await?;
     }
-    let to = OrderStatus::Notified;
+    let notified = move_orders(
+        txn,
+        &notified,
+        OrderStatus::ResultStored,
+        OrderStatus::Notified,
+        None,
+        now,
+    )
+    .await?;
+    // A late result stored while its timeout's result event was still on its way.
+    let mut waiting = Vec::new();
     for chunk in notified.chunks(CHUNK) {
-        orders::Entity::update_many()
+        let rows = order_late_results::Entity::find()
+            .filter(order_late_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
+            .all(txn)
+            .await?;
+        waiting.extend(rows.into_iter().map(|r| r.order_id));
+    }
+    let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    move_orders(
+        txn,
+        &waiting,
+        OrderStatus::Notified,
+        OrderStatus::LateResultStored,
+        None,
+        now,
+    )
+    .await?;
+    move_orders(
+        txn,
+        &late,
+        OrderStatus::LateResultStored,
+        OrderStatus::LateNotified,
+        None,
+        now,
+    )
+    .await?;
+    Ok(notified)
+}
+
+/// Moves the orders that are at `from` to `to` (setting `result_deadline` when given), records
+/// the transition, and returns the ids that moved.
+async fn move_orders(
+    txn: &DatabaseTransaction,
+    ids: &[&str],
+    from: OrderStatus,
+    to: OrderStatus,
+    deadline: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<Vec<String>, DbErr> {
+    let mut moved = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let mut update = orders::Entity::update_many()
             .col_expr(orders::Column::Status, Expr::value(to.as_str()))
             .col_expr(orders::Column::Version, Expr::value(to.version()))
-            .col_expr(orders::Column::UpdatedAt, Expr::value(now))
-            .filter(orders::Column::Version.eq(OrderStatus::ResultStored.version()))
+            .col_expr(orders::Column::UpdatedAt, Expr::value(now));
+        if let Some(deadline) = deadline {
+            update = update.col_expr(orders::Column::ResultDeadline, Expr::value(deadline));
+        }
+        let mut stmt = update
+            .filter(orders::Column::Version.eq(from.version()))
             .filter(orders::Column::Id.is_in(chunk.iter().copied()))
-            .exec(txn)
-            .await?;
+            .into_query();
+        stmt.returning_col(orders::Column::Id);
+        moved.extend(returned_ids(txn, &stmt).await?);
+    }
+    let ids: Vec<&str> = moved.iter().map(String::as_str).collect();
+    record_transitions(txn, &ids, to, now).await?;
+    Ok(moved)
+}
+
+/// Records that these orders reached `status` now; a transition already recorded stays as it was.
+async fn record_transitions(
+    txn: &DatabaseTransaction,
+    ids: &[&str],
+    status: OrderStatus,
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    for chunk in ids.chunks(CHUNK) {
+        order_transitions::Entity::insert_many(chunk.iter().map(|id| {
+            order_transitions::Model {
+                order_id: (*id).to_owned(),
+                version: status.version(),
+                status: status.as_str().to_owned(),
+                at: now,
+            }
+            .into_active_model()
+        }))
+        .on_conflict(
+            OnConflict::columns([
+                order_transitions::Column::OrderId,
+                order_transitions::Column::Version,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(txn)
+        .await?;
     }
     Ok(())
 }

@@ -9,6 +9,8 @@
 
 mod commit;
 
+use commit::{Batch, Done};
+
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::link::Link;
-use crate::outbox::{Committed, PendingEvent, Published};
+use crate::outbox::{Committed, PendingEvent, Published, SettleCheck};
 use crate::partners::Partners;
 use crate::store::StoreError;
 
@@ -42,6 +44,11 @@ pub enum WriteOp {
         result: order_results::Model,
         event: PendingEvent,
     },
+    /// A partner's result for an order the hub closed as `timeout`, and the late event.
+    StoreLateResult {
+        late: order_results::Model,
+        event: PendingEvent,
+    },
 }
 
 /// How an op went.
@@ -51,7 +58,7 @@ pub enum WriteOutcome {
     Done,
     /// `InsertOrder` found the idempotency key taken; this is the order that holds it.
     DuplicateOrder(Box<orders::Model>),
-    /// `StoreResult` found a result already there.
+    /// `StoreResult` (`StoreLateResult`) found a result (a late result) already there.
     ResultExists(Box<order_results::Model>),
     /// The order is not where the op expected it (gone): reload and retry.
     Stale,
@@ -65,6 +72,8 @@ pub enum WriterMsg {
     Write(Box<WriteOp>, WriteReply),
     /// Events JetStream acknowledged: mark them released in the next commit.
     Published(Vec<PendingEvent>),
+    /// Settled events to make, each with the order version it was checked at.
+    Settle(Vec<(PendingEvent, i32)>),
     /// Commit what is buffered.
     Flush,
 }
@@ -82,14 +91,18 @@ pub struct WriterArgs {
     pub partners: Arc<Partners>,
     /// Where committed events go: the replication actor.
     pub committed: Link<Committed>,
+    /// Who hears of orders whose result event is out: the settler.
+    pub settle: Link<SettleCheck>,
 }
 
 pub struct WriterState {
     primary: DatabaseConnection,
     partners: Arc<Partners>,
     committed: Link<Committed>,
+    settle: Link<SettleCheck>,
     buffer: Vec<(WriteOp, WriteReply)>,
     published: Vec<PendingEvent>,
+    settlements: Vec<(PendingEvent, i32)>,
     flush_scheduled: bool,
     /// When the primary last could not be reached; cleared by the next commit.
     primary_down_at: Option<Instant>,
@@ -109,8 +122,10 @@ impl Actor for Writer {
             primary: args.primary,
             partners: args.partners,
             committed: args.committed,
+            settle: args.settle,
             buffer: Vec::with_capacity(MAX_BATCH),
             published: Vec::new(),
+            settlements: Vec::new(),
             flush_scheduled: false,
             primary_down_at: None,
         })
@@ -125,13 +140,14 @@ impl Actor for Writer {
         match msg {
             WriterMsg::Write(op, reply) => state.buffer.push((*op, reply)),
             WriterMsg::Published(events) => state.published.extend(events),
+            WriterMsg::Settle(events) => state.settlements.extend(events),
             WriterMsg::Flush => {
                 state.flush_scheduled = false;
                 state.flush().await;
                 return Ok(());
             }
         }
-        if state.buffer.len() + state.published.len() >= MAX_BATCH {
+        if state.pending() >= MAX_BATCH {
             state.flush().await;
         } else if !state.flush_scheduled {
             // Everything already in the mailbox is handled before this Flush: that is the
@@ -144,62 +160,75 @@ impl Actor for Writer {
 }
 
 impl WriterState {
+    fn pending(&self) -> usize {
+        self.buffer.len() + self.published.len() + self.settlements.len()
+    }
+
     async fn flush(&mut self) {
-        if self.buffer.is_empty() && self.published.is_empty() {
+        if self.pending() == 0 {
             return;
         }
         let (ops, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
         let published = std::mem::take(&mut self.published);
+        let settle = std::mem::take(&mut self.settlements);
         if self
             .primary_down_at
             .is_some_and(|at| at.elapsed() < DOWN_RETRY)
         {
-            // Published rows stay unpublished in the outbox: the sweep brings them back.
+            // Published rows stay unpublished in the outbox (the sweep brings them back), and
+            // settlements are found again by the settler's scan.
             answer(replies, |_| Err(primary_down()));
             return;
         }
         let started = Instant::now();
-        let committed = commit::commit(&self.primary, &ops, &published, &self.partners).await;
+        let batch = Batch {
+            ops: &ops,
+            published: &published,
+            settle: &settle,
+        };
+        let committed = commit::commit(&self.primary, batch, &self.partners).await;
         self.primary_down_at = committed
             .as_ref()
             .err()
             .filter(|e| unreachable(e))
             .map(|_| Instant::now());
+        metrics::histogram!("orderhub_group_commit_ops").record(ops.len() as f64);
         tracing::debug!(
             ops = ops.len(),
             released = published.len(),
+            settled = settle.len(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "group commit"
         );
         match committed {
-            Ok(outcomes) => self.finish(&ops, replies, outcomes),
+            Ok(done) => self.finish(&ops, replies, done),
             // A lone op, or a primary out of reach: retrying one by one would only wait again.
-            Err(e) if ops.len() + published.len() <= 1 || self.primary_down_at.is_some() => {
+            Err(e) if ops.len() <= 1 || self.primary_down_at.is_some() => {
                 tracing::warn!(error = %e, ops = ops.len(), "write failed");
                 answer(replies, |_| Err(StoreError::Unavailable(clone_err(&e))));
             }
             Err(e) => {
                 tracing::warn!(error = %e, ops = ops.len(), "batch failed; retrying ops one by one");
-                self.one_by_one(ops, replies, published).await;
+                self.one_by_one(ops, replies).await;
             }
         }
     }
 
-    /// One bad op must not fail its neighbours: each op alone, then the release marks alone.
-    async fn one_by_one(
-        &mut self,
-        ops: Vec<WriteOp>,
-        replies: Vec<WriteReply>,
-        published: Vec<PendingEvent>,
-    ) {
+    /// One bad op must not fail its neighbours: each op alone. Release marks and settlements of
+    /// the failed batch are not retried here: the sweep and the settler's scan bring them back.
+    async fn one_by_one(&mut self, ops: Vec<WriteOp>, replies: Vec<WriteReply>) {
         for (op, reply) in ops.into_iter().zip(replies) {
             if self.primary_down_at.is_some() {
                 let _ = reply.send(Err(primary_down()));
                 continue;
             }
             let one = [op];
-            match commit::commit(&self.primary, &one, &[], &self.partners).await {
-                Ok(outcomes) => self.finish(&one, vec![reply], outcomes),
+            let batch = Batch {
+                ops: &one,
+                ..Batch::default()
+            };
+            match commit::commit(&self.primary, batch, &self.partners).await {
+                Ok(done) => self.finish(&one, vec![reply], done),
                 Err(e) => {
                     if unreachable(&e) {
                         self.primary_down_at = Some(Instant::now());
@@ -208,33 +237,34 @@ impl WriterState {
                 }
             }
         }
-        if !published.is_empty()
-            && self.primary_down_at.is_none()
-            && let Err(e) = commit::commit(&self.primary, &[], &published, &self.partners).await
-        {
-            tracing::warn!(error = %e, "release marks failed; the sweep brings the events back");
-        }
     }
 
-    /// Hands new events to the replication actor, then answers the callers.
-    fn finish(&self, ops: &[WriteOp], replies: Vec<WriteReply>, outcomes: Vec<WriteOutcome>) {
-        let events: Vec<PendingEvent> = ops
+    /// Hands new events to the replication actor and newly notified orders to the settler, then
+    /// answers the callers.
+    fn finish(&self, ops: &[WriteOp], replies: Vec<WriteReply>, done: Done) {
+        let mut events: Vec<PendingEvent> = ops
             .iter()
-            .zip(&outcomes)
+            .zip(&done.outcomes)
             .filter(|(_, outcome)| matches!(outcome, WriteOutcome::Done))
             .map(|(op, _)| match op {
-                WriteOp::InsertOrder { event, .. } | WriteOp::StoreResult { event, .. } => {
-                    event.clone()
-                }
+                WriteOp::InsertOrder { event, .. }
+                | WriteOp::StoreResult { event, .. }
+                | WriteOp::StoreLateResult { event, .. } => event.clone(),
             })
             .collect();
+        events.extend(done.settled);
         if !events.is_empty()
             && let Err(e) = self.committed.cast(Committed(events))
         {
             // The outbox rows are committed: the periodic sweep publishes them.
             tracing::warn!(error = %e, "events wait for the sweep");
         }
-        let mut outcomes = outcomes.into_iter();
+        if !done.notified.is_empty()
+            && let Err(e) = self.settle.cast(SettleCheck(done.notified))
+        {
+            tracing::debug!(error = %e, "the settler's scan will find these orders");
+        }
+        let mut outcomes = done.outcomes.into_iter();
         answer(replies, |_| {
             outcomes
                 .next()

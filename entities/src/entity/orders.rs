@@ -20,6 +20,7 @@ pub struct Model {
     pub status: String,
     pub version: i32,
     pub result_deadline: Option<DateTimeUtc>,
+    pub settled_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
