@@ -10,4 +10,5 @@ mod replica;
 mod restart;
 mod roles;
 mod security;
+mod story;
 mod supervision;

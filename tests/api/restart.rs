@@ -20,7 +20,7 @@ async fn spawn_hub(nats: &TestNats, dir: &Path) -> Child {
 }
 
 /// `orderhub serve` with extra command-line arguments (e.g. `--config FILE`).
-async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
+pub(crate) async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
     let child = Command::new(env!("CARGO_BIN_EXE_orderhub"))
         .args(args)
         .arg("serve")
