@@ -72,6 +72,26 @@ pub struct DatabaseSettings {
     /// Group-commit writers; 0 picks 1 on SQLite and 4 on Postgres.
     #[serde(default)]
     pub writers: usize,
+    /// `replica`: a write is acknowledged once the replica has replayed it (only with a
+    /// `replica_url`); `primary`: once the primary committed it.
+    #[serde(default = "ack_after")]
+    pub ack_after: AckAfter,
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AckAfter {
+    #[default]
+    Replica,
+    Primary,
+}
+
+impl DatabaseSettings {
+    /// Acknowledged writes wait for the replica: `ack_after = "replica"` with a replica configured.
+    pub fn ack_after_replica(&self) -> bool {
+        self.ack_after == AckAfter::Replica && !self.replica_url.is_empty()
+    }
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -81,6 +101,7 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("replica_url", &redact(&self.replica_url))
             .field("aux_url", &redact(&self.aux_url))
             .field("writers", &self.writers)
+            .field("ack_after", &self.ack_after)
             .finish()
     }
 }
@@ -111,6 +132,9 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
 }
 
+fn ack_after() -> AckAfter {
+    AckAfter::Replica
+}
 fn max_pending() -> u64 {
     actors::partners::DEFAULT_MAX_PENDING
 }

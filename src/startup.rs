@@ -197,6 +197,7 @@ impl App {
             jetstream: js,
             stream: settings.nats.stream.clone(),
             writers: settings.writers(),
+            ack_after_replica: settings.database.ack_after_replica(),
             tuning: Tuning::default(),
         })
         .await?;

@@ -49,6 +49,9 @@ pub struct HubConfig {
     pub stream: String,
     /// Group-commit writers (SQLite: 1).
     pub writers: usize,
+    /// Answer `accepted`, `result_stored` and `late_result_stored` only once the read node has
+    /// replayed the commit (`database.ack_after = "replica"`).
+    pub ack_after_replica: bool,
     pub tuning: Tuning,
 }
 
@@ -175,6 +178,7 @@ impl Hub {
         for (i, link) in writer_links.into_iter().enumerate() {
             let role = format!("writer-{i}");
             let name = registry_name(&instance, &role);
+            let ack_after_replica = config.ack_after_replica;
             let (primary, partners, committed, settle, sweep_all) = (
                 config.db.primary.clone(),
                 partners.clone(),
@@ -188,6 +192,7 @@ impl Hub {
                     partners: partners.clone(),
                     committed: committed.clone(),
                     settle: settle.clone(),
+                    ack_after_replica,
                 };
                 let (name, link, sweep_all) = (name.clone(), link.clone(), sweep_all.clone());
                 async move {

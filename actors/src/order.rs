@@ -21,6 +21,7 @@ use crate::protocol::{
     ApiError, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply, SubmitRequest,
     TIMEOUT_RESULT_ID,
 };
+use crate::store::StoreError;
 use crate::writer::{WriteOp, WriteOutcome, WriterMsg};
 
 pub type Reply = RpcReplyPort<Result<SubmitReply, ApiError>>;
@@ -159,6 +160,12 @@ impl OrderState {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Ok(outcome),
+            Ok(ractor::rpc::CallResult::Success(Err(StoreError::Unconfirmed))) => {
+                Err(ApiError::unavailable(
+                    "committed on the primary, but the replica has not confirmed it yet; retry \
+                     with the same key",
+                ))
+            }
             Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                 tracing::warn!(error = %e, "write failed");
                 Err(ApiError::unavailable(

@@ -127,9 +127,29 @@ impl PendingEvent {
     }
 }
 
-/// Events whose transactions have committed on the primary: writer → replication.
-#[derive(Debug)]
-pub struct Committed(pub Vec<PendingEvent>);
+/// A writer's caller waiting for the read node to confirm its commit (`ack_after = "replica"`):
+/// answered `true` once the replica has replayed past the commit, `false` once `until` passed
+/// without that (the write stays committed; the caller is told to retry).
+pub struct Waiter {
+    pub until: std::time::Instant,
+    pub answer: Box<dyn FnOnce(bool) + Send>,
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("until", &self.until)
+            .finish()
+    }
+}
+
+/// What one commit on the primary produced: its events, and the callers that wait for the read
+/// node to confirm it: writer → replication.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub events: Vec<PendingEvent>,
+    pub waiters: Vec<Waiter>,
+}
 
 /// Events the read node can serve, to publish now: replication → relay.
 #[derive(Debug)]

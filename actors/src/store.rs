@@ -19,6 +19,10 @@ pub enum StoreError {
     /// The database could not be reached or refused the statement: the caller answers `unavailable`.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] DbErr),
+    /// Committed on the primary, but the replica did not confirm it in time (`ack_after =
+    /// "replica"`): the caller answers `unavailable`, and a retry with the same key finds it.
+    #[error("committed on the primary; the replica has not confirmed it yet")]
+    Unconfirmed,
 }
 
 impl From<DbErr> for StoreError {

@@ -5,7 +5,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::outbox::PendingEvent;
+use crate::outbox::{PendingEvent, Waiter};
 use crate::protocol::ReplicaStatus;
 use crate::wal::{Lsn, Replay};
 
@@ -20,6 +20,36 @@ pub(super) const STALLED_PROBE: Duration = Duration::from_millis(100);
 pub(super) const FAILED_PROBE: Duration = Duration::from_millis(250);
 /// The interval when nothing waits: keeps `status` fresh.
 pub(super) const IDLE_PROBE: Duration = Duration::from_secs(1);
+
+/// Commits waiting for one fence: their events, and the callers waiting for the replica.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<PendingEvent>,
+    pub waiters: Vec<Waiter>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.waiters.is_empty()
+    }
+
+    /// `newer` goes after this batch's contents.
+    fn append(&mut self, newer: Batch) {
+        self.events.extend(newer.events);
+        self.waiters.extend(newer.waiters);
+    }
+
+    /// Answers the waiters whose time is up (`false`), keeps the others.
+    fn expire(&mut self, now: Instant) {
+        let (due, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|w| w.until <= now);
+        self.waiters = keep;
+        for w in due {
+            (w.answer)(false);
+        }
+    }
+}
 
 /// What one probe saw on both nodes.
 pub struct ProbeReport {
@@ -56,9 +86,9 @@ pub(super) struct Fences {
     /// `false`: the read node serves a commit as soon as it returns (SQLite, or no replica).
     separate_replica: bool,
     /// Committed, not yet fenced, oldest first.
-    unfenced: Vec<PendingEvent>,
+    unfenced: Batch,
     /// Fenced groups, oldest (lowest fence) first.
-    fenced: VecDeque<(Lsn, Vec<PendingEvent>)>,
+    fenced: VecDeque<(Lsn, Batch)>,
     /// Ids of every event in `unfenced`, `fenced` or a running probe's batch.
     held: HashSet<String>,
     /// New commits arrived since the last batch was taken.
@@ -72,7 +102,7 @@ impl Fences {
     pub(super) fn new(separate_replica: bool) -> Self {
         Self {
             separate_replica,
-            unfenced: Vec::new(),
+            unfenced: Batch::default(),
             fenced: VecDeque::new(),
             held: HashSet::new(),
             fresh: false,
@@ -84,6 +114,16 @@ impl Fences {
     /// Events held until the replica confirms them.
     pub(super) fn waiting(&self) -> usize {
         self.held.len()
+    }
+
+    /// Callers waiting for the replica.
+    fn waiters(&self) -> usize {
+        self.unfenced.waiters.len()
+            + self
+                .fenced
+                .iter()
+                .map(|(_, b)| b.waiters.len())
+                .sum::<usize>()
     }
 
     /// Room left for the sweep.
@@ -100,11 +140,25 @@ impl Fences {
         self.fresh
     }
 
-    /// Files committed events; returns those that can go out at once (no separate replica).
-    pub(super) fn accept(&mut self, events: Vec<PendingEvent>) -> Vec<PendingEvent> {
+    /// Files committed events and their waiting callers; returns the events that can go out at
+    /// once (no separate replica: its callers are answered at once too).
+    pub(super) fn accept(
+        &mut self,
+        events: Vec<PendingEvent>,
+        waiters: Vec<Waiter>,
+    ) -> Vec<PendingEvent> {
         if !self.separate_replica {
             self.last.replica_ok = Some(true);
+            for w in waiters {
+                (w.answer)(true);
+            }
             return events;
+        }
+        if !waiters.is_empty() {
+            // Waiters are few (each is a request in flight) and never dropped: they are answered
+            // by a fence or by their deadline.
+            self.unfenced.waiters.extend(waiters);
+            self.fresh = true;
         }
         for e in events {
             if self.held.len() >= MAX_WAITING {
@@ -112,27 +166,31 @@ impl Fences {
                 continue;
             }
             if self.held.insert(e.id.clone()) {
-                self.unfenced.push(e);
+                self.unfenced.events.push(e);
                 self.fresh = true;
             }
         }
         Vec::new()
     }
 
-    /// The unfenced events, for a probe to fence.
-    pub(super) fn take_batch(&mut self) -> Vec<PendingEvent> {
+    /// The unfenced commits, for a probe to fence.
+    pub(super) fn take_batch(&mut self) -> Batch {
         self.fresh = false;
         self.interval = TIGHT_PROBE;
         std::mem::take(&mut self.unfenced)
     }
 
+    /// Tells every waiting caller whose time is up that the replica has not confirmed.
+    pub(super) fn expire(&mut self, now: Instant) {
+        self.unfenced.expire(now);
+        for (_, batch) in &mut self.fenced {
+            batch.expire(now);
+        }
+    }
+
     /// Files a probe's report; returns the events the replica now covers, each stamped with its
     /// fence, oldest first.
-    pub(super) fn apply(
-        &mut self,
-        batch: Vec<PendingEvent>,
-        report: ProbeReport,
-    ) -> Vec<PendingEvent> {
+    pub(super) fn apply(&mut self, batch: Batch, report: ProbeReport) -> Vec<PendingEvent> {
         match report.primary {
             Ok(lsn) => {
                 self.last.primary_lsn = Some(lsn);
@@ -147,7 +205,7 @@ impl Fences {
                 if !batch.is_empty() {
                     // These commits cannot be fenced yet: they go back in front of newer ones.
                     let newer = std::mem::replace(&mut self.unfenced, batch);
-                    self.unfenced.extend(newer);
+                    self.unfenced.append(newer);
                 }
             }
         }
@@ -176,10 +234,13 @@ impl Fences {
                 self.fenced.push_front((fence, group));
                 break;
             }
-            out.extend(group.into_iter().map(|mut e| {
+            out.extend(group.events.into_iter().map(|mut e| {
                 e.lsn = Some(fence);
                 e
             }));
+            for w in group.waiters {
+                (w.answer)(true);
+            }
         }
         for e in &out {
             self.held.remove(&e.id);
@@ -196,7 +257,7 @@ impl Fences {
             return NextProbe::Now;
         }
         let failed = self.last.primary_error.is_some() || self.last.replica_error.is_some();
-        NextProbe::After(if self.waiting() == 0 {
+        NextProbe::After(if self.waiting() + self.waiters() == 0 {
             self.interval = TIGHT_PROBE;
             if failed { FAILED_PROBE } else { IDLE_PROBE }
         } else if failed {
@@ -254,7 +315,7 @@ impl Fences {
         if let Some(e) = &self.last.primary_error {
             why.push(format!(
                 "the primary does not answer ({e}); {} committed events cannot be fenced until it is back",
-                self.unfenced.len()
+                self.unfenced.events.len()
             ));
         }
         if waiting > 0 && why.is_empty() {
@@ -303,10 +364,25 @@ mod tests {
         events.iter().map(|e| e.id.as_str()).collect()
     }
 
+    fn batch_ids(b: &Batch) -> Vec<&str> {
+        ids(&b.events)
+    }
+
+    /// A waiter that records its answer.
+    fn waiter(until: Instant) -> (Waiter, std::sync::Arc<std::sync::Mutex<Option<bool>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let s = seen.clone();
+        let w = Waiter {
+            until,
+            answer: Box::new(move |ok| *s.lock().unwrap() = Some(ok)),
+        };
+        (w, seen)
+    }
+
     #[test]
     fn same_node_releases_at_once_and_holds_nothing() {
         let mut f = Fences::new(false);
-        let out = f.accept(vec![event(1), event(2)]);
+        let out = f.accept(vec![event(1), event(2)], Vec::new());
         assert_eq!(ids(&out), ["e1", "e2"]);
         assert_eq!(f.waiting(), 0);
         assert_eq!(f.status().mode, "same-as-primary");
@@ -315,7 +391,7 @@ mod tests {
     #[test]
     fn a_group_goes_out_once_replay_passes_its_fence_with_the_fence_stamped() {
         let mut f = Fences::new(true);
-        assert!(f.accept(vec![event(1), event(2)]).is_empty());
+        assert!(f.accept(vec![event(1), event(2)], Vec::new()).is_empty());
         assert!(f.fresh());
         let batch = f.take_batch();
         // Fenced at 100, replica at 90: held.
@@ -331,7 +407,7 @@ mod tests {
         assert!(f.status().reason.is_some());
         // A later probe sees replay at 100: released, stamped with the fence.
         let out = f.apply(
-            Vec::new(),
+            Batch::default(),
             ProbeReport {
                 primary: Ok(Lsn(120)),
                 replica: replay(100),
@@ -347,7 +423,7 @@ mod tests {
     #[test]
     fn groups_leave_in_fence_order_and_only_as_far_as_replay() {
         let mut f = Fences::new(true);
-        f.accept(vec![event(1)]);
+        f.accept(vec![event(1)], Vec::new());
         let b1 = f.take_batch();
         f.apply(
             b1,
@@ -356,7 +432,7 @@ mod tests {
                 replica: replay(5),
             },
         );
-        f.accept(vec![event(2)]);
+        f.accept(vec![event(2)], Vec::new());
         let b2 = f.take_batch();
         let out = f.apply(
             b2,
@@ -367,7 +443,7 @@ mod tests {
         );
         assert_eq!(ids(&out), ["e1"]);
         let out = f.apply(
-            Vec::new(),
+            Batch::default(),
             ProbeReport {
                 primary: Ok(Lsn(20)),
                 replica: replay(20),
@@ -379,9 +455,9 @@ mod tests {
     #[test]
     fn a_primary_that_cannot_fence_keeps_the_batch_in_front_of_newer_commits() {
         let mut f = Fences::new(true);
-        f.accept(vec![event(1)]);
+        f.accept(vec![event(1)], Vec::new());
         let batch = f.take_batch();
-        f.accept(vec![event(2)]);
+        f.accept(vec![event(2)], Vec::new());
         let out = f.apply(
             batch,
             ProbeReport {
@@ -397,7 +473,7 @@ mod tests {
                 .contains("primary does not answer")
         );
         let batch = f.take_batch();
-        assert_eq!(ids(&batch), ["e1", "e2"]);
+        assert_eq!(batch_ids(&batch), ["e1", "e2"]);
         let out = f.apply(
             batch,
             ProbeReport {
@@ -411,7 +487,7 @@ mod tests {
     #[test]
     fn a_replica_that_does_not_answer_releases_nothing_and_says_so() {
         let mut f = Fences::new(true);
-        f.accept(vec![event(1)]);
+        f.accept(vec![event(1)], Vec::new());
         let batch = f.take_batch();
         let out = f.apply(
             batch,
@@ -430,10 +506,13 @@ mod tests {
     #[test]
     fn a_duplicate_event_is_held_once_and_the_queue_is_bounded() {
         let mut f = Fences::new(true);
-        f.accept(vec![event(1), event(1)]);
+        f.accept(vec![event(1), event(1)], Vec::new());
         assert_eq!(f.waiting(), 1);
         assert!(f.holds("e1"));
-        f.accept((2..(MAX_WAITING as u64 + 10)).map(event).collect());
+        f.accept(
+            (2..(MAX_WAITING as u64 + 10)).map(event).collect(),
+            Vec::new(),
+        );
         assert_eq!(f.waiting(), MAX_WAITING);
         assert_eq!(f.room(), 0);
     }
@@ -442,7 +521,7 @@ mod tests {
     fn the_cadence_tightens_on_progress_backs_off_on_a_stall_and_idles_when_empty() {
         let mut f = Fences::new(true);
         assert_eq!(f.next_probe(false), NextProbe::After(IDLE_PROBE));
-        f.accept(vec![event(1)]);
+        f.accept(vec![event(1)], Vec::new());
         assert_eq!(
             f.next_probe(false),
             NextProbe::Now,
@@ -467,7 +546,7 @@ mod tests {
         assert_eq!(last, STALLED_PROBE);
         assert_eq!(f.next_probe(true), NextProbe::After(TIGHT_PROBE));
         f.apply(
-            Vec::new(),
+            Batch::default(),
             ProbeReport {
                 primary: Ok(Lsn(10)),
                 replica: replay(10),
@@ -479,7 +558,7 @@ mod tests {
     #[test]
     fn a_paused_replay_is_named_in_the_reason() {
         let mut f = Fences::new(true);
-        f.accept(vec![event(1)]);
+        f.accept(vec![event(1)], Vec::new());
         let batch = f.take_batch();
         let paused = Ok(Replay {
             lsn: Lsn(1),
@@ -494,5 +573,76 @@ mod tests {
             },
         );
         assert!(f.status().reason.unwrap().contains("pg_wal_replay_resume"));
+    }
+
+    #[test]
+    fn a_waiter_is_answered_when_its_fence_is_passed() {
+        let mut f = Fences::new(true);
+        let (w, seen) = waiter(Instant::now() + Duration::from_secs(60));
+        f.accept(Vec::new(), vec![w]);
+        assert!(f.fresh(), "a waiter alone asks for a probe");
+        let batch = f.take_batch();
+        f.apply(
+            batch,
+            ProbeReport {
+                primary: Ok(Lsn(10)),
+                replica: replay(5),
+            },
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            None,
+            "not before replay passes the fence"
+        );
+        assert_eq!(
+            f.next_probe(false),
+            NextProbe::After(TIGHT_PROBE * 2),
+            "a waiter keeps probing"
+        );
+        f.apply(
+            Batch::default(),
+            ProbeReport {
+                primary: Ok(Lsn(12)),
+                replica: replay(10),
+            },
+        );
+        assert_eq!(*seen.lock().unwrap(), Some(true));
+    }
+
+    #[test]
+    fn a_waiter_whose_time_is_up_is_told_no_and_forgotten() {
+        let mut f = Fences::new(true);
+        let now = Instant::now();
+        let (early, seen_early) = waiter(now + Duration::from_millis(10));
+        let (late, seen_late) = waiter(now + Duration::from_secs(60));
+        f.accept(vec![event(1)], vec![early, late]);
+        let batch = f.take_batch();
+        f.apply(
+            batch,
+            ProbeReport {
+                primary: Ok(Lsn(10)),
+                replica: Err("down".into()),
+            },
+        );
+        f.expire(now + Duration::from_secs(1));
+        assert_eq!(*seen_early.lock().unwrap(), Some(false));
+        assert_eq!(*seen_late.lock().unwrap(), None);
+        f.apply(
+            Batch::default(),
+            ProbeReport {
+                primary: Ok(Lsn(10)),
+                replica: replay(10),
+            },
+        );
+        assert_eq!(*seen_late.lock().unwrap(), Some(true));
+        assert_eq!(*seen_early.lock().unwrap(), Some(false), "answered once");
+    }
+
+    #[test]
+    fn without_a_separate_replica_waiters_are_answered_at_once() {
+        let mut f = Fences::new(false);
+        let (w, seen) = waiter(Instant::now());
+        f.accept(Vec::new(), vec![w]);
+        assert_eq!(*seen.lock().unwrap(), Some(true));
     }
 }

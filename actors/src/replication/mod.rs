@@ -8,6 +8,10 @@
 //! node is a read-only pool on the same file, so a commit is readable at once and events pass
 //! straight through.
 //!
+//! Callers that must not be answered before the replica has their commit (`ack_after =
+//! "replica"`) ride along with their commit's events and are answered when its fence is passed,
+//! or told `unavailable` once their time is up.
+//!
 //! A periodic sweep hands over outbox rows nobody is carrying (left by a crash, a NATS outage, a
 //! primary outage, a restarted actor or a peer instance), oldest first; JetStream's `Nats-Msg-Id`
 //! dedupe makes a second publish harmless. A (re)started replication actor probes at once and
@@ -15,7 +19,7 @@
 
 mod fences;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use entities::outbox;
 use ractor::concurrency::JoinHandle;
@@ -26,7 +30,7 @@ use crate::outbox::{Committed, PendingEvent, Released};
 use crate::protocol::ReplicaStatus;
 use crate::store::Db;
 use crate::wal::{current_lsn, replay_position};
-use fences::{Fences, NextProbe, ProbeReport};
+use fences::{Batch, Fences, NextProbe, ProbeReport};
 
 /// A node that takes longer than this to answer a probe counts as unreachable.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -38,12 +42,13 @@ const SWEEP_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 const SWEEP_ROWS: usize = 5_000;
 
 pub enum ReplicationMsg {
-    /// Events whose transactions have committed on the primary.
-    Committed(Vec<PendingEvent>),
+    /// Events whose transactions have committed on the primary, and the callers waiting for the
+    /// replica to confirm those commits.
+    Committed(Committed),
     Probe,
-    /// A probe task's findings; `batch` are the events it fenced (or tried to).
+    /// A probe task's findings; `batch` is what it fenced (or tried to).
     Probed {
-        batch: Vec<PendingEvent>,
+        batch: Batch,
         report: ProbeReport,
     },
     /// Read the outbox for rows nobody carries; `all` takes young rows too.
@@ -60,7 +65,7 @@ pub enum ReplicationMsg {
 
 impl From<Committed> for ReplicationMsg {
     fn from(c: Committed) -> Self {
-        Self::Committed(c.0)
+        Self::Committed(c)
     }
 }
 
@@ -68,7 +73,7 @@ impl TryFrom<ReplicationMsg> for Committed {
     type Error = ();
     fn try_from(m: ReplicationMsg) -> Result<Self, ()> {
         match m {
-            ReplicationMsg::Committed(events) => Ok(Committed(events)),
+            ReplicationMsg::Committed(c) => Ok(c),
             _ => Err(()),
         }
     }
@@ -138,18 +143,20 @@ impl Actor for ReplicationActor {
         state: &mut ReplicationState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ReplicationMsg::Committed(events) => {
-                let now = state.fences.accept(events);
+            ReplicationMsg::Committed(Committed { events, waiters }) => {
+                let now = state.fences.accept(events, waiters);
                 state.release(now);
                 state.kick(&myself);
             }
             ReplicationMsg::Probe => {
                 state.timer = None;
+                state.fences.expire(Instant::now());
                 state.start_probe(&myself);
             }
             ReplicationMsg::Probed { batch, report } => {
                 state.probing = false;
                 let out = state.fences.apply(batch, report);
+                state.fences.expire(Instant::now());
                 let progress = !out.is_empty();
                 state.release(out);
                 state.schedule(&myself, progress);
@@ -276,7 +283,7 @@ impl ReplicationState {
                 "sweep: republishing unpublished outbox rows"
             );
         }
-        let now = self.fences.accept(stale);
+        let now = self.fences.accept(stale, Vec::new());
         self.release(now);
     }
 }

@@ -20,12 +20,15 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::link::Link;
-use crate::outbox::{Committed, PendingEvent, Published, SettleCheck};
+use crate::outbox::{Committed, PendingEvent, Published, SettleCheck, Waiter};
 use crate::partners::Partners;
 use crate::store::StoreError;
 
 /// Most ops in one transaction.
 const MAX_BATCH: usize = 512;
+/// How long a caller waits for the replica to confirm its commit (`ack_after = "replica"`):
+/// with the commit itself, the answer comes within 2 s.
+const CONFIRM_WITHIN: Duration = Duration::from_millis(1200);
 /// After the primary could not be reached, ops fail at once for this long before the next real
 /// attempt: a down primary costs each caller milliseconds, not a connection timeout each.
 const DOWN_RETRY: Duration = Duration::from_millis(250);
@@ -93,6 +96,8 @@ pub struct WriterArgs {
     pub committed: Link<Committed>,
     /// Who hears of orders whose result event is out: the settler.
     pub settle: Link<SettleCheck>,
+    /// Answer a write only once the read node has replayed it (`ack_after = "replica"`).
+    pub ack_after_replica: bool,
 }
 
 pub struct WriterState {
@@ -100,6 +105,7 @@ pub struct WriterState {
     partners: Arc<Partners>,
     committed: Link<Committed>,
     settle: Link<SettleCheck>,
+    ack_after_replica: bool,
     buffer: Vec<(WriteOp, WriteReply)>,
     published: Vec<PendingEvent>,
     settlements: Vec<(PendingEvent, i32)>,
@@ -123,6 +129,7 @@ impl Actor for Writer {
             partners: args.partners,
             committed: args.committed,
             settle: args.settle,
+            ack_after_replica: args.ack_after_replica,
             buffer: Vec::with_capacity(MAX_BATCH),
             published: Vec::new(),
             settlements: Vec::new(),
@@ -253,23 +260,52 @@ impl WriterState {
             })
             .collect();
         events.extend(done.settled);
-        if !events.is_empty()
-            && let Err(e) = self.committed.cast(Committed(events))
-        {
-            // The outbox rows are committed: the periodic sweep publishes them.
-            tracing::warn!(error = %e, "events wait for the sweep");
-        }
         if !done.notified.is_empty()
             && let Err(e) = self.settle.cast(SettleCheck(done.notified))
         {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         let mut outcomes = done.outcomes.into_iter();
-        answer(replies, |_| {
-            outcomes
-                .next()
-                .ok_or_else(|| StoreError::Unavailable(DbErr::Custom("missing outcome".into())))
-        });
+        let answers: Vec<(WriteReply, Result<WriteOutcome, StoreError>)> = replies
+            .into_iter()
+            .map(|reply| {
+                let outcome = outcomes.next().ok_or_else(|| {
+                    StoreError::Unavailable(DbErr::Custom("missing outcome".into()))
+                });
+                (reply, outcome)
+            })
+            .collect();
+        let (answers, waiters) = if self.ack_after_replica {
+            // The callers are answered by the replication actor once the replica has the commit
+            // (a dropped waiter drops its port: the caller hears `unavailable` at once).
+            let until = Instant::now() + CONFIRM_WITHIN;
+            let waiters = answers
+                .into_iter()
+                .map(|(reply, outcome)| Waiter {
+                    until,
+                    answer: Box::new(move |confirmed| {
+                        let _ = reply.send(if confirmed {
+                            outcome
+                        } else {
+                            Err(StoreError::Unconfirmed)
+                        });
+                    }),
+                })
+                .collect();
+            (Vec::new(), waiters)
+        } else {
+            (answers, Vec::new())
+        };
+        if (!events.is_empty() || !waiters.is_empty())
+            && let Err(e) = self.committed.cast(Committed { events, waiters })
+        {
+            // The outbox rows are committed: the periodic sweep publishes them.
+            tracing::warn!(error = %e, "events wait for the sweep");
+        }
+        for (reply, outcome) in answers {
+            // A caller that timed out has dropped its port: nothing to do.
+            let _ = reply.send(outcome);
+        }
     }
 }
 
