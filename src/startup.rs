@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::protocol::{Subjects, consumer};
-use actors::store::{Db, DbUrls};
+use actors::store::Db;
 use actors::{Hub, HubConfig, Tuning};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, stream};
@@ -16,68 +16,82 @@ use tokio::sync::Semaphore;
 
 use crate::endpoints::{Handlers, Kind};
 use crate::micro::{self, ServiceConfig};
-use crate::natsserver::{self, NatsServer};
-use crate::settings::{NatsSettings, Settings, redact};
+use crate::natsserver::NatsServer;
+use crate::settings::{NatsSettings, Settings};
+use crate::urls::{NatsUrls, redact};
 
 /// Connects to NATS as the URL's user, with that user's own inbox prefix (`_INBOX_<user>`), as
-/// `nats.conf` requires of every role.
+/// `nats.conf` requires of every role. `url` may be a comma-separated list of servers (a cluster):
+/// the client connects to one and fails over to the others.
 pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .request_timeout(Some(Duration::from_secs(10)))
-        .connection_timeout(Duration::from_secs(3));
-    // async-nats does not read credentials from the URL itself: lift them into the options.
-    let (creds, bare) = natsserver::split_credentials(url);
-    if let Some((user, password)) = creds {
+    let urls = NatsUrls::parse(url)?;
+    let mut options = base_options(name);
+    if let Some(user) = urls.user() {
         options = options
             .custom_inbox_prefix(format!("_INBOX_{user}"))
-            .user_and_password(user, password);
+            .user_and_password(
+                user.to_owned(),
+                urls.password().unwrap_or_default().to_owned(),
+            );
     }
     options
-        .connect(bare.as_str())
+        .connect(urls.servers())
         .await
         .with_context(|| format!("connecting to NATS at {}", redact(url)))
 }
 
+/// What every connection shares: a name and timeouts. The first connection tries every server
+/// of the list; once connected, the client reconnects for ever (to any server of the cluster).
+fn base_options(name: &str) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .request_timeout(Some(Duration::from_secs(10)))
+        .connection_timeout(Duration::from_secs(3))
+}
+
 /// Connects the hub (or `orderhub status`) with the configured login: a `.creds` file, an nkey
-/// seed file, or the URL's user and password; inbox prefix `nats.inbox_prefix`, else the role's.
+/// seed file, or the URL's user and password; inbox prefix `nats.inbox_prefix`, else the
+/// role's (`_INBOX_<user>`, or `_INBOX_hub` for a `.creds` or nkey login).
 pub async fn connect_hub(nats: &NatsSettings, name: &str) -> anyhow::Result<async_nats::Client> {
-    if nats.credentials_file.is_empty() && nats.nkey_seed_file.is_empty() {
-        return connect_nats(&nats.url, name).await;
-    }
+    let urls = NatsUrls::parse(&nats.url)?;
     let mut options = if !nats.credentials_file.is_empty() {
         async_nats::ConnectOptions::with_credentials_file(&nats.credentials_file)
             .await
             .with_context(|| format!("reading nats.credentials_file {}", nats.credentials_file))?
-    } else {
+    } else if !nats.nkey_seed_file.is_empty() {
         let seed = std::fs::read_to_string(&nats.nkey_seed_file)
             .with_context(|| format!("reading nats.nkey_seed_file {}", nats.nkey_seed_file))?;
         async_nats::ConnectOptions::new().nkey(seed.trim().to_owned())
-    };
-    let prefix = if nats.inbox_prefix.is_empty() {
-        "_INBOX_hub".to_owned()
+    } else if let Some(user) = urls.user() {
+        async_nats::ConnectOptions::new().user_and_password(
+            user.to_owned(),
+            urls.password().unwrap_or_default().to_owned(),
+        )
     } else {
+        async_nats::ConnectOptions::new()
+    };
+    let prefix = if !nats.inbox_prefix.is_empty() {
         nats.inbox_prefix.clone()
+    } else {
+        format!("_INBOX_{}", urls.user().unwrap_or("hub"))
     };
     options = options
         .name(name)
         .custom_inbox_prefix(prefix)
         .request_timeout(Some(Duration::from_secs(10)))
         .connection_timeout(Duration::from_secs(3));
-    let (_, bare) = natsserver::split_credentials(&nats.url);
     options
-        .connect(bare.as_str())
+        .connect(urls.servers())
         .await
-        .with_context(|| format!("connecting to NATS at {bare}"))
+        .with_context(|| format!("connecting to NATS at {}", redact(&nats.url)))
 }
 
-/// Starts `nats-server` from `nats.conf` on the URL's port when nothing answers there.
+/// Starts `nats-server` from `nats.conf` on the (first) URL's port when nothing answers there.
 pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<NatsServer>> {
     if !settings.nats.spawn_server {
         return Ok(None);
     }
-    let (host, port) =
-        natsserver::host_port(&settings.nats.url).context("nats.url has no host:port")?;
+    let (host, port) = NatsUrls::parse(&settings.nats.url)?.first_host_port();
     if std::net::TcpStream::connect((host.as_str(), port)).is_ok() {
         return Ok(None);
     }
@@ -86,7 +100,7 @@ pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<
         "no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})",
         dir.display()
     );
-    Ok(Some(NatsServer::start(port, &dir).await?))
+    Ok(Some(NatsServer::start(Some(port), &dir).await?))
 }
 
 /// Creates or updates stream `ORDER_EVENTS` and the durable consumers of DESIGN.md "Roles".
@@ -170,13 +184,9 @@ impl App {
         let nats = spawn_nats_if_needed(&settings).await?;
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
         let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
-        let db = Db::connect(&DbUrls {
-            primary: settings.database.primary_url.clone(),
-            replica: settings.database.replica_url.clone(),
-            aux: settings.database.aux_url.clone(),
-        })
-        .await
-        .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
+        let db = Db::connect(&settings.database.urls())
+            .await
+            .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
         db.migrate().await.context("applying migrations")?;
         if !db.await_replica(REPLICA_AT_START).await {
             tracing::warn!(

@@ -150,11 +150,17 @@ impl Actor for OrderActor {
 }
 
 impl OrderState {
-    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, ApiError> {
+    /// Hands `op` to the order's writer; `confirm`: a client waits for the answer, so it comes
+    /// only once the replica has the commit (when the hub acknowledges after the replica).
+    async fn write(&self, op: WriteOp, confirm: bool) -> Result<WriteOutcome, ApiError> {
         let writer = self.ctx.writers.for_order(&self.id);
         match writer
             .call(
-                |reply| WriterMsg::Write(Box::new(op), reply),
+                |reply| WriterMsg::Write {
+                    op: Box::new(op),
+                    reply,
+                    confirm,
+                },
                 self.ctx.tuning.write_timeout,
             )
             .await
@@ -232,10 +238,13 @@ impl OrderState {
             now,
         );
         match self
-            .write(WriteOp::InsertOrder {
-                order: order.clone(),
-                event,
-            })
+            .write(
+                WriteOp::InsertOrder {
+                    order: order.clone(),
+                    event,
+                },
+                true,
+            )
             .await?
         {
             WriteOutcome::Done => {
@@ -334,10 +343,13 @@ impl OrderState {
             now,
         );
         match self
-            .write(WriteOp::StoreLateResult {
-                late: late.clone(),
-                event,
-            })
+            .write(
+                WriteOp::StoreLateResult {
+                    late: late.clone(),
+                    event,
+                },
+                true,
+            )
             .await?
         {
             WriteOutcome::Done => {
@@ -387,11 +399,16 @@ impl OrderState {
             Some(&result),
             now,
         );
+        // The hub's own timeout has nobody waiting for it.
+        let confirm = result.result_id != TIMEOUT_RESULT_ID;
         let outcome = self
-            .write(WriteOp::StoreResult {
-                result: result.clone(),
-                event,
-            })
+            .write(
+                WriteOp::StoreResult {
+                    result: result.clone(),
+                    event,
+                },
+                confirm,
+            )
             .await?;
         if matches!(outcome, WriteOutcome::Done) {
             self.ctx.partners.adjust(&order.partner_id, -1);

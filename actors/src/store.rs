@@ -38,6 +38,8 @@ pub struct DbUrls {
     /// Empty: the read node is a read-only pool on the primary (SQLite) or the primary itself.
     pub replica: String,
     pub aux: String,
+    /// The auxiliary database as the streaming replica serves it, when it has a copy.
+    pub aux_standby: Option<String>,
 }
 
 /// The hub's three connection pools.
@@ -141,15 +143,9 @@ impl Db {
             false,
         ))
         .await?;
-        let aux_standby = match (
-            server_of(&urls.primary),
-            server_of(&urls.aux),
-            server_of(&urls.replica),
-        ) {
-            (Some(p), Some(a), Some(r))
-                if separate_replica && p == a && urls.aux.starts_with("postgres") =>
-            {
-                let mut o = options(&on_server(&urls.aux, r), 4, false);
+        let aux_standby = match &urls.aux_standby {
+            Some(url) if separate_replica => {
+                let mut o = options(url, 4, false);
                 o.connect_lazy(true);
                 Some(Database::connect(o).await?)
             }
@@ -571,47 +567,4 @@ fn epoch_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
-}
-
-/// The `host:port` of a `postgres://[user[:password]@]host[:port]/db?...` URL.
-fn server_of(url: &str) -> Option<&str> {
-    let rest = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))?;
-    let authority = rest.split(['/', '?']).next()?;
-    let server = authority.rsplit_once('@').map_or(authority, |(_, s)| s);
-    (!server.is_empty()).then_some(server)
-}
-
-/// `url` pointed at another `host:port`, keeping its user, database and parameters.
-fn on_server(url: &str, server: &str) -> String {
-    let Some(old) = server_of(url) else {
-        return url.to_owned();
-    };
-    let Some(at) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let start = url[at..]
-        .split(['/', '?'])
-        .next()
-        .map_or(at, |auth| at + auth.len() - old.len());
-    format!("{}{server}{}", &url[..start], &url[start + old.len()..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{on_server, server_of};
-
-    #[test]
-    fn aux_standby_url_follows_the_replica() {
-        let aux = "postgres://app:pw@10.0.0.1:5432/orderhub_aux?sslmode=disable";
-        assert_eq!(server_of(aux), Some("10.0.0.1:5432"));
-        assert_eq!(server_of("postgres://db/x"), Some("db"));
-        assert_eq!(server_of("sqlite://data/aux.db"), None);
-        assert_eq!(
-            on_server(aux, "10.0.0.2:5433"),
-            "postgres://app:pw@10.0.0.2:5433/orderhub_aux?sslmode=disable"
-        );
-        assert_eq!(on_server("postgres://db/x", "db2:1"), "postgres://db2:1/x");
-    }
 }

@@ -14,22 +14,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::micro::{NATS_SERVICE_ERROR, NATS_SERVICE_ERROR_CODE};
-use crate::settings::redact;
+use crate::urls::{NatsUrls, redact};
 
 /// Messages asked for per pull request.
 const PULL_BATCH: usize = 256;
 
-/// The hub's URL with the credentials of another `nats.conf` role: `<user>:<user>-dev`, the
-/// development passwords. The URL's own credentials (normally `hub:hub-dev`) are replaced.
-pub fn role_url(hub_url: &str, user: &str) -> String {
-    let (scheme, rest) = hub_url.split_once("://").unwrap_or(("nats", hub_url));
-    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    format!("{scheme}://{user}:{user}-dev@{host}")
+/// The hub's URL (every server of it) with the credentials of another `nats.conf` role:
+/// `<user>:<user>-dev`, the development passwords. The URL's own login is replaced.
+pub fn role_url(hub_url: &str, user: &str) -> anyhow::Result<String> {
+    Ok(NatsUrls::parse(hub_url)?.with_login(user, &format!("{user}-dev")))
 }
 
 /// Connects as `user` (with its own `_INBOX_<user>` prefix, see [`crate::startup::connect_nats`]).
 pub async fn connect_role(hub_url: &str, user: &str) -> anyhow::Result<Client> {
-    let url = role_url(hub_url, user);
+    let url = role_url(hub_url, user)?;
     crate::startup::connect_nats(&url, &format!("orderhub-demo-{user}"))
         .await
         .with_context(|| format!("connecting as NATS user `{user}` ({})", redact(&url)))
@@ -202,12 +200,16 @@ mod tests {
     #[test]
     fn role_urls_swap_credentials() {
         assert_eq!(
-            role_url("nats://hub:hub-dev@127.0.0.1:4222", "gateway"),
+            role_url("nats://hub:hub-dev@127.0.0.1:4222", "gateway").unwrap(),
             "nats://gateway:gateway-dev@127.0.0.1:4222"
         );
         assert_eq!(
-            role_url("nats://127.0.0.1:4333", "aux"),
+            role_url("nats://127.0.0.1:4333", "aux").unwrap(),
             "nats://aux:aux-dev@127.0.0.1:4333"
+        );
+        assert_eq!(
+            role_url("nats://hub:hub-dev@h:1,nats://hub:hub-dev@h:2", "gateway").unwrap(),
+            "nats://gateway:gateway-dev@h:1,nats://gateway:gateway-dev@h:2"
         );
     }
 }

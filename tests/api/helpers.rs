@@ -17,7 +17,7 @@ use actors::wal::Lsn;
 use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
 use async_nats::{Client, HeaderMap};
 use futures::StreamExt;
-use orderhub::natsserver::{NatsServer, free_port};
+use orderhub::natsserver::NatsServer;
 pub use orderhub::{App, Settings};
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 use serde_json::{Value, json};
@@ -41,7 +41,7 @@ pub struct TestNats {
 impl TestNats {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = NatsServer::start(free_port().expect("free port"), &dir.path().join("js"))
+        let server = NatsServer::start(None, &dir.path().join("js"))
             .await
             .expect("nats-server starts (run scripts/install-nats-server if it is missing)");
         Self { server, _dir: dir }
@@ -398,17 +398,7 @@ fn pg_pair_script() -> PathBuf {
 
 /// `url` with its database replaced by `db`.
 fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let host_start = base.find("://").map_or(0, |i| i + 3);
-    let base = base[host_start..]
-        .find('/')
-        .map_or(base, |i| &base[..host_start + i]);
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
+    orderhub::urls::with_database(url, db).expect("a database URL")
 }
 
 fn parse_lsn_header(text: &str) -> Lsn {

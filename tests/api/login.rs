@@ -1,11 +1,8 @@
 //! The hub logs in with an nkey instead of a password (production's replacement for the
 //! development passwords), keeping its inbox prefix and rights.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use orderhub::App;
-use orderhub::natsserver::{ensure_binary, free_port, nats_conf};
+use orderhub::natsserver::{NatsServer, nats_conf};
 
 use crate::helpers::*;
 
@@ -15,7 +12,7 @@ async fn hub_logs_in_with_an_nkey_seed() {
     let dir = tempfile::tempdir().unwrap();
     let key = nkeys::KeyPair::new_user();
     let seed = key.seed().expect("seed");
-    let conf = std::fs::read_to_string(nats_conf()).expect("nats.conf");
+    let conf = std::fs::read_to_string(nats_conf().expect("nats.conf")).expect("nats.conf");
     let with_nkey = conf.replacen(
         "user: hub\n      password: hub-dev",
         &format!("nkey: {}", key.public_key()),
@@ -30,23 +27,10 @@ async fn hub_logs_in_with_an_nkey_seed() {
     let seed_path = dir.path().join("hub.nk");
     std::fs::write(&seed_path, seed).unwrap();
 
-    let port = free_port().unwrap();
-    let _server = tokio::process::Command::new(ensure_binary().unwrap())
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-p", &port.to_string(), "-sd"])
-        .arg(dir.path().join("js"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("nats-server");
-    eventually(Duration::from_secs(10), "nats-server listens", || async {
-        std::net::TcpStream::connect(("127.0.0.1", port))
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    let server = NatsServer::start_from(&conf_path, None, &dir.path().join("js"))
+        .await
+        .expect("nats-server with the hub's nkey starts");
+    let port = server.port;
 
     let mut settings = Settings::load(None).unwrap();
     settings.nats.url = format!("nats://127.0.0.1:{port}");

@@ -403,13 +403,25 @@ async fn a_late_result_before_the_timeouts_event_still_gives_the_strict_chain() 
         (t["order"]["status"] == "result_stored").then_some(())
     })
     .await;
-    let r = request(
-        &globex,
-        "orders.partner.globex-hotels.result",
-        json!({"order_id": id, "result_id": "early-late", "outcome": "confirmed"}),
-    )
-    .await;
-    assert_eq!(r.assert_ok()["status"], "late_result_stored");
+    // With `ack_after = "replica"` the late result is committed but cannot be confirmed while
+    // replay is paused: `unavailable` within 2 s, and it stays stored.
+    let late = json!({"order_id": id, "result_id": "early-late", "outcome": "confirmed"});
+    let started = std::time::Instant::now();
+    let r = request(&globex, "orders.partner.globex-hotels.result", late.clone()).await;
+    r.assert_error("unavailable", 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("replica"),
+        "{}",
+        r.body
+    );
     let t = trace(id.clone()).await;
     assert_eq!(
         t["order"]["status"], "result_stored",
@@ -418,6 +430,12 @@ async fn a_late_result_before_the_timeouts_event_still_gives_the_strict_chain() 
     assert_eq!(t["late_result"]["result_id"], "early-late");
 
     pair.resume_replay().await;
+    // The retry with the same result gets the normal answer once the replica has it.
+    let r = request(&globex, "orders.partner.globex-hotels.result", late).await;
+    assert_eq!(
+        r.assert_ok(),
+        &json!({"order_id": id, "status": "late_result_stored", "duplicate": true})
+    );
     let events = next_events(&gateway, "gateway", 2, WAIT).await;
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(

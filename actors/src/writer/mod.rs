@@ -26,9 +26,11 @@ use crate::store::StoreError;
 
 /// Most ops in one transaction.
 const MAX_BATCH: usize = 512;
-/// How long a caller waits for the replica to confirm its commit (`ack_after = "replica"`):
-/// with the commit itself, the answer comes within 2 s.
-const CONFIRM_WITHIN: Duration = Duration::from_millis(1200);
+/// How long after its write reached the writer a caller waits for the replica to confirm the
+/// commit (`ack_after = "replica"`), so that the answer comes within 2 s of the request.
+const CONFIRM_WITHIN: Duration = Duration::from_millis(1300);
+/// The least time the replica gets after a slow commit.
+const MIN_CONFIRM: Duration = Duration::from_millis(100);
 /// After the primary could not be reached, ops fail at once for this long before the next real
 /// attempt: a down primary costs each caller milliseconds, not a connection timeout each.
 const DOWN_RETRY: Duration = Duration::from_millis(250);
@@ -70,9 +72,23 @@ pub enum WriteOutcome {
 /// The answer port of a write.
 pub type WriteReply = RpcReplyPort<Result<WriteOutcome, StoreError>>;
 
+/// Who waits for a write.
+pub struct Caller {
+    reply: WriteReply,
+    /// Answer only once the replica has the commit (when the hub acknowledges after the
+    /// replica): a caller that answers a client. The hub's own writes (a timeout) need not wait.
+    confirm: bool,
+    arrived: Instant,
+}
+
 pub enum WriterMsg {
-    /// Boxed: ops carry whole rows, and the mailbox should not size every message for them.
-    Write(Box<WriteOp>, WriteReply),
+    /// A write; `confirm` as in [`Caller`]. Boxed: ops carry whole rows, and the mailbox should
+    /// not size every message for them.
+    Write {
+        op: Box<WriteOp>,
+        reply: WriteReply,
+        confirm: bool,
+    },
     /// Events JetStream acknowledged: mark them released in the next commit.
     Published(Vec<PendingEvent>),
     /// Settled events to make, each with the order version it was checked at.
@@ -106,7 +122,7 @@ pub struct WriterState {
     committed: Link<Committed>,
     settle: Link<SettleCheck>,
     ack_after_replica: bool,
-    buffer: Vec<(WriteOp, WriteReply)>,
+    buffer: Vec<(WriteOp, Caller)>,
     published: Vec<PendingEvent>,
     settlements: Vec<(PendingEvent, i32)>,
     flush_scheduled: bool,
@@ -145,7 +161,14 @@ impl Actor for Writer {
         state: &mut WriterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WriterMsg::Write(op, reply) => state.buffer.push((*op, reply)),
+            WriterMsg::Write { op, reply, confirm } => state.buffer.push((
+                *op,
+                Caller {
+                    reply,
+                    confirm,
+                    arrived: Instant::now(),
+                },
+            )),
             WriterMsg::Published(events) => state.published.extend(events),
             WriterMsg::Settle(events) => state.settlements.extend(events),
             WriterMsg::Flush => {
@@ -175,7 +198,7 @@ impl WriterState {
         if self.pending() == 0 {
             return;
         }
-        let (ops, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
+        let (ops, callers): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
         let published = std::mem::take(&mut self.published);
         let settle = std::mem::take(&mut self.settlements);
         if self
@@ -184,7 +207,7 @@ impl WriterState {
         {
             // Published rows stay unpublished in the outbox (the sweep brings them back), and
             // settlements are found again by the settler's scan.
-            answer(replies, |_| Err(primary_down()));
+            answer(callers, |_| Err(primary_down()));
             return;
         }
         let started = Instant::now();
@@ -208,25 +231,25 @@ impl WriterState {
             "group commit"
         );
         match committed {
-            Ok(done) => self.finish(&ops, replies, done),
+            Ok(done) => self.finish(&ops, callers, done),
             // A lone op, or a primary out of reach: retrying one by one would only wait again.
             Err(e) if ops.len() <= 1 || self.primary_down_at.is_some() => {
                 tracing::warn!(error = %e, ops = ops.len(), "write failed");
-                answer(replies, |_| Err(StoreError::Unavailable(clone_err(&e))));
+                answer(callers, |_| Err(StoreError::Unavailable(clone_err(&e))));
             }
             Err(e) => {
                 tracing::warn!(error = %e, ops = ops.len(), "batch failed; retrying ops one by one");
-                self.one_by_one(ops, replies).await;
+                self.one_by_one(ops, callers).await;
             }
         }
     }
 
     /// One bad op must not fail its neighbours: each op alone. Release marks and settlements of
     /// the failed batch are not retried here: the sweep and the settler's scan bring them back.
-    async fn one_by_one(&mut self, ops: Vec<WriteOp>, replies: Vec<WriteReply>) {
-        for (op, reply) in ops.into_iter().zip(replies) {
+    async fn one_by_one(&mut self, ops: Vec<WriteOp>, callers: Vec<Caller>) {
+        for (op, caller) in ops.into_iter().zip(callers) {
             if self.primary_down_at.is_some() {
-                let _ = reply.send(Err(primary_down()));
+                let _ = caller.reply.send(Err(primary_down()));
                 continue;
             }
             let one = [op];
@@ -235,12 +258,12 @@ impl WriterState {
                 ..Batch::default()
             };
             match commit::commit(&self.primary, batch, &self.partners).await {
-                Ok(done) => self.finish(&one, vec![reply], done),
+                Ok(done) => self.finish(&one, vec![caller], done),
                 Err(e) => {
                     if unreachable(&e) {
                         self.primary_down_at = Some(Instant::now());
                     }
-                    let _ = reply.send(Err(StoreError::Unavailable(e)));
+                    let _ = caller.reply.send(Err(StoreError::Unavailable(e)));
                 }
             }
         }
@@ -248,7 +271,7 @@ impl WriterState {
 
     /// Hands new events to the replication actor and newly notified orders to the settler, then
     /// answers the callers.
-    fn finish(&self, ops: &[WriteOp], replies: Vec<WriteReply>, done: Done) {
+    fn finish(&self, ops: &[WriteOp], callers: Vec<Caller>, done: Done) {
         let mut events: Vec<PendingEvent> = ops
             .iter()
             .zip(&done.outcomes)
@@ -266,36 +289,31 @@ impl WriterState {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         let mut outcomes = done.outcomes.into_iter();
-        let answers: Vec<(WriteReply, Result<WriteOutcome, StoreError>)> = replies
-            .into_iter()
-            .map(|reply| {
-                let outcome = outcomes.next().ok_or_else(|| {
-                    StoreError::Unavailable(DbErr::Custom("missing outcome".into()))
-                });
-                (reply, outcome)
-            })
-            .collect();
-        let (answers, waiters) = if self.ack_after_replica {
-            // The callers are answered by the replication actor once the replica has the commit
-            // (a dropped waiter drops its port: the caller hears `unavailable` at once).
-            let until = Instant::now() + CONFIRM_WITHIN;
-            let waiters = answers
-                .into_iter()
-                .map(|(reply, outcome)| Waiter {
-                    until,
-                    answer: Box::new(move |confirmed| {
-                        let _ = reply.send(if confirmed {
-                            outcome
-                        } else {
-                            Err(StoreError::Unconfirmed)
-                        });
-                    }),
-                })
-                .collect();
-            (Vec::new(), waiters)
-        } else {
-            (answers, Vec::new())
-        };
+        let mut answers = Vec::with_capacity(callers.len());
+        let mut waiters = Vec::new();
+        let now = Instant::now();
+        for caller in callers {
+            let outcome = outcomes
+                .next()
+                .ok_or_else(|| StoreError::Unavailable(DbErr::Custom("missing outcome".into())));
+            if !(self.ack_after_replica && caller.confirm) {
+                answers.push((caller.reply, outcome));
+                continue;
+            }
+            // Answered by the replication actor once the replica has the commit (a dropped
+            // waiter drops its port: the caller hears `unavailable` at once).
+            let reply = caller.reply;
+            waiters.push(Waiter {
+                until: (caller.arrived + CONFIRM_WITHIN).max(now + MIN_CONFIRM),
+                answer: Box::new(move |confirmed| {
+                    let _ = reply.send(if confirmed {
+                        outcome
+                    } else {
+                        Err(StoreError::Unconfirmed)
+                    });
+                }),
+            });
+        }
         if (!events.is_empty() || !waiters.is_empty())
             && let Err(e) = self.committed.cast(Committed { events, waiters })
         {
@@ -309,10 +327,10 @@ impl WriterState {
     }
 }
 
-fn answer(replies: Vec<WriteReply>, mut f: impl FnMut(usize) -> Result<WriteOutcome, StoreError>) {
-    for (i, reply) in replies.into_iter().enumerate() {
+fn answer(callers: Vec<Caller>, mut f: impl FnMut(usize) -> Result<WriteOutcome, StoreError>) {
+    for (i, caller) in callers.into_iter().enumerate() {
         // A caller that timed out has dropped its port: nothing to do.
-        let _ = reply.send(f(i));
+        let _ = caller.reply.send(f(i));
     }
 }
 
