@@ -119,18 +119,7 @@ pub async fn provision_stream(
         allow_direct: true,
         ..Default::default()
     };
-    let stream = match js.get_stream(&config.name).await {
-        Ok(_) => {
-            js.update_stream(&config).await.context("updating stream")?;
-            js.get_stream(&config.name)
-                .await
-                .context("reading stream")?
-        }
-        Err(_) => js
-            .create_stream(config.clone())
-            .await
-            .context("creating stream ORDER_EVENTS")?,
-    };
+    let stream = ensure_stream(js, &config).await?;
     let durable = |name: String, filters: Vec<String>| pull::Config {
         durable_name: Some(name.clone()),
         name: Some(name),
@@ -138,6 +127,7 @@ pub async fn provision_stream(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: 20_000,
+        num_replicas: settings.nats.replicas,
         ..Default::default()
     };
     let mut wanted = vec![(consumer::GATEWAY.to_owned(), subjects.gateway_filters())];
@@ -152,10 +142,7 @@ pub async fn provision_stream(
     }
     let mut built_in = Vec::new();
     for (name, filter) in wanted {
-        let c = stream
-            .create_consumer(durable(name.clone(), filter))
-            .await
-            .with_context(|| format!("creating durable consumer {name}"))?;
+        let c = ensure_consumer(&stream, durable(name.clone(), filter)).await?;
         if let Some(a) = settings
             .aux
             .iter()
@@ -165,6 +152,102 @@ pub async fn provision_stream(
         }
     }
     Ok(built_in)
+}
+
+/// How long start-up retries JetStream calls while a cluster elects its leaders.
+const JETSTREAM_READY: Duration = Duration::from_secs(30);
+
+/// Retries a JetStream call until it succeeds or [`JETSTREAM_READY`] has passed (a cluster that
+/// just started, or lost a node, answers "no leader" for a few seconds).
+async fn retrying<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+    what: &str,
+    mut call: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + JETSTREAM_READY;
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "{what}: JetStream not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("{what}: {e}"),
+        }
+    }
+}
+
+/// Creates the stream, or brings an existing one to `config`. A stream with fewer replicas than
+/// `nats.replicas` is scaled up; what NATS does not let a hub change is reported and left.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let name = config.name.clone();
+    let existing = retrying("reading the stream", || async {
+        match js.get_stream(&name).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e)
+                if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(ref je)
+                    if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await?;
+    let Some(mut existing) = existing else {
+        return retrying(&format!("creating stream {name}"), || {
+            js.create_stream(config.clone())
+        })
+        .await;
+    };
+    let info = existing.info().await.map(|i| i.config.clone());
+    if let Ok(current) = &info
+        && current.num_replicas < config.num_replicas
+    {
+        tracing::warn!(
+            stream = %name,
+            replicas = current.num_replicas,
+            wanted = config.num_replicas,
+            "the stream has fewer replicas than nats.replicas; scaling it up"
+        );
+    }
+    if let Err(e) = js.update_stream(config).await {
+        tracing::warn!(stream = %name, error = %e, "the stream keeps its configuration: NATS refused the update");
+    }
+    retrying("reading the stream", || js.get_stream(&name)).await
+}
+
+/// Creates a durable consumer, or updates an existing one in place (its filters, its replicas),
+/// so nothing is redelivered; one NATS refuses to update is used as it is, and said so.
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: pull::Config,
+) -> anyhow::Result<jetstream::consumer::PullConsumer> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    match stream.get_consumer::<pull::Config>(&name).await {
+        Ok(existing) => {
+            let current = existing.cached_info().config.clone();
+            if current.num_replicas < config.num_replicas {
+                tracing::warn!(consumer = %name, replicas = current.num_replicas, wanted = config.num_replicas,
+                    "the consumer has fewer replicas than nats.replicas; scaling it up");
+            }
+            match stream.update_consumer(config).await {
+                Ok(c) => Ok(c),
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "the consumer keeps its configuration: NATS refused the update");
+                    Ok(existing)
+                }
+            }
+        }
+        Err(_) => {
+            retrying(&format!("creating durable consumer {name}"), || {
+                stream.create_consumer(config.clone())
+            })
+            .await
+        }
+    }
 }
 
 /// How long start-up waits for the replica to replay the migrations before serving anyway.
