@@ -223,22 +223,11 @@ impl Db {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let orders = orders::Entity::find()
-            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+        let results = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
             .all(&self.replica)
             .await?;
-        let mut results: std::collections::HashMap<String, order_results::Model> =
-            order_results::Entity::find()
-                .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
-                .all(&self.replica)
-                .await?
-                .into_iter()
-                .map(|r| (r.order_id.clone(), r))
-                .collect();
-        Ok(orders
-            .into_iter()
-            .filter_map(|o| results.remove(&o.id).map(|r| (o, r)))
-            .collect())
+        self.with_orders(ids, results).await
     }
 
     /// An order's late result, read from the read node.
@@ -257,21 +246,33 @@ impl Db {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let late = order_late_results::Entity::find()
+            .filter(order_late_results::Column::OrderId.is_in(ids.iter().cloned()))
+            .all(&self.replica)
+            .await?
+            .into_iter()
+            .map(late_as_result)
+            .collect();
+        self.with_orders(ids, late).await
+    }
+
+    /// Each of `results` with its order (read node); results without one are left out.
+    async fn with_orders(
+        &self,
+        ids: &[String],
+        results: Vec<order_results::Model>,
+    ) -> Result<Vec<(orders::Model, order_results::Model)>, StoreError> {
+        let mut by_order: std::collections::HashMap<String, order_results::Model> = results
+            .into_iter()
+            .map(|r| (r.order_id.clone(), r))
+            .collect();
         let orders = orders::Entity::find()
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
             .all(&self.replica)
             .await?;
-        let mut late: std::collections::HashMap<String, order_results::Model> =
-            order_late_results::Entity::find()
-                .filter(order_late_results::Column::OrderId.is_in(ids.iter().cloned()))
-                .all(&self.replica)
-                .await?
-                .into_iter()
-                .map(|r| (r.order_id.clone(), late_as_result(r)))
-                .collect();
         Ok(orders
             .into_iter()
-            .filter_map(|o| late.remove(&o.id).map(|r| (o, r)))
+            .filter_map(|o| by_order.remove(&o.id).map(|r| (o, r)))
             .collect())
     }
 
