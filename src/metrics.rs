@@ -26,9 +26,12 @@ const OPS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
 /// Installs the exporter on `listen` and keeps the hub-wide gauges fresh until `handlers` is the
 /// last reference (the hub stopped).
 pub fn start(listen: &str, handlers: &Arc<Handlers>) -> anyhow::Result<()> {
-    let addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("metrics.listen `{listen}` is not host:port"))?;
+    let addr: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(listen)
+        .ok()
+        .and_then(|mut a| a.next())
+        .with_context(|| {
+            format!("metrics.listen `{listen}` is not a host:port this machine resolves")
+        })?;
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)

@@ -1,8 +1,9 @@
 //! OrderActor: the only writer of its order (registry name `order:<id>`). It decides every move of
-//! the state machine `accepted → dispatched → result_stored → notified`: it stores the order and
-//! its result, each with the event that announces it, through its writer, which commits them
+//! the state machine `accepted → dispatched → result_stored → notified [→ late_result_stored →
+//! late_notified]`: it stores the order, its result and a late result, each with the event that
+//! announces it, through its writer, which commits them
 //! with other orders' changes in one transaction. The two other statuses only record that such an
-//! event is out: `dispatched` and `notified` are written by the release step (see
+//! event is out: `dispatched`, `notified` and `late_notified` are written by the release step (see
 //! [`crate::writer`]) when JetStream acknowledged the event, under a version check, so the order
 //! actor is not asked a second time. It stops once its order has a result and it is idle (or
 //! after being idle for long), and is reloaded from the primary when it is needed again.
@@ -322,8 +323,7 @@ impl OrderState {
             duplicate,
         };
         if let Some(existing) = &self.late {
-            return answer_second_result(&self.id, existing, &req)
-                .map(|reply| late_reply(reply.duplicate));
+            return answer_second_late(&self.id, existing, &req).map(|d| late_reply(d.duplicate));
         }
         let now = Utc::now();
         let late = order_results::Model {
@@ -357,7 +357,7 @@ impl OrderState {
                 Ok(late_reply(false))
             }
             WriteOutcome::ResultExists(existing) => {
-                let answer = answer_second_result(&self.id, &existing, &req);
+                let answer = answer_second_late(&self.id, &existing, &req);
                 self.late = Some(*existing);
                 answer.map(|reply| late_reply(reply.duplicate))
             }
@@ -516,6 +516,22 @@ fn answer_second_result(
     )))
 }
 
+/// The answer to a late result for an order that has one already: as for a second result, but a
+/// different one names the late result that is there.
+fn answer_second_late(
+    order_id: &str,
+    existing: &order_results::Model,
+    req: &ResultRequest,
+) -> Result<SubmitReply, ApiError> {
+    if existing.result_id != req.result_id {
+        return Err(ApiError::conflict(format!(
+            "order {order_id} was closed as timeout and already has a late result (outcome `{}`)",
+            existing.outcome
+        )));
+    }
+    answer_second_result(order_id, existing, req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -606,6 +622,25 @@ mod tests {
             assert_eq!(err.code, ErrorCode::Conflict);
             assert!(err.message.contains("result_id `res-1`"), "{}", err.message);
         }
+    }
+
+    #[test]
+    fn a_second_late_result_is_a_conflict_naming_the_late_one() {
+        let existing = result("late-1", "confirmed");
+        let err = answer_second_late("o-1", &existing, &request("late-2", Outcome::Failed, None))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::Conflict);
+        assert!(
+            err.message.contains("late result (outcome `confirmed`)"),
+            "{}",
+            err.message
+        );
+        let again = answer_second_late(
+            "o-1",
+            &existing,
+            &request("late-1", Outcome::Confirmed, Some("PNR")),
+        );
+        assert!(again.unwrap().duplicate);
     }
 
     #[test]

@@ -161,7 +161,8 @@ pub struct Released(pub Vec<PendingEvent>);
 pub struct SettleCheck(pub Vec<String>);
 
 /// Events JetStream has acknowledged: relay → writer, which marks their rows published and moves
-/// each order to the status that records the release (`dispatched`, `notified`).
+/// each order to the status that records the release (`dispatched`, `notified`,
+/// `late_notified`).
 #[derive(Debug)]
 pub struct Published(pub Vec<PendingEvent>);
 

@@ -1,10 +1,10 @@
 //! PipelineSupervisor: the parent of every long-lived actor — the writers, the replication actor,
-//! the relay, the deadline actor and the built-in auxiliary subscribers. When one fails (an error
+//! the relay, the deadline actor, the settler and the built-in auxiliary subscribers. When one fails (an error
 //! from a handler, a panic, a kill), it starts a new incarnation under the same registry name, and
 //! the new one rebuilds its state from the database and the stream: a writer starts empty (its
 //! callers were answered `unavailable` when their reply ports dropped), a replication actor probes
 //! and sweeps every unpublished outbox row, a relay or writer restart triggers that sweep too, a
-//! deadline actor rescans, and a subscriber rebinds to its durable consumer, where everything it
+//! deadline actor rescans, a settler scans the unsettled orders again, and a subscriber rebinds to its durable consumer, where everything it
 //! had not acknowledged is redelivered. Restarts are counted per actor (`orders.admin.status`
 //! reports them) and logged.
 //!

@@ -30,7 +30,7 @@ pub struct RelayState {
     writers: WriterPool,
     /// Orders with an event that could not be published, and the oldest such event: their later
     /// events are held back for the sweep too (it republishes oldest first), so per order the
-    /// stream keeps the order stored → result → late → settled.
+    /// stream keeps the order stored → result → late (and the settled event after the result).
     held_back: HashMap<String, String>,
 }
 

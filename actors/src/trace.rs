@@ -34,7 +34,10 @@ pub async fn trace(
         return Err(ApiError::not_found(order_id));
     };
     let (transitions, rows) = db.story(order_id).await.map_err(unavailable)?;
-    let aux = db.aux_records(order_id).await.map_err(unavailable)?;
+    let aux = db.aux_records(order_id).await.map_err(|e| {
+        tracing::warn!(error = %e, "trace read failed");
+        ApiError::unavailable("the auxiliary database is not available; retry later")
+    })?;
     let durables = match stream {
         Some(stream) => durables(stream).await,
         None => Vec::new(),

@@ -204,8 +204,8 @@ pub struct StatusReply {
     pub replica: ReplicaStatus,
     pub nats: NatsStatus,
     pub database: DatabaseStatus,
-    /// How often each supervised actor (writers, replication, relay, deadline, subscribers) was
-    /// restarted since the hub started.
+    /// How often each supervised actor (writers, replication, relay, deadline, settler,
+    /// subscribers) was restarted since the hub started.
     pub restarts: std::collections::BTreeMap<String, u64>,
     /// Per partner: accepted orders waiting for its result (admission control's count).
     pub partners_pending: std::collections::BTreeMap<String, u64>,
