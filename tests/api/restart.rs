@@ -255,16 +255,16 @@ impl Stream {
     }
 }
 
-/// Submits one order after another, each on an inbox of its own so that a request counts as sent
-/// once it is handed to the connection (and is at the server after the next flush), until the
-/// server answers that no hub takes requests any more.
+/// Submits one order after another on an inbox of its own, so that a request counts as sent as
+/// soon as it is handed to the connection, until the server answers that no hub takes requests
+/// any more.
 async fn submitter(gateway: async_nats::Client, worker: usize, stream: Arc<Stream>) {
     let inbox = format!("_INBOX_gateway.drain.{worker}");
     let mut replies = gateway
         .subscribe(format!("{inbox}.>"))
         .await
         .expect("subscribe");
-    gateway.flush().await.expect("flush");
+    // No flush needed: the server takes this subscription before the requests that follow it.
     let user = format!("u-{}", worker % 7);
     for n in 0.. {
         let key = format!("k-{worker}-{n}");
@@ -350,10 +350,17 @@ async fn sigterm_drains_in_flight_submits_and_exits_zero() {
     )
     .await;
 
-    // SIGTERM with requests in flight: those published so far and unanswered, flushed so that the
-    // server has routed them to the hub before its drain begins.
+    // SIGTERM with requests in flight: those published so far and unanswered. The server answers
+    // a JetStream API request only after it has handled everything sent before it on the
+    // connection, so by then it has routed each of them to the hub, before its drain begins.
     let in_flight: HashSet<String> = stream.outstanding.lock().unwrap().clone();
-    gateway.flush().await.expect("flush");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        gateway.request("$JS.API.CONSUMER.INFO.ORDER_EVENTS.gateway", "".into()),
+    )
+    .await
+    .expect("the server answers within 10 s")
+    .expect("consumer info");
     let pid = hub.id().expect("pid").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
