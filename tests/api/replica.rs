@@ -185,7 +185,7 @@ impl Rig {
     async fn all_notified(&self, user: &str, ids: &[String]) {
         for id in ids {
             eventually(CATCH_UP, &format!("order {id} notified"), || async {
-                let q = query_order(&self.gateway, &id, user).await;
+                let q = query_order(&self.gateway, id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(())
             })
             .await;

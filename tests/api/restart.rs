@@ -178,7 +178,7 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
             Duration::from_secs(60),
             "accepted order settles after the restart",
             || async {
-                let q = query_order(&gateway, &id, user).await;
+                let q = query_order(&gateway, id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(q)
             },
         )
