@@ -4,11 +4,16 @@
 //! On Postgres `get` and `query` read the streaming replica, so a read right after a write polls
 //! until the replica has it; every event carries `Orderhub-Commit-Lsn`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use actors::replication::Lsn;
+use async_nats::jetstream::{self, consumer::PullConsumer};
+use futures::StreamExt;
+use sea_orm::sqlx::{self, Connection, PgConnection};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::roles::Probe;
 
 both_backends!(
     happy_path_with_every_event_field,
@@ -30,10 +35,115 @@ fn is_rfc3339_utc(s: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(s).is_ok() && s.ends_with('Z')
 }
 
+/// On Postgres, open connections to the hub's primary and replica, so that a WAL position is one
+/// query away when an event arrives (no connection set-up between receipt and reading).
+struct Wal {
+    primary: PgConnection,
+    replica: PgConnection,
+}
+
+impl Wal {
+    /// `None` on SQLite, which has no WAL positions to compare.
+    async fn open(hub: &TestHub) -> Option<Self> {
+        let Store::Postgres(db) = &hub.store else {
+            return None;
+        };
+        let connect = |url: String| async move {
+            PgConnection::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e}"))
+        };
+        Some(Self {
+            primary: connect(db.primary_url.clone()).await,
+            replica: connect(db.replica_url.clone()).await,
+        })
+    }
+
+    async fn lsn(conn: &mut PgConnection, sql: &str) -> Lsn {
+        let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(conn)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        Lsn::parse(&text).unwrap_or_else(|| panic!("{sql}: bad LSN {text:?}"))
+    }
+
+    /// The primary's WAL position now: every commit after this point lies beyond it.
+    async fn primary_lsn(&mut self) -> Lsn {
+        Self::lsn(&mut self.primary, "SELECT pg_current_wal_lsn()::text").await
+    }
+
+    /// How far the replica has replayed, now.
+    async fn replay_lsn(&mut self) -> Lsn {
+        Self::lsn(&mut self.replica, "SELECT pg_last_wal_replay_lsn()::text").await
+    }
+}
+
+/// The primary's WAL position now, on Postgres.
+async fn primary_lsn(wal: &mut Option<Wal>) -> Option<Lsn> {
+    match wal {
+        Some(w) => Some(w.primary_lsn().await),
+        None => None,
+    }
+}
+
+/// The next message of `consumer` within 10 s and, on Postgres, the replica's replay position
+/// read the moment it arrived: before it is acknowledged, before anything else waits. The replica
+/// only moves forward, so a position read any later could cover an event that was released too
+/// early.
+async fn receive(
+    consumer: &PullConsumer,
+    wal: &mut Option<Wal>,
+) -> (jetstream::Message, Option<Lsn>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "no event within 10 s");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .expect("fetch");
+        if let Some(m) = batch.next().await {
+            let m = m.expect("message");
+            let replay = match wal {
+                Some(w) => Some(w.replay_lsn().await),
+                None => None,
+            };
+            m.ack().await.expect("ack");
+            return (m, replay);
+        }
+    }
+}
+
+/// On Postgres: the event's `Orderhub-Commit-Lsn` lies between the primary's position before the
+/// request that caused it and the replica's replay position when the event arrived.
+#[track_caller]
+fn check_fence(
+    hub: &TestHub,
+    m: &jetstream::Message,
+    before: Option<Lsn>,
+    replay: Option<Lsn>,
+) -> Option<Lsn> {
+    let fence = hub.check_commit_lsn(m, replay);
+    if let (Some(fence), Some(before)) = (fence, before) {
+        assert!(
+            fence >= before,
+            "event {} fenced at {fence}, before the commit it announces (the primary was at {before} when the request was sent)",
+            m.subject
+        );
+    }
+    fence
+}
+
 async fn happy_path_with_every_event_field(hub: TestHub) {
     let gateway = hub.client("gateway").await;
     let partner = hub.client("partner-acme-air").await;
+    let stored_events = durable(&partner, "partner-acme-air").await;
+    let result_events = durable(&gateway, "gateway").await;
+    let mut wal = Wal::open(&hub).await;
 
+    let before_submit = primary_lsn(&mut wal).await;
     let r = request(
         &gateway,
         "orders.submit",
@@ -47,14 +157,8 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     assert!(is_uuid_v7(&order_id), "{order_id}");
 
     // The partner's durable consumer carries the stored event.
-    let stored = pull(
-        &durable(&partner, "partner-acme-air").await,
-        1,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(stored.len(), 1, "one stored event");
-    let m = &stored[0];
+    let (stored, replay) = receive(&stored_events, &mut wal).await;
+    let m = &stored;
     assert_eq!(
         m.subject.as_str(),
         format!("orders.events.stored.acme-air.{order_id}")
@@ -65,8 +169,9 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
         headers.get("Nats-Msg-Id").unwrap().as_str(),
         ev["id"].as_str().unwrap()
     );
-    // Postgres: the replica had replayed past the event's fence before it was published.
-    let fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
+    // Postgres: the fence covers the order's commit, and the replica had replayed past it when
+    // the event arrived.
+    let fence = check_fence(&hub, m, before_submit, replay);
     assert_eq!(ev["specversion"], "1.0");
     assert!(is_uuid_v7(ev["id"].as_str().unwrap()));
     assert_eq!(ev["source"], "orderhub");
@@ -114,6 +219,7 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     )
     .await;
 
+    let before_result = primary_lsn(&mut wal).await;
     let res = request(
         &partner,
         "orders.partner.acme-air.result",
@@ -127,14 +233,8 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
     );
 
     // The gateway's durable consumer carries the result event.
-    let results = pull(
-        &durable(&gateway, "gateway").await,
-        1,
-        Duration::from_secs(10),
-    )
-    .await;
-    assert_eq!(results.len(), 1);
-    let m = &results[0];
+    let (result, replay) = receive(&result_events, &mut wal).await;
+    let m = &result;
     assert_eq!(
         m.subject.as_str(),
         format!("orders.events.result.u-1001.{order_id}")
@@ -149,7 +249,7 @@ async fn happy_path_with_every_event_field(hub: TestHub) {
             .as_str(),
         ev["id"].as_str().unwrap()
     );
-    let result_fence = hub.check_commit_lsn(m, hub.replay_lsn().await);
+    let result_fence = check_fence(&hub, m, before_result, replay);
     assert!(
         result_fence >= fence,
         "the result's fence {result_fence:?} precedes the stored one {fence:?}"
@@ -226,23 +326,35 @@ async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     assert_eq!(orders[0]["order_id"], first.as_str());
     assert_eq!(orders[0]["amount_minor"], 129900);
 
-    // Concurrent retries of one key all get the same order.
+    // Concurrent retries of one key all get the same order: each one accepted, exactly one of
+    // them as the original and every other as a duplicate of it.
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let g = gateway.clone();
         tasks.push(tokio::spawn(async move {
-            request(&g, "orders.submit", order("u-3", "burst", "globex-hotels"))
-                .await
-                .body["order_id"]
-                .clone()
+            request(&g, "orders.submit", order("u-3", "burst", "globex-hotels")).await
         }));
     }
     let mut ids = Vec::new();
+    let mut originals = 0;
     for t in tasks {
-        ids.push(t.await.unwrap());
+        let r = t.await.unwrap();
+        let body = r.assert_ok();
+        assert_eq!(body["status"], "accepted", "{body}");
+        let id = body["order_id"].as_str().expect("order_id").to_owned();
+        assert!(is_uuid_v7(&id), "{body}");
+        match &body["duplicate"] {
+            Value::Bool(false) => originals += 1,
+            Value::Bool(true) => {}
+            other => panic!("duplicate must be a boolean, got {other}: {body}"),
+        }
+        ids.push(id);
     }
+    assert_eq!(originals, 1, "exactly one submit stores the order");
     ids.dedup();
     assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_ne!(ids[0], first);
+    assert_ne!(ids[0], other);
 }
 
 async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
@@ -272,24 +384,82 @@ async fn idempotent_result_and_second_result_conflict(hub: TestHub) {
         .await
         .assert_error("conflict", 409);
 
-    // The first result stands; the order went through dispatched to result_stored (version ≥ 3).
-    let q = eventually(Duration::from_secs(10), "result visible", || async {
-        let q = query_order(&gateway, &id, "u-1").await;
-        (!q.body["result"].is_null()).then_some(q)
+    // The first result stands. Whether it overtook the `dispatched` mark or not, the order's
+    // version is its status's place in accepted → dispatched → result_stored → notified: the
+    // stored event says 1, the result event 3, and the order ends notified at 4; anything seen on
+    // the way is one of those pairs, never going back.
+    let chain = [
+        ("accepted", 1),
+        ("dispatched", 2),
+        ("result_stored", 3),
+        ("notified", 4),
+    ];
+    let seen = std::cell::RefCell::new(Vec::new());
+    let q = eventually(Duration::from_secs(10), "order notified", || {
+        let (seen, gateway, id) = (&seen, &gateway, &id);
+        async move {
+            let q = query_order(gateway, id, "u-1").await;
+            let o = &q.body["order"];
+            if let (Some(status), Some(version)) = (o["status"].as_str(), o["version"].as_i64()) {
+                let step = chain
+                    .iter()
+                    .position(|&(s, v)| s == status && v == version)
+                    .unwrap_or_else(|| panic!("status {status} at version {version}: {o}"));
+                let mut seen = seen.borrow_mut();
+                if seen.last() != Some(&step) {
+                    seen.push(step);
+                }
+            }
+            (o["status"] == "notified").then_some(q)
+        }
     })
     .await;
+    let seen = seen.into_inner();
+    assert!(seen.is_sorted(), "the order went back: {seen:?}");
+    assert_eq!(q.body["order"]["version"], 4);
     assert_eq!(q.body["result"]["outcome"], "rejected");
-    assert!(q.body["order"]["version"].as_i64().unwrap() >= 3);
+    assert_eq!(q.body["result"]["result_id"], "r-1");
+    assert_eq!(q.body["result"]["partner_ref"], "X");
 
-    // Exactly one stored and one result event.
-    let events = pull(
+    // Exactly one stored and one result event: the stream holds two messages, the partner's
+    // consumer delivers the stored one, the gateway's the result one.
+    let operator = hub.client("operator").await;
+    Probe(&operator).wait_messages(2).await;
+    let stored = pull(
+        &durable(&partner, "partner-acme-air").await,
+        10,
+        Duration::from_secs(2),
+    )
+    .await;
+    assert_eq!(stored.len(), 1, "one stored event");
+    let ev = event(&stored[0]);
+    assert_eq!(
+        stored[0].subject.as_str(),
+        format!("orders.events.stored.acme-air.{id}")
+    );
+    assert_eq!(ev["type"], "orderhub.order.stored");
+    assert_eq!(ev["data"]["version"], 1);
+    let results = pull(
         &durable(&gateway, "gateway").await,
         10,
         Duration::from_secs(2),
     )
     .await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(event(&events[0])["data"]["outcome"], "rejected");
+    assert_eq!(results.len(), 1, "one result event");
+    let ev = event(&results[0]);
+    assert_eq!(
+        results[0].subject.as_str(),
+        format!("orders.events.result.u-1.{id}")
+    );
+    assert_eq!(ev["type"], "orderhub.order.result_stored");
+    assert_eq!(ev["data"]["outcome"], "rejected");
+    assert_eq!(ev["data"]["partner_ref"], "X");
+    assert_eq!(ev["data"]["version"], 3);
+    assert_eq!(
+        Probe(&operator).messages().await,
+        2,
+        "nothing else was published"
+    );
 }
 
 async fn ownership_hides_other_callers_orders(hub: TestHub) {

@@ -1,16 +1,29 @@
-//! The replica guarantees of issue 3 on a real Postgres primary + streaming replica: no event
-//! before the replica can serve its data, `status` says why events wait, everything flows once
-//! the replica is back, and a primary outage is answered `unavailable` promptly and survived
-//! without a restart. Each test stops or pauses nodes, so each has a pair of its own.
+//! The replica guarantees (README "Replica guarantees") on a real Postgres primary + streaming
+//! replica: no event before the replica can serve its data, `status` says why events wait,
+//! everything flows once the replica is back, and a primary outage is answered `unavailable`
+//! promptly and survived without a restart. Each test stops or pauses nodes, so each has a pair
+//! of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use actors::replication::Lsn;
 use async_nats::Client;
 use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use sea_orm::sqlx::{self, Connection, PgConnection};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+
+/// A WAL position `sql` reads on `conn`.
+async fn lsn(conn: &mut PgConnection, sql: &str) -> Lsn {
+    let text: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    Lsn::parse(&text).unwrap_or_else(|| panic!("{sql}: bad LSN {text:?}"))
+}
 
 /// How long the tests watch a consumer to see that nothing arrives.
 const QUIET_WINDOW: Duration = Duration::from_secs(3);
@@ -67,14 +80,19 @@ impl Rig {
     }
 
     /// Receives events for exactly `want` (order ids) from `consumer`; as each arrives, checks that
-    /// its `Orderhub-Commit-Lsn` is at or below the replica's replay position asked right then,
-    /// and (stored events) that the partner can `get` the order at that moment. Returns each
-    /// order's stream sequence.
+    /// its `Orderhub-Commit-Lsn` is at or below the replica's replay position read the moment it
+    /// arrived (on a connection opened beforehand, before the message is acknowledged or anything
+    /// else waits: the replica only moves forward, so a later reading could cover an event
+    /// released too early), and at or above `before` (the primary's position before the
+    /// requests that caused the events); and (stored events) that the partner can `get` the order
+    /// at that moment. Returns each order's stream sequence.
     async fn receive_fresh(
         &self,
         consumer: &PullConsumer,
         want: &HashSet<String>,
+        before: Lsn,
     ) -> HashMap<String, u64> {
+        let mut replica = self.replica_connection().await;
         let deadline = Instant::now() + CATCH_UP;
         let mut seen = HashMap::new();
         while seen.len() < want.len() {
@@ -84,9 +102,26 @@ impl Rig {
                 seen.len(),
                 want.len()
             );
-            for m in pull(consumer, 1, Duration::from_millis(500)).await {
-                let replay = self.pair.env.replay_lsn().await;
-                self.hub.check_commit_lsn(&m, Some(replay));
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(Duration::from_millis(500))
+                .messages()
+                .await
+                .expect("fetch");
+            while let Some(m) = batch.next().await {
+                let m = m.expect("message");
+                let replay = lsn(&mut replica, "SELECT pg_last_wal_replay_lsn()::text").await;
+                m.ack().await.expect("ack");
+                let fence = self
+                    .hub
+                    .check_commit_lsn(&m, Some(replay))
+                    .expect("a fence on Postgres");
+                assert!(
+                    fence >= before,
+                    "event {} fenced at {fence}, before the commit it announces (the primary was at {before} before the requests)",
+                    m.subject
+                );
                 let ev = event(&m);
                 let order_id = ev["data"]["order_id"]
                     .as_str()
@@ -123,11 +158,34 @@ impl Rig {
         seen
     }
 
+    /// A connection to the hub's database on the replica.
+    async fn replica_connection(&self) -> PgConnection {
+        let Store::Postgres(db) = &self.hub.store else {
+            panic!("the rig runs on Postgres");
+        };
+        PgConnection::connect(&db.replica_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the replica: {e}"))
+    }
+
+    /// The primary's WAL position now: every later commit lies beyond it.
+    async fn primary_lsn(&self) -> Lsn {
+        let Store::Postgres(db) = &self.hub.store else {
+            panic!("the rig runs on Postgres");
+        };
+        let mut conn = PgConnection::connect(&db.primary_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the primary: {e}"));
+        let at = lsn(&mut conn, "SELECT pg_current_wal_lsn()::text").await;
+        let _ = conn.close().await;
+        at
+    }
+
     /// Waits until every order is `notified` on the read node.
     async fn all_notified(&self, user: &str, ids: &[String]) {
         for id in ids {
             eventually(CATCH_UP, &format!("order {id} notified"), || async {
-                let q = query_order(&self.gateway, &id, user).await;
+                let q = query_order(&self.gateway, id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(())
             })
             .await;
@@ -164,16 +222,22 @@ async fn submit_all(gateway: &Client, user: &str, keys: &[&str]) -> Vec<String> 
     ids
 }
 
-/// Stored events, then a result on the first order, then its result event after the stored one.
-async fn flows_after_the_replica_returns(rig: &Rig, ids: &[String]) {
+/// Stored events, then a result on the first order, then its result event after the stored one;
+/// `before` is the primary's WAL position before the orders were submitted.
+async fn flows_after_the_replica_returns(rig: &Rig, ids: &[String], before: Lsn) {
     let stored = rig
-        .receive_fresh(&rig.stored_consumer().await, &ids.iter().cloned().collect())
+        .receive_fresh(
+            &rig.stored_consumer().await,
+            &ids.iter().cloned().collect(),
+            before,
+        )
         .await;
     let first = &ids[0];
     let results = rig
         .receive_fresh(
             &rig.result_consumer().await,
             &HashSet::from([first.clone()]),
+            before,
         )
         .await;
     assert!(
@@ -196,6 +260,7 @@ async fn replay_paused_holds_events_until_resumed() {
     rig.pair.pause_replay().await;
 
     // Writes go on: the primary takes them.
+    let before = rig.primary_lsn().await;
     let ids = submit_all(&rig.gateway, "u-paused", &["p-1", "p-2", "p-3"]).await;
     rig.result(&ids[0], "r-1").await.assert_ok();
     assert_quiet(&rig.stored_consumer().await, "replay paused").await;
@@ -240,7 +305,7 @@ async fn replay_paused_holds_events_until_resumed() {
     .assert_error("not_found", 404);
 
     rig.pair.resume_replay().await;
-    flows_after_the_replica_returns(&rig, &ids).await;
+    flows_after_the_replica_returns(&rig, &ids, before).await;
 }
 
 #[tokio::test]
@@ -248,6 +313,7 @@ async fn replica_down_holds_events_until_it_returns() {
     let rig = Rig::start().await;
     rig.pair.stop_replica().await;
 
+    let before = rig.primary_lsn().await;
     let ids = submit_all(&rig.gateway, "u-down", &["d-1", "d-2", "d-3"]).await;
     rig.result(&ids[0], "r-1").await.assert_ok();
     assert_quiet(&rig.stored_consumer().await, "replica down").await;
@@ -281,7 +347,7 @@ async fn replica_down_holds_events_until_it_returns() {
     .assert_error("unavailable", 503);
 
     rig.pair.start_replica().await;
-    flows_after_the_replica_returns(&rig, &ids).await;
+    flows_after_the_replica_returns(&rig, &ids, before).await;
     rig.all_notified("u-down", &ids[..1]).await;
 }
 
@@ -290,13 +356,16 @@ async fn primary_down_is_unavailable_promptly_and_recovers() {
     let rig = Rig::start().await;
     let user = "u-outage";
     // Some orders are dispatched before the outage, some only accepted.
+    let before_early = rig.primary_lsn().await;
     let early = submit_all(&rig.gateway, user, &["e-1", "e-2"]).await;
     rig.receive_fresh(
         &rig.stored_consumer().await,
         &early.iter().cloned().collect(),
+        before_early,
     )
     .await;
     rig.result(&early[0], "r-e-1").await.assert_ok();
+    let before_late = rig.primary_lsn().await;
     let late = submit_all(&rig.gateway, user, &["l-1", "l-2"]).await;
     rig.pair.stop_primary().await;
 
@@ -395,7 +464,7 @@ async fn primary_down_is_unavailable_promptly_and_recovers() {
         .concat()
         .into_iter()
         .collect();
-    rig.receive_fresh(&rig.stored_consumer().await, &undispatched)
+    rig.receive_fresh(&rig.stored_consumer().await, &undispatched, before_late)
         .await;
     let pending: HashSet<String> = undispatched.iter().chain(&early[1..]).cloned().collect();
     for (i, id) in pending.iter().enumerate() {

@@ -1,14 +1,17 @@
 //! A hub killed with SIGKILL after accepting orders, then restarted on the same databases: every
 //! accepted order settles and the stream holds exactly one stored and one result event per order.
-//! Also: SIGTERM drains and exits 0.
+//! Also: SIGTERM in the middle of a stream of submits answers every one in flight, stores exactly
+//! the accepted ones and exits 0.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
+use sea_orm::EntityTrait;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
@@ -175,12 +178,11 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
             Duration::from_secs(60),
             "accepted order settles after the restart",
             || async {
-                let q = query_order(&gateway, &id, user).await;
+                let q = query_order(&gateway, id, user).await;
                 (q.body["order"]["status"] == "notified").then_some(q)
             },
         )
         .await;
-        // The partner answered every stored event, across the kill: nothing waited for a timeout.
         // The partner answered every stored event, across the kill: nothing waited for a timeout.
         assert_eq!(settled.body["result"]["outcome"], "confirmed", "order {id}");
     }
@@ -215,14 +217,113 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
     assert_eq!(messages.len(), 2 * ORDERS);
 }
 
+/// How one submit of a steady stream ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    Accepted(String),
+    Unavailable,
+    /// The server's own answer: no hub subscribed to take the request (it never reached one).
+    NoResponders,
+    /// Nothing within 20 s.
+    Timeout,
+}
+
+/// One submit: `key` of `user`.
+#[derive(Clone, Debug)]
+struct Sent {
+    key: String,
+    user: String,
+    answer: Answer,
+}
+
+/// What the submitters of a steady stream share: the requests published and not yet answered,
+/// and every request's outcome.
+#[derive(Default)]
+struct Stream {
+    outstanding: std::sync::Mutex<HashSet<String>>,
+    done: std::sync::Mutex<Vec<Sent>>,
+}
+
+impl Stream {
+    fn accepted(&self) -> usize {
+        self.done
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| matches!(s.answer, Answer::Accepted(_)))
+            .count()
+    }
+}
+
+/// Submits one order after another on an inbox of its own, so that a request counts as sent as
+/// soon as it is handed to the connection, until the server answers that no hub takes requests
+/// any more.
+async fn submitter(gateway: async_nats::Client, worker: usize, stream: Arc<Stream>) {
+    let inbox = format!("_INBOX_gateway.drain.{worker}");
+    let mut replies = gateway
+        .subscribe(format!("{inbox}.>"))
+        .await
+        .expect("subscribe");
+    // No flush needed: the server takes this subscription before the requests that follow it.
+    let user = format!("u-{}", worker % 7);
+    for n in 0.. {
+        let key = format!("k-{worker}-{n}");
+        let reply = format!("{inbox}.{n}");
+        let body = serde_json::to_vec(&order(&user, &key, "acme-air")).unwrap();
+        gateway
+            .publish_with_reply("orders.submit", reply.clone(), body.into())
+            .await
+            .expect("publish");
+        stream.outstanding.lock().unwrap().insert(key.clone());
+        let answer = match tokio::time::timeout(Duration::from_secs(20), replies.next()).await {
+            Err(_) => Answer::Timeout,
+            Ok(None) => panic!("the reply subscription ended"),
+            Ok(Some(m)) => {
+                assert_eq!(m.subject.as_str(), reply, "a reply to another request");
+                if m.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                    Answer::NoResponders
+                } else {
+                    let r = Reply {
+                        headers: m.headers,
+                        body: serde_json::from_slice(&m.payload).expect("a JSON reply"),
+                    };
+                    if r.error_code().is_some() {
+                        r.assert_error("unavailable", 503);
+                        Answer::Unavailable
+                    } else {
+                        let body = r.assert_ok();
+                        assert_eq!(body["status"], "accepted", "{body}");
+                        assert_eq!(body["duplicate"], false, "{body}");
+                        Answer::Accepted(body["order_id"].as_str().expect("order_id").to_owned())
+                    }
+                }
+            }
+        };
+        stream.outstanding.lock().unwrap().remove(&key);
+        let last = matches!(answer, Answer::NoResponders | Answer::Timeout);
+        stream.done.lock().unwrap().push(Sent {
+            key,
+            user: user.clone(),
+            answer,
+        });
+        if last {
+            return;
+        }
+    }
+}
+
 #[tokio::test]
-async fn sigterm_drains_and_exits_zero() {
+async fn sigterm_drains_in_flight_submits_and_exits_zero() {
     init_logs();
+    /// Submitters, each with one request outstanding at a time.
+    const WORKERS: usize = 48;
+    /// Accepted orders before the signal: the stream is steady by then.
+    const BEFORE_SIGNAL: usize = 100;
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hub = spawn_hub(&nats, dir.path()).await;
     let gateway = nats.client("gateway").await;
-    let id = submit(&gateway, "u-1", "k-1", "acme-air").await;
+    let partner = run_partner(nats.client("partner-acme-air").await);
 
     // `orderhub status` prints the running hub's status for a person.
     let out = Command::new(env!("CARGO_BIN_EXE_orderhub"))
@@ -237,6 +338,29 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(printed.contains("same-as-primary"), "{printed}");
     assert!(printed.contains("connected: true"), "{printed}");
 
+    // A steady stream of submits from many submitters at once.
+    let stream = Arc::new(Stream::default());
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(submitter(gateway.clone(), w, stream.clone())))
+        .collect();
+    eventually(
+        Duration::from_secs(60),
+        "the stream of submits is steady",
+        || async { (stream.accepted() >= BEFORE_SIGNAL).then_some(()) },
+    )
+    .await;
+
+    // SIGTERM with requests in flight: those published so far and unanswered. The server answers
+    // a JetStream API request only after it has handled everything sent before it on the
+    // connection, so by then it has routed each of them to the hub, before its drain begins.
+    let in_flight: HashSet<String> = stream.outstanding.lock().unwrap().clone();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        gateway.request("$JS.API.CONSUMER.INFO.ORDER_EVENTS.gateway", "".into()),
+    )
+    .await
+    .expect("the server answers within 10 s")
+    .expect("consumer info");
     let pid = hub.id().expect("pid").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
@@ -245,13 +369,119 @@ async fn sigterm_drains_and_exits_zero() {
     assert!(status.success());
     let exit = tokio::time::timeout(Duration::from_secs(30), hub.wait())
         .await
-        .expect("exits")
+        .expect("exits within 30 s of SIGTERM")
         .expect("status");
     assert!(exit.success(), "graceful exit: {exit:?}");
-    // The accepted order is still there for the next hub.
+    for w in workers {
+        w.await.expect("submitter");
+    }
+    let done = stream.done.lock().unwrap().clone();
+    let count = |f: fn(&Answer) -> bool| done.iter().filter(|s| f(&s.answer)).count();
+    println!(
+        "SIGTERM with {} submits in flight; in all {} accepted, {} unavailable, {} found no hub",
+        in_flight.len(),
+        count(|a| matches!(a, Answer::Accepted(_))),
+        count(|a| *a == Answer::Unavailable),
+        count(|a| *a == Answer::NoResponders),
+    );
+    assert!(
+        in_flight.len() >= WORKERS / 2,
+        "only {} submits were in flight at the signal",
+        in_flight.len()
+    );
+
+    // No request went unanswered; every one in flight at the signal was answered by the hub.
+    let timed_out: Vec<&Sent> = done
+        .iter()
+        .filter(|s| s.answer == Answer::Timeout)
+        .collect();
+    assert!(
+        timed_out.is_empty(),
+        "{} submits got no answer, {} of them in flight at the signal: {timed_out:?}",
+        timed_out.len(),
+        timed_out
+            .iter()
+            .filter(|s| in_flight.contains(&s.key))
+            .count()
+    );
+    for s in done.iter().filter(|s| in_flight.contains(&s.key)) {
+        assert!(
+            matches!(s.answer, Answer::Accepted(_) | Answer::Unavailable),
+            "a submit in flight at the signal was not answered by the hub: {s:?}"
+        );
+    }
+    assert_eq!(
+        done.iter().filter(|s| in_flight.contains(&s.key)).count(),
+        in_flight.len()
+    );
+
+    // Exactly the accepted orders are in the database the hub left behind.
+    let accepted: Vec<(String, String)> = done
+        .iter()
+        .filter_map(|s| match &s.answer {
+            Answer::Accepted(id) => Some((id.clone(), s.user.clone())),
+            _ => None,
+        })
+        .collect();
+    let db = sea_orm::Database::connect(format!(
+        "sqlite://{}/orderhub.db?mode=ro",
+        dir.path().display()
+    ))
+    .await
+    .expect("open the hub's database");
+    let mut stored: Vec<String> = entities::orders::Entity::find()
+        .all(&db)
+        .await
+        .expect("orders")
+        .into_iter()
+        .map(|o| o.id)
+        .collect();
+    let _ = db.close().await;
+    let mut ids: Vec<String> = accepted.iter().map(|(id, _)| id.clone()).collect();
+    stored.sort();
+    ids.sort();
+    assert_eq!(
+        stored, ids,
+        "the accepted orders, and no others, are stored"
+    );
+
+    // The next hub settles every one of them, with exactly one stored and one result event each.
     let _hub = spawn_hub(&nats, dir.path()).await;
-    let q = query_order(&gateway, &id, "u-1").await;
-    assert_eq!(q.assert_ok()["order"]["order_id"], id.as_str());
+    for (id, user) in &accepted {
+        let settled = eventually(
+            Duration::from_secs(60),
+            "accepted order settles after the restart",
+            || async {
+                let q = query_order(&gateway, id, user).await;
+                (q.body["order"]["status"] == "notified").then_some(q)
+            },
+        )
+        .await;
+        assert_eq!(settled.body["result"]["outcome"], "confirmed", "order {id}");
+    }
+    partner.abort();
+    let messages = stream_subjects(&nats.client("hub").await).await;
+    let mut per_order: HashMap<String, (usize, usize)> = HashMap::new();
+    for (subject, _) in &messages {
+        let e = per_order
+            .entry(subject.rsplit('.').next().unwrap().to_owned())
+            .or_default();
+        if subject.starts_with("orders.events.stored.") {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    let mut with_events: Vec<String> = per_order.keys().cloned().collect();
+    with_events.sort();
+    assert_eq!(with_events, ids, "events for exactly the accepted orders");
+    for (id, counts) in &per_order {
+        assert_eq!(
+            *counts,
+            (1, 1),
+            "order {id}: one stored and one result event"
+        );
+    }
 }
 
 #[tokio::test]

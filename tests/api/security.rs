@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -615,6 +617,196 @@ async fn aux_only_records() {
     assert_eq!(probe.consumer_state("gateway").await, gateway_before);
 }
 
+/// Waits for an answer from the server itself on `client`'s connection (a JetStream API request
+/// the role may send). The server handles a connection's messages in order, so everything sent
+/// before, subscriptions included, has then been processed; `flush` only writes them out.
+async fn server_round_trip(client: &async_nats::Client, api: &str) {
+    let v = js_api(client, api, json!({})).await;
+    assert!(v.get("error").is_none(), "{api}: {v}");
+}
+
+/// A CloudEvent as the hub would write it, marked so that it can be recognised anywhere.
+fn forged_event(kind: &str, id: &str, user: &str, partner: &str, by: &str) -> Value {
+    let version = if kind == "stored" { 1 } else { 3 };
+    json!({"specversion": "1.0", "id": uuid::Uuid::now_v7().to_string(), "source": "orderhub",
+           "type": format!("orderhub.order.{kind}"), "subject": id,
+           "datacontenttype": "application/json",
+           "data": {"order_id": id, "user_id": user, "partner_id": partner, "version": version,
+                    "outcome": "confirmed", "partner_ref": format!("forged-by-{by}")}})
+}
+
+/// Publishes each event through JetStream (with a `Nats-Msg-Id`, waiting for the stream's ack):
+/// the server must refuse every publish, so no ack comes.
+async fn deny_jetstream_publishes(role: &Role, events: &[(String, Value)]) {
+    let violation = |subject: &str| format!("Permissions Violation for Publish to \"{subject}\"");
+    let seen: Vec<usize> = events
+        .iter()
+        .map(|(subject, _)| {
+            let v = violation(subject);
+            role.errors().iter().filter(|e| e.contains(&v)).count()
+        })
+        .collect();
+    let mut js = jetstream::new(role.client.clone());
+    js.set_timeout(QUIET * 2);
+    let acks = events.iter().map(|(subject, event)| {
+        let js = js.clone();
+        async move {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", event["id"].as_str().expect("id"));
+            let payload = serde_json::to_vec(event).expect("json");
+            let acked = match js
+                .publish_with_headers(subject.clone(), headers, payload.into())
+                .await
+            {
+                Ok(ack) => ack.await.ok(),
+                Err(_) => None,
+            };
+            assert!(
+                acked.is_none(),
+                "{}: JetStream stored a forged event on {subject}: {acked:?}",
+                role.user
+            );
+        }
+    });
+    futures::future::join_all(acks).await;
+    for ((subject, _), seen) in events.iter().zip(seen) {
+        role.expect_violation(Op::Publish, subject, seen + 1).await;
+    }
+}
+
+#[tokio::test]
+async fn no_role_forges_events_or_calls_another_roles_endpoints() {
+    // Partners that take their time: no timeout result may appear while the attempts run.
+    let hub = TestHub::start_with(|s| {
+        for p in &mut s.partners {
+            p.result_timeout = Duration::from_secs(600);
+        }
+    })
+    .await;
+    let gateway_client = hub.client("gateway").await;
+    let operator = hub.client("operator").await;
+    let probe = Probe(&operator);
+    let a = order_stored(&gateway_client, &probe, "u-1", "k-1", "acme-air", 1).await;
+    let g = order_stored(&gateway_client, &probe, "u-g", "g-1", "globex-hotels", 2).await;
+    let mut states = Vec::new();
+    for name in hub_consumers() {
+        states.push(probe.consumer_state(&name).await);
+    }
+    let mut watch = operator.subscribe("orders.>").await.expect("watch");
+    server_round_trip(&operator, "$JS.API.INFO").await;
+
+    let mut attempted: Vec<String> = Vec::new();
+    for user in [
+        "partner-acme-air",
+        "partner-globex-hotels",
+        "aux",
+        "gateway",
+    ] {
+        let role = Role::connect(&hub.nats, user).await;
+        // Events of both partners' orders, as stored and as result events: core publishes (with
+        // a reply subject, so an answer would show) and JetStream publishes.
+        let events = [
+            (
+                format!("orders.events.stored.acme-air.{a}"),
+                forged_event("stored", &a, "u-1", "acme-air", user),
+            ),
+            (
+                format!("orders.events.stored.globex-hotels.{g}"),
+                forged_event("stored", &g, "u-g", "globex-hotels", user),
+            ),
+            (
+                format!("orders.events.result.u-1.{a}"),
+                forged_event("result_stored", &a, "u-1", "acme-air", user),
+            ),
+            (
+                format!("orders.events.result.u-g.{g}"),
+                forged_event("result_stored", &g, "u-g", "globex-hotels", user),
+            ),
+        ];
+        let forged: Vec<(&str, Value)> = events
+            .iter()
+            .map(|(subject, ev)| (subject.as_str(), ev.clone()))
+            .collect();
+        role.deny_requests(&forged).await;
+        deny_jetstream_publishes(&role, &events).await;
+        // Every endpoint that belongs to another role.
+        let mark = format!("forged-by-{user}");
+        let result = |id: &str| json!({"order_id": id, "result_id": mark, "outcome": "confirmed"});
+        let record = |id: &str| json!({"order_id": id, "status": mark});
+        let mut calls: Vec<(&str, Value)> = vec![("orders.admin.status", json!({}))];
+        let (own_get, own_result) = match user {
+            "partner-acme-air" => (
+                "orders.partner.acme-air.get",
+                "orders.partner.acme-air.result",
+            ),
+            "partner-globex-hotels" => (
+                "orders.partner.globex-hotels.get",
+                "orders.partner.globex-hotels.result",
+            ),
+            _ => ("", ""),
+        };
+        for (get, res, id) in [
+            (
+                "orders.partner.acme-air.get",
+                "orders.partner.acme-air.result",
+                &a,
+            ),
+            (
+                "orders.partner.globex-hotels.get",
+                "orders.partner.globex-hotels.result",
+                &g,
+            ),
+        ] {
+            if get != own_get {
+                calls.push((get, json!({"order_id": id})));
+            }
+            if res != own_result {
+                calls.push((res, result(id)));
+            }
+        }
+        if user != "gateway" {
+            calls.push(("orders.submit", order("u-forged", &mark, "acme-air")));
+            calls.push(("orders.query", json!({"user_id": "u-1", "order_id": a})));
+        }
+        if user != "aux" {
+            calls.push(("orders.aux.x.record", record(&a)));
+            calls.push(("orders.aux.audit.record", record(&g)));
+        }
+        role.deny_requests(&calls).await;
+        let mut refused: Vec<&str> = events.iter().map(|(s, _)| s.as_str()).collect();
+        refused.extend(calls.iter().map(|(s, _)| *s));
+        // Only these publishes were refused, nothing else.
+        role.assert_no_violations_except_publish(&refused);
+        attempted.extend(refused.iter().map(|s| s.to_string()));
+    }
+
+    // No trace: none of the attempted subjects or forged payloads reached anyone, the stream holds
+    // the two stored events only, no consumer moved, no order, result or record was written.
+    let quiet = tokio::time::timeout(QUIET, async {
+        while let Some(m) = watch.next().await {
+            let text = String::from_utf8_lossy(&m.payload).into_owned();
+            assert!(
+                !attempted.contains(&m.subject.to_string()) && !text.contains("forged"),
+                "a refused publish got through: {} {text}",
+                m.subject
+            );
+        }
+    })
+    .await;
+    assert!(quiet.is_err(), "the watch ended");
+    assert_eq!(probe.messages().await, 2, "only the two stored events");
+    for (name, before) in hub_consumers().iter().zip(&states) {
+        assert_eq!(&probe.consumer_state(name).await, before, "consumer {name}");
+    }
+    assert!(orders_of(&gateway_client, "u-forged").await.is_empty());
+    for (id, user) in [(&a, "u-1"), (&g, "u-g")] {
+        let q = query_order(&gateway_client, id, user).await;
+        let b = q.assert_ok();
+        assert!(b["result"].is_null() && b["aux"] == json!([]), "{b}");
+        assert_eq!(b["order"]["status"], "dispatched", "{b}");
+    }
+}
+
 #[tokio::test]
 async fn replies_go_only_to_inboxes() {
     // Subject permissions do not limit the reply subject a requester names, and the hub's answer
@@ -686,8 +878,13 @@ async fn every_role_can_do_all_it_must() {
         .subscribe("orders.>")
         .await
         .expect("operator subscribes");
-    for c in [&gateway, &acme, &aux, &operator] {
-        c.client.flush().await.expect("flush");
+    for (c, api) in [
+        (&gateway, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.gateway"),
+        (&acme, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.partner-acme-air"),
+        (&aux, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.aux-audit"),
+        (&operator, "$JS.API.INFO"),
+    ] {
+        server_round_trip(&c.client, api).await;
     }
 
     // Gateway: submit, query (both forms).
@@ -773,8 +970,43 @@ async fn every_role_can_do_all_it_must() {
     .assert_ok();
 
     // Operator: watches everything, queries, status, service discovery, stream and consumers.
+    // Its `orders.>` subscription carried every request and event above and nothing else, first
+    // the gateway's submit with the very body sent.
     let first = next(&mut everything).await;
-    assert!(first.subject.starts_with("orders."), "{}", first.subject);
+    assert_eq!(first.subject.as_str(), "orders.submit");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&first.payload).expect("JSON"),
+        order("u-1", "k-1", "acme-air")
+    );
+    let mut watched = vec![first.subject.to_string()];
+    let want = [
+        "orders.submit".to_owned(),
+        "orders.query".to_owned(),
+        format!("orders.events.stored.acme-air.{id}"),
+        "orders.partner.acme-air.get".to_owned(),
+        "orders.partner.acme-air.result".to_owned(),
+        format!("orders.events.result.u-1.{id}"),
+        "orders.aux.audit.record".to_owned(),
+    ];
+    while watched.len() < want.len() {
+        let m = next(&mut everything).await;
+        if m.subject.starts_with("orders.events.") {
+            let ev: Value = serde_json::from_slice(&m.payload).expect("an event");
+            assert_eq!(ev["data"]["order_id"], id.as_str(), "{}", m.subject);
+        }
+        watched.push(m.subject.to_string());
+    }
+    // The stored event races the query that followed the submit: compare them as sets.
+    let mut sorted = watched.clone();
+    sorted.sort();
+    let mut want_sorted = want.to_vec();
+    want_sorted.sort();
+    assert_eq!(sorted, want_sorted, "seen in this order: {watched:?}");
+    assert_silent(
+        std::slice::from_mut(&mut everything),
+        "the operator saw all there was",
+    )
+    .await;
     let q = query_order(&operator.client, &id, "u-1").await;
     assert!(
         q.assert_ok()["aux"]

@@ -1,14 +1,20 @@
-//! Property tests of request decoding and validation (DESIGN.md §2): every parser, fed arbitrary
-//! bytes and arbitrary JSON-ish values, never panics; every refusal is `invalid_request` with a
-//! message; every acceptance obeys the documented rules and carries exactly what was sent.
+//! Property tests of request decoding and validation (DESIGN.md §2), both ways:
+//!
+//! * every parser, fed arbitrary bytes, arbitrary JSON-ish values and near-valid bodies, never
+//!   panics, and accepts exactly the inputs the documented rules accept: an acceptance carries
+//!   exactly what was sent, a refusal is `invalid_request` with a message naming a field that
+//!   breaks a rule (or, for a body refused as a whole, saying why);
+//! * bodies that keep every rule are accepted, and bodies that break exactly one rule are refused
+//!   with `invalid_request` naming that field.
 //!
 //! The rules are checked against oracles written here from the text of DESIGN.md, not by calling
-//! the validation helpers under test. Bounded: [`CASES`] inputs per property, each fed to all
-//! five parsers (well under a second in a debug build).
+//! the validation helpers under test (the body is decoded by a JSON reader of its own that keeps
+//! repeated keys). Bounded: [`CASES`] inputs per property (well under a minute in a debug build).
 
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::select;
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 
 use super::{
@@ -98,6 +104,254 @@ fn text<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     field(body, name).and_then(Value::as_str)
 }
 
+/// A JSON value as written: keys in their order, repeated keys kept.
+enum Node {
+    Scalar(Value),
+    Array(Vec<Node>),
+    Object(Vec<(String, Node)>),
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Node;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Node, E> {
+                Ok(Node::Scalar(Value::Bool(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Node, E> {
+                Ok(Node::Scalar(Value::from(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Node, E> {
+                Ok(Node::Scalar(Value::from(v)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Node, E> {
+                serde_json::Number::from_f64(v)
+                    .map(|n| Node::Scalar(Value::Number(n)))
+                    .ok_or_else(|| E::custom("not finite"))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Node, E> {
+                Ok(Node::Scalar(Value::String(v.to_owned())))
+            }
+            fn visit_unit<E>(self) -> Result<Node, E> {
+                Ok(Node::Scalar(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut items = Vec::new();
+                while let Some(n) = a.next_element()? {
+                    items.push(n);
+                }
+                Ok(Node::Array(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Node, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some((k, v)) = a.next_entry::<String, Node>()? {
+                    pairs.push((k, v));
+                }
+                Ok(Node::Object(pairs))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Node {
+    /// The value, unless a key repeats within one object or a string or key holds U+0000.
+    fn into_value(self) -> Result<Value, BodyRule> {
+        match self {
+            Node::Scalar(Value::String(s)) if s.contains('\0') => Err(BodyRule::Nul),
+            Node::Scalar(v) => Ok(v),
+            Node::Array(items) => items
+                .into_iter()
+                .map(Node::into_value)
+                .collect::<Result<_, _>>()
+                .map(Value::Array),
+            Node::Object(pairs) => {
+                let mut map = Map::new();
+                for (k, v) in pairs {
+                    if k.contains('\0') {
+                        return Err(BodyRule::Nul);
+                    }
+                    if map.insert(k, v.into_value()?).is_some() {
+                        return Err(BodyRule::RepeatedKey);
+                    }
+                }
+                Ok(Value::Object(map))
+            }
+        }
+    }
+}
+
+/// Why a body is refused as a whole, before any field is looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyRule {
+    NotUtf8,
+    NotJson,
+    RepeatedKey,
+    Nul,
+    NotObject,
+}
+
+/// What the documented rules say of a body, for one parser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    Accept,
+    Body(BodyRule),
+    /// Each of these fields breaks a rule of its own.
+    Fields(Vec<&'static str>),
+}
+
+/// The request body: UTF-8 JSON, an object, no key repeated in any object, no U+0000.
+fn decode(bytes: &[u8]) -> Result<Map<String, Value>, BodyRule> {
+    let text = std::str::from_utf8(bytes).map_err(|_| BodyRule::NotUtf8)?;
+    let node: Node = serde_json::from_str(text).map_err(|_| BodyRule::NotJson)?;
+    match node.into_value()? {
+        Value::Object(map) => Ok(map),
+        _ => Err(BodyRule::NotObject),
+    }
+}
+
+/// The endpoints' bodies, each with its fields' rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parser {
+    Submit,
+    Result,
+    Get,
+    /// `orders.query` with an `order_id`.
+    QueryOne,
+    /// `orders.query` without one.
+    QueryList,
+    Aux,
+}
+
+/// Required and a string passing `rule`.
+fn required_str(b: &Map<String, Value>, name: &str, rule: impl Fn(&str) -> bool) -> bool {
+    text(b, name).is_some_and(rule)
+}
+
+/// Absent, or a JSON object of at most 64 KiB.
+fn optional_object(b: &Map<String, Value>, name: &str) -> bool {
+    field(b, name).is_none_or(is_small_object)
+}
+
+fn is_currency(s: &str) -> bool {
+    s.len() == 3 && s.bytes().all(|c| c.is_ascii_uppercase())
+}
+
+fn is_partner_outcome(s: &str) -> bool {
+    ["confirmed", "rejected", "failed"].contains(&s)
+}
+
+impl Parser {
+    /// The fields of `b` that break a rule of this body.
+    fn broken(self, b: &Map<String, Value>) -> Vec<&'static str> {
+        let checks: Vec<(&'static str, bool)> = match self {
+            Parser::Submit => vec![
+                ("request_id", required_str(b, "request_id", is_key)),
+                ("user_id", required_str(b, "user_id", is_token)),
+                ("partner_id", required_str(b, "partner_id", is_token)),
+                (
+                    "product",
+                    required_str(b, "product", |s| chars_between(s, 1, 64)),
+                ),
+                (
+                    "amount_minor",
+                    field(b, "amount_minor")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|n| (0..=MAX_AMOUNT).contains(&n)),
+                ),
+                ("currency", required_str(b, "currency", is_currency)),
+                (
+                    "items",
+                    field(b, "items").is_none_or(|v| {
+                        v.as_array()
+                            .is_some_and(|a| a.len() <= 100 && a.iter().all(Value::is_object))
+                    }),
+                ),
+                ("payload", optional_object(b, "payload")),
+            ],
+            Parser::Result => vec![
+                ("order_id", required_str(b, "order_id", is_v7)),
+                ("result_id", required_str(b, "result_id", is_key)),
+                ("outcome", required_str(b, "outcome", is_partner_outcome)),
+                (
+                    "partner_ref",
+                    field(b, "partner_ref")
+                        .is_none_or(|v| v.as_str().is_some_and(|s| chars_between(s, 0, 128))),
+                ),
+                ("detail", optional_object(b, "detail")),
+            ],
+            Parser::Get => vec![("order_id", required_str(b, "order_id", is_v7))],
+            Parser::QueryOne | Parser::QueryList => {
+                let mut checks = vec![("user_id", required_str(b, "user_id", is_token))];
+                if field(b, "order_id").is_some() {
+                    checks.push(("order_id", required_str(b, "order_id", is_v7)));
+                } else {
+                    checks.push((
+                        "limit",
+                        field(b, "limit")
+                            .is_none_or(|v| v.as_i64().is_some_and(|n| (1..=100).contains(&n))),
+                    ));
+                    checks.push((
+                        "before",
+                        field(b, "before").is_none_or(|v| v.as_str().is_some_and(is_v7)),
+                    ));
+                }
+                checks
+            }
+            Parser::Aux => vec![
+                ("order_id", required_str(b, "order_id", is_v7)),
+                (
+                    "status",
+                    required_str(b, "status", |s| chars_between(s, 1, 32)),
+                ),
+                ("data", optional_object(b, "data")),
+            ],
+        };
+        checks
+            .into_iter()
+            .filter(|(_, ok)| !ok)
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    fn verdict(self, bytes: &[u8]) -> Verdict {
+        match decode(bytes) {
+            Err(rule) => Verdict::Body(rule),
+            Ok(b) => match self.broken(&b) {
+                fields if fields.is_empty() => Verdict::Accept,
+                fields => Verdict::Fields(fields),
+            },
+        }
+    }
+
+    /// Runs the parser under test; the query forms must come out as the form asked for.
+    fn parse(self, bytes: &[u8]) -> Result<(), ApiError> {
+        match self {
+            Parser::Submit => SubmitRequest::parse(bytes).map(drop),
+            Parser::Result => ResultRequest::parse(bytes).map(drop),
+            Parser::Get => GetRequest::parse(bytes).map(drop),
+            Parser::QueryOne | Parser::QueryList => QueryRequest::parse(bytes).map(|q| {
+                let one = matches!(q, QueryRequest::One { .. });
+                assert_eq!(one, self == Parser::QueryOne, "{q:?} parsed as {self:?}");
+            }),
+            Parser::Aux => AuxRecordRequest::parse(bytes).map(drop),
+        }
+    }
+}
+
+/// What `query` must say of `bytes`: the form follows `order_id`.
+fn query_verdict(bytes: &[u8]) -> Verdict {
+    let form = match decode(bytes) {
+        Ok(b) if field(&b, "order_id").is_some() => Parser::QueryOne,
+        _ => Parser::QueryList,
+    };
+    form.verdict(bytes)
+}
+
 /// The body an accepted request was decoded from.
 fn accepted_body(bytes: &[u8]) -> Map<String, Value> {
     let value: Value = serde_json::from_slice(bytes).expect("an accepted body is JSON");
@@ -108,16 +362,42 @@ fn accepted_body(bytes: &[u8]) -> Map<String, Value> {
     }
 }
 
+/// A refusal: `invalid_request` with a message; the rules must refuse the body too, and for a
+/// body refused by its fields the message names one of the fields that break a rule.
 #[track_caller]
-fn assert_refusal(e: &ApiError) {
+fn assert_refusal(e: &ApiError, verdict: &Verdict, bytes: &[u8]) {
     assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
     assert!(!e.message.trim().is_empty(), "a refusal says why");
+    match verdict {
+        Verdict::Accept => panic!(
+            "refused ({e}) although every rule holds: {}",
+            String::from_utf8_lossy(bytes)
+        ),
+        Verdict::Body(_) => {}
+        Verdict::Fields(fields) => assert!(
+            fields.iter().any(|f| e.message.contains(&format!("`{f}`"))),
+            "the refusal ({e}) names none of the fields that break a rule, {fields:?}"
+        ),
+    }
+}
+
+/// An acceptance: the rules must accept the body too.
+#[track_caller]
+fn assert_acceptance(verdict: &Verdict, bytes: &[u8]) {
+    assert_eq!(
+        verdict,
+        &Verdict::Accept,
+        "accepted although the rules refuse it: {}",
+        String::from_utf8_lossy(bytes)
+    );
 }
 
 fn check_submit(bytes: &[u8]) {
+    let verdict = Parser::Submit.verdict(bytes);
     match SubmitRequest::parse(bytes) {
-        Err(e) => assert_refusal(&e),
+        Err(e) => assert_refusal(&e, &verdict, bytes),
         Ok(r) => {
+            assert_acceptance(&verdict, bytes);
             let b = accepted_body(bytes);
             assert!(is_key(&r.request_id) && text(&b, "request_id") == Some(r.request_id.as_str()));
             assert!(is_token(&r.user_id) && text(&b, "user_id") == Some(r.user_id.as_str()));
@@ -150,9 +430,11 @@ fn check_submit(bytes: &[u8]) {
 }
 
 fn check_result(bytes: &[u8]) {
+    let verdict = Parser::Result.verdict(bytes);
     match ResultRequest::parse(bytes) {
-        Err(e) => assert_refusal(&e),
+        Err(e) => assert_refusal(&e, &verdict, bytes),
         Ok(r) => {
+            assert_acceptance(&verdict, bytes);
             let b = accepted_body(bytes);
             assert!(is_v7(&r.order_id) && text(&b, "order_id") == Some(r.order_id.as_str()));
             assert!(is_key(&r.result_id) && text(&b, "result_id") == Some(r.result_id.as_str()));
@@ -178,9 +460,11 @@ fn check_result(bytes: &[u8]) {
 }
 
 fn check_get(bytes: &[u8]) {
+    let verdict = Parser::Get.verdict(bytes);
     match GetRequest::parse(bytes) {
-        Err(e) => assert_refusal(&e),
+        Err(e) => assert_refusal(&e, &verdict, bytes),
         Ok(r) => {
+            assert_acceptance(&verdict, bytes);
             let b = accepted_body(bytes);
             assert!(is_v7(&r.order_id) && text(&b, "order_id") == Some(r.order_id.as_str()));
         }
@@ -188,9 +472,11 @@ fn check_get(bytes: &[u8]) {
 }
 
 fn check_query(bytes: &[u8]) {
+    let verdict = query_verdict(bytes);
     match QueryRequest::parse(bytes) {
-        Err(e) => assert_refusal(&e),
+        Err(e) => assert_refusal(&e, &verdict, bytes),
         Ok(q) => {
+            assert_acceptance(&verdict, bytes);
             let b = accepted_body(bytes);
             assert!(is_token(q.user_id()) && text(&b, "user_id") == Some(q.user_id()));
             match &q {
@@ -215,9 +501,11 @@ fn check_query(bytes: &[u8]) {
 }
 
 fn check_aux(bytes: &[u8]) {
+    let verdict = Parser::Aux.verdict(bytes);
     match AuxRecordRequest::parse(bytes) {
-        Err(e) => assert_refusal(&e),
+        Err(e) => assert_refusal(&e, &verdict, bytes),
         Ok(r) => {
+            assert_acceptance(&verdict, bytes);
             let b = accepted_body(bytes);
             assert!(is_v7(&r.order_id) && text(&b, "order_id") == Some(r.order_id.as_str()));
             assert!(
@@ -553,6 +841,412 @@ fn near_valid() -> BoxedStrategy<Value> {
         .boxed()
 }
 
+/// One field of a body: values that keep its rule and values that break it (`None`: absent).
+struct FieldRule {
+    name: &'static str,
+    good: BoxedStrategy<Option<Value>>,
+    bad: BoxedStrategy<Option<Value>>,
+}
+
+fn rule(
+    name: &'static str,
+    good: BoxedStrategy<Option<Value>>,
+    bad: BoxedStrategy<Option<Value>>,
+) -> FieldRule {
+    FieldRule { name, good, bad }
+}
+
+fn some(s: BoxedStrategy<Value>) -> BoxedStrategy<Option<Value>> {
+    s.prop_map(Some).boxed()
+}
+
+fn string(regex: &str) -> BoxedStrategy<Value> {
+    re(regex).prop_map(Value::String).boxed()
+}
+
+fn values(v: Vec<Value>) -> BoxedStrategy<Value> {
+    select(v).boxed()
+}
+
+/// A required field: missing or `null` breaks it as surely as a bad value.
+fn required(bad: BoxedStrategy<Value>) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Value::Null)),
+        8 => bad.prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// An optional field: missing or `null` keeps it.
+fn optional(good: BoxedStrategy<Value>) -> BoxedStrategy<Option<Value>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Value::Null)),
+        6 => good.prop_map(Some),
+    ]
+    .boxed()
+}
+
+/// A small object free of U+0000 (a rule of the whole body, kept apart).
+fn clean_object() -> BoxedStrategy<Value> {
+    small_object().prop_filter("no U+0000", free_of_nul).boxed()
+}
+
+/// A shallow value free of U+0000.
+fn clean_value() -> BoxedStrategy<Value> {
+    nested(2, 8, 3)
+        .prop_filter("no U+0000", free_of_nul)
+        .boxed()
+}
+
+/// Values of another JSON type than a string.
+fn not_a_string() -> BoxedStrategy<Value> {
+    values(vec![
+        json!(7),
+        json!(true),
+        json!(["x"]),
+        json!({"x": 1}),
+        json!(1.5),
+    ])
+}
+
+fn not_an_object() -> BoxedStrategy<Value> {
+    values(vec![
+        json!([]),
+        json!([{}]),
+        json!("{}"),
+        json!(1),
+        json!(false),
+    ])
+}
+
+/// Idempotency keys: 1–128 characters, each 0x21–0x7E.
+fn key_rule(name: &'static str) -> FieldRule {
+    rule(
+        name,
+        some(prop_oneof![8 => string("[!-~]{1,128}"), 1 => Just(json!("k".repeat(128)))].boxed()),
+        required(
+            prop_oneof![
+                Just(json!("")),
+                string("[!-~]{129,140}"),
+                // One character outside 0x21–0x7E (but never U+0000, a rule of the whole body).
+                string("[!-~]{0,8}[ \\x01-\\x1f\\x7f-\\u{ff}а😀][!-~]{0,8}"),
+                not_a_string(),
+            ]
+            .boxed(),
+        ),
+    )
+}
+
+/// Subject tokens: `^[A-Za-z0-9_-]{1,64}$`.
+fn token_rule(name: &'static str) -> FieldRule {
+    rule(
+        name,
+        some(string("[A-Za-z0-9_-]{1,64}")),
+        required(
+            prop_oneof![
+                Just(json!("")),
+                string("[A-Za-z0-9_-]{65,70}"),
+                string("[A-Za-z0-9_-]{0,8}[.*> \\tаＡé/][A-Za-z0-9_-]{0,8}"),
+                not_a_string(),
+            ]
+            .boxed(),
+        ),
+    )
+}
+
+/// A string of `min..=max` characters (any printable ones), required unless `min` is 0.
+fn text_rule(name: &'static str, min: usize, max: usize) -> FieldRule {
+    // `printable!("")` is the character class alone.
+    let between = |lo: usize, hi: usize| string(&format!("{}{{{lo},{hi}}}", printable!("")));
+    let edge = json!("一".repeat(max));
+    let good = prop_oneof![8 => between(min, max), 1 => Just(edge)].boxed();
+    let too_long = between(max + 1, max + 3);
+    if min == 0 {
+        rule(
+            name,
+            optional(good),
+            some(prop_oneof![too_long, not_a_string()].boxed()),
+        )
+    } else {
+        rule(
+            name,
+            some(good),
+            required(prop_oneof![Just(json!("")), too_long, not_a_string()].boxed()),
+        )
+    }
+}
+
+/// Order ids: lowercase hyphenated UUIDv7.
+fn id_good() -> BoxedStrategy<Value> {
+    v7().prop_map(Value::String).boxed()
+}
+
+fn id_bad() -> BoxedStrategy<Value> {
+    prop_oneof![
+        // Upper case, with at least one letter that shows it.
+        v7().prop_map(|id| {
+            let mut id = id.to_uppercase();
+            id.replace_range(19..20, "A");
+            Value::String(id)
+        }),
+        v7().prop_map(|id| Value::String(id.replace('-', ""))),
+        v7().prop_map(|id| Value::String(format!("{{{id}}}"))),
+        v7().prop_map(|id| Value::String(format!("{}4{}", &id[..14], &id[15..]))),
+        v7().prop_map(|id| Value::String(format!("{id} "))),
+        v7().prop_map(|id| Value::String(id[..35].to_owned())),
+        Just(json!("67e55044-10b1-426f-9247-bb680e5fe0c8")),
+        Just(json!("")),
+        not_a_string(),
+    ]
+    .boxed()
+}
+
+fn order_id_rule() -> FieldRule {
+    rule("order_id", some(id_good()), required(id_bad()))
+}
+
+/// `payload`, `detail`, `data`: absent, or an object of at most 64 KiB as compact JSON.
+fn object_rule(name: &'static str) -> FieldRule {
+    let exactly_the_limit = Just(json!({"k": "x".repeat(LIMIT - 8)}));
+    let just_over = (LIMIT + 1..=LIMIT + 3).prop_map(|n| json!({"k": "x".repeat(n - 8)}));
+    rule(
+        name,
+        optional(prop_oneof![30 => clean_object(), 1 => exactly_the_limit].boxed()),
+        some(prop_oneof![8 => not_an_object(), 1 => just_over].boxed()),
+    )
+}
+
+fn submit_rules() -> Vec<FieldRule> {
+    vec![
+        key_rule("request_id"),
+        token_rule("user_id"),
+        token_rule("partner_id"),
+        text_rule("product", 1, 64),
+        rule(
+            "amount_minor",
+            some(
+                prop_oneof![
+                    (0..=MAX_AMOUNT).prop_map(Value::from),
+                    values(vec![json!(0), json!(MAX_AMOUNT)])
+                ]
+                .boxed(),
+            ),
+            required(
+                prop_oneof![
+                    (i64::MIN..0).prop_map(Value::from),
+                    (MAX_AMOUNT + 1..=i64::MAX).prop_map(Value::from),
+                    ((i64::MAX as u64 + 1)..=u64::MAX).prop_map(Value::from),
+                    // Integral values written as numbers with a fraction or an exponent.
+                    values(vec![json!(1.0), json!(1.5), json!(1e3), json!(-0.0)]),
+                    values(vec![json!("12"), json!(true), json!([1])]),
+                ]
+                .boxed(),
+            ),
+        ),
+        rule(
+            "currency",
+            some(string("[A-Z]{3}")),
+            required(
+                prop_oneof![
+                    string("[a-z]{3}"),
+                    string("[A-Z]{0,2}"),
+                    string("[A-Z]{4,5}"),
+                    string("[A-Z]{2}[a-z0-9 ÉЖ]"),
+                    not_a_string(),
+                ]
+                .boxed(),
+            ),
+        ),
+        rule(
+            "items",
+            optional(
+                prop_oneof![
+                    4 => vec(clean_object(), 0..3).prop_map(Value::Array),
+                    1 => Just(Value::Array(vec![json!({}); 100])),
+                ]
+                .boxed(),
+            ),
+            some(
+                prop_oneof![
+                    (101usize..=110).prop_map(|n| Value::Array(vec![json!({}); n])),
+                    (
+                        vec(clean_object(), 0..3),
+                        0usize..4,
+                        clean_value().prop_filter("not an object", |v| !v.is_object())
+                    )
+                        .prop_map(|(mut items, at, bad)| {
+                            items.insert(at.min(items.len()), bad);
+                            Value::Array(items)
+                        }),
+                    values(vec![json!({}), json!("[]"), json!(1), json!(true)]),
+                ]
+                .boxed(),
+            ),
+        ),
+        object_rule("payload"),
+    ]
+}
+
+fn result_rules() -> Vec<FieldRule> {
+    vec![
+        order_id_rule(),
+        key_rule("result_id"),
+        rule(
+            "outcome",
+            some(values(vec![
+                json!("confirmed"),
+                json!("rejected"),
+                json!("failed"),
+            ])),
+            required(
+                prop_oneof![
+                    // Only the hub closes an order with `timeout`.
+                    values(vec![
+                        json!("timeout"),
+                        json!("Confirmed"),
+                        json!("confirmed "),
+                        json!(""),
+                    ]),
+                    string("[a-z]{1,12}").prop_filter("not an outcome", |v| !is_partner_outcome(
+                        v.as_str().unwrap_or_default()
+                    )),
+                    not_a_string(),
+                ]
+                .boxed(),
+            ),
+        ),
+        text_rule("partner_ref", 0, 128),
+        object_rule("detail"),
+    ]
+}
+
+fn query_one_rules() -> Vec<FieldRule> {
+    vec![
+        token_rule("user_id"),
+        // Present and not null: without an `order_id` the query is the list form.
+        rule("order_id", some(id_good()), some(id_bad())),
+    ]
+}
+
+fn query_list_rules() -> Vec<FieldRule> {
+    vec![
+        token_rule("user_id"),
+        rule(
+            "limit",
+            optional(
+                prop_oneof![
+                    (1u64..=100).prop_map(Value::from),
+                    values(vec![json!(1), json!(100)])
+                ]
+                .boxed(),
+            ),
+            some(
+                prop_oneof![
+                    values(vec![json!(0), json!(101), json!(u64::MAX), json!(i64::MIN)]),
+                    (101u64..=100_000).prop_map(Value::from),
+                    (i64::MIN..=0).prop_map(Value::from),
+                    values(vec![
+                        json!(1.5),
+                        json!(1e2),
+                        json!(20.0),
+                        json!("20"),
+                        json!(true)
+                    ]),
+                ]
+                .boxed(),
+            ),
+        ),
+        rule("before", optional(id_good()), some(id_bad())),
+    ]
+}
+
+fn aux_rules() -> Vec<FieldRule> {
+    vec![
+        order_id_rule(),
+        text_rule("status", 1, 32),
+        object_rule("data"),
+    ]
+}
+
+impl Parser {
+    const ALL: [Parser; 6] = [
+        Parser::Submit,
+        Parser::Result,
+        Parser::Get,
+        Parser::QueryOne,
+        Parser::QueryList,
+        Parser::Aux,
+    ];
+
+    fn rules(self) -> Vec<FieldRule> {
+        match self {
+            Parser::Submit => submit_rules(),
+            Parser::Result => result_rules(),
+            Parser::Get => vec![order_id_rule()],
+            Parser::QueryOne => query_one_rules(),
+            Parser::QueryList => query_list_rules(),
+            Parser::Aux => aux_rules(),
+        }
+    }
+}
+
+/// Fields no parser knows, which every parser ignores.
+fn unknown_fields() -> BoxedStrategy<Vec<(String, Value)>> {
+    vec(
+        (
+            re("[a-z_]{1,12}").prop_filter("not a known field", |k| !FIELDS.contains(&k.as_str())),
+            clean_value(),
+        ),
+        0..3,
+    )
+    .boxed()
+}
+
+/// A body of `parser` from its fields' values and some unknown fields.
+fn assemble(
+    names: &[&'static str],
+    slots: Vec<Option<Value>>,
+    extra: Vec<(String, Value)>,
+) -> Value {
+    let mut body: Map<String, Value> = extra.into_iter().collect();
+    for (name, v) in names.iter().zip(slots) {
+        if let Some(v) = v {
+            body.insert(name.to_string(), v);
+        }
+    }
+    Value::Object(body)
+}
+
+/// A body that keeps every rule of `parser`.
+fn valid_body(parser: Parser) -> BoxedStrategy<Value> {
+    let (names, goods): (Vec<_>, Vec<_>) =
+        parser.rules().into_iter().map(|r| (r.name, r.good)).unzip();
+    (goods, unknown_fields())
+        .prop_map(move |(slots, extra)| assemble(&names, slots, extra))
+        .boxed()
+}
+
+/// A body of `parser` that breaks the rule of exactly one field, and that field.
+fn one_rule_broken(parser: Parser) -> BoxedStrategy<(Value, &'static str)> {
+    let rules = parser.rules();
+    let names: Vec<&'static str> = rules.iter().map(|r| r.name).collect();
+    let goods: Vec<_> = rules.iter().map(|r| r.good.clone()).collect();
+    let bads: Vec<_> = rules.iter().map(|r| r.bad.clone()).collect();
+    (0..rules.len())
+        .prop_flat_map(move |i| (Just(i), goods.clone(), bads[i].clone(), unknown_fields()))
+        .prop_map(move |(i, mut slots, bad, extra)| {
+            slots[i] = bad;
+            (assemble(&names, slots, extra), names[i])
+        })
+        .boxed()
+}
+
+fn any_parser() -> impl Strategy<Value = Parser> {
+    select(Parser::ALL.to_vec())
+}
+
 /// Damage done to the text of a body.
 #[derive(Clone, Debug)]
 enum Mutation {
@@ -628,6 +1322,124 @@ proptest! {
             None => text,
         };
         check_all(&input);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: CASES,
+        failure_persistence: None,
+        rng_algorithm: proptest::test_runner::RngAlgorithm::XorShift,
+        ..ProptestConfig::default()
+    })]
+
+    /// Every rule kept, unknown fields added: accepted, by the rules and by the parser.
+    #[test]
+    fn bodies_that_keep_every_rule_are_accepted(
+        (parser, v) in any_parser().prop_flat_map(|p| (Just(p), valid_body(p)))
+    ) {
+        let bytes = encode(&v);
+        prop_assert_eq!(parser.verdict(&bytes), Verdict::Accept, "{}", v);
+        if let Err(e) = parser.parse(&bytes) {
+            panic!("{parser:?} refused a body that keeps every rule ({e}): {v}");
+        }
+        check_all(&bytes);
+    }
+
+    /// Exactly one field breaks its rule: refused with `invalid_request` naming that field.
+    #[test]
+    fn a_body_breaking_one_rule_is_refused_naming_its_field(
+        (parser, (v, name)) in any_parser().prop_flat_map(|p| (Just(p), one_rule_broken(p)))
+    ) {
+        let bytes = encode(&v);
+        // The generator itself is held to the rules: this body breaks `name` and nothing else.
+        prop_assert_eq!(parser.verdict(&bytes), Verdict::Fields(vec![name]), "{}", v);
+        match parser.parse(&bytes) {
+            Ok(()) => panic!("{parser:?} accepted a body whose `{name}` breaks its rule: {v}"),
+            Err(e) => {
+                prop_assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e);
+                prop_assert!(
+                    e.message.contains(&format!("`{name}`")),
+                    "{:?}: the refusal of a bad `{}` does not name it: {} (body {})",
+                    parser, name, e.message, v
+                );
+            }
+        }
+        check_all(&bytes);
+    }
+
+    /// A body that breaks a rule of the whole body (a repeated key, U+0000 in a string or key,
+    /// not an object) and no field rule: refused with `invalid_request` saying so.
+    #[test]
+    fn a_body_breaking_a_body_rule_is_refused(
+        (parser, v) in any_parser().prop_flat_map(|p| (Just(p), valid_body(p))),
+        how in 0..4usize,
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let map = v.as_object().expect("an object").clone();
+        let keys: Vec<&String> = map.keys().collect();
+        let key = keys[pick.index(keys.len())].clone();
+        let text = String::from_utf8(encode(&v)).expect("UTF-8");
+        let (bytes, rule, says) = match how {
+            // The same key again, first with `null`: the value that counts as absent.
+            0 => (
+                text.replacen('{', &format!("{{{}:null,", Value::String(key.clone())), 1),
+                BodyRule::RepeatedKey,
+                "duplicate field",
+            ),
+            // The same key again with the very same value.
+            1 => (
+                text.replacen(
+                    '{',
+                    &format!("{{{}:{},", Value::String(key.clone()), map[&key]),
+                    1,
+                ),
+                BodyRule::RepeatedKey,
+                "duplicate field",
+            ),
+            // U+0000 in a key no parser knows.
+            2 => (
+                text.replacen('{', "{\"x\\u0000y\":1,", 1),
+                BodyRule::Nul,
+                "U+0000",
+            ),
+            // The body inside an array.
+            _ => (format!("[{text}]"), BodyRule::NotObject, "JSON object"),
+        };
+        let bytes = bytes.into_bytes();
+        prop_assert_eq!(parser.verdict(&bytes), Verdict::Body(rule));
+        match parser.parse(&bytes) {
+            Ok(()) => panic!("{parser:?} accepted {}", String::from_utf8_lossy(&bytes)),
+            Err(e) => {
+                prop_assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e);
+                prop_assert!(e.message.contains(says), "{:?}: {}", rule, e.message);
+            }
+        }
+        check_all(&bytes);
+    }
+
+    /// U+0000 inside a field's string value breaks the body rule, whatever the field.
+    #[test]
+    fn nul_in_a_field_is_refused(
+        (parser, v) in any_parser().prop_flat_map(|p| (Just(p), valid_body(p))),
+        pick in any::<prop::sample::Index>(),
+    ) {
+        let mut map = v.as_object().expect("an object").clone();
+        let strings: Vec<String> = map
+            .iter()
+            .filter(|(_, v)| v.is_string())
+            .map(|(k, _)| k.clone())
+            .collect();
+        prop_assume!(!strings.is_empty());
+        let key = &strings[pick.index(strings.len())];
+        let s = map[key].as_str().expect("a string").to_owned();
+        let at = s.char_indices().map(|(i, _)| i).nth(s.chars().count() / 2).unwrap_or(0);
+        map.insert(key.clone(), Value::String(format!("{}\0{}", &s[..at], &s[at..])));
+        let bytes = encode(&Value::Object(map));
+        prop_assert_eq!(parser.verdict(&bytes), Verdict::Body(BodyRule::Nul));
+        let e = parser.parse(&bytes).expect_err("U+0000 is refused");
+        prop_assert_eq!(e.code, ErrorCode::InvalidRequest, "{}", e);
+        prop_assert!(e.message.contains("U+0000"), "{}", e.message);
     }
 }
 
