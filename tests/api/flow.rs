@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use actors::replication::Lsn;
+use actors::wal::Lsn;
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use sea_orm::sqlx::{self, Connection, PgConnection};
@@ -551,14 +551,18 @@ async fn partner_timeout_closes_the_order(hub: TestHub) {
 
     let q = query_order(&gateway, &id, "u-9").await;
     assert_eq!(q.assert_ok()["result"]["outcome"], "timeout");
-    // A late answer from the partner is a second result.
-    request(
+    // A late answer from the partner is not lost: it is the order's late result (see
+    // story.rs for the whole late path).
+    let late = request(
         &globex,
         "orders.partner.globex-hotels.result",
         json!({"order_id": id, "result_id": "late", "outcome": "confirmed"}),
     )
-    .await
-    .assert_error("conflict", 409);
+    .await;
+    assert_eq!(late.assert_ok()["status"], "late_result_stored");
+    // A second timeout never comes: the order keeps its one timeout result.
+    let q = query_order(&gateway, &id, "u-9").await;
+    assert_eq!(q.assert_ok()["result"]["result_id"], "orderhub-timeout");
 }
 
 async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
@@ -708,6 +712,7 @@ async fn service_discovery_lists_every_endpoint(hub: TestHub) {
         ("query", "orders.query"),
         ("status", "orders.admin.status"),
         ("submit", "orders.submit"),
+        ("trace", "orders.admin.trace"),
     ];
     assert_eq!(
         subjects,

@@ -1,13 +1,16 @@
 //! The replica guarantees (README "Replica guarantees") on a real Postgres primary + streaming
 //! replica: no event before the replica can serve its data, `status` says why events wait,
 //! everything flows once the replica is back, and a primary outage is answered `unavailable`
-//! promptly and survived without a restart. Each test stops or pauses nodes, so each has a pair
-//! of its own.
+//! promptly and survived without a restart. With `ack_after = "replica"` (the default) a write the
+//! replica cannot confirm is answered `unavailable` within 2 s, stays committed, and its retry
+//! gets the normal answer once the replica is back; the tests of held events run with
+//! `ack_after = "primary"`, where writes are accepted while the replica lags. Each test stops or
+//! pauses nodes, so each has a pair of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use actors::replication::Lsn;
+use actors::wal::Lsn;
 use async_nats::Client;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
@@ -15,6 +18,7 @@ use sea_orm::sqlx::{self, Connection, PgConnection};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use orderhub::settings::AckAfter;
 
 /// A WAL position `sql` reads on `conn`.
 async fn lsn(conn: &mut PgConnection, sql: &str) -> Lsn {
@@ -43,9 +47,14 @@ struct Rig {
 }
 
 impl Rig {
+    /// A rig whose hub acknowledges after the replica (the default).
     async fn start() -> Self {
+        Self::start_with(AckAfter::Replica).await
+    }
+
+    async fn start_with(ack_after: AckAfter) -> Self {
         let pair = PgPair::start().await;
-        let hub = TestHub::start_postgres_on(&pair.env, |_| {}).await;
+        let hub = TestHub::start_postgres_on(&pair.env, |s| s.database.ack_after = ack_after).await;
         let gateway = hub.client("gateway").await;
         let partner = hub.client("partner-acme-air").await;
         let operator = hub.client("operator").await;
@@ -168,6 +177,25 @@ impl Rig {
             .unwrap_or_else(|e| panic!("connect to the replica: {e}"))
     }
 
+    /// The id of the order `user` stored under `request_id`, read on the primary.
+    async fn stored_on_primary(&self, user: &str, request_id: &str) -> Option<String> {
+        let Store::Postgres(db) = &self.hub.store else {
+            panic!("the rig runs on Postgres");
+        };
+        let mut conn = PgConnection::connect(&db.primary_url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to the primary: {e}"));
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM orders WHERE user_id = $1 AND request_id = $2")
+                .bind(user)
+                .bind(request_id)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("orders on the primary");
+        let _ = conn.close().await;
+        id
+    }
+
     /// The primary's WAL position now: every later commit lies beyond it.
     async fn primary_lsn(&self) -> Lsn {
         let Store::Postgres(db) = &self.hub.store else {
@@ -255,8 +283,84 @@ async fn flows_after_the_replica_returns(rig: &Rig, ids: &[String], before: Lsn)
 }
 
 #[tokio::test]
-async fn replay_paused_holds_events_until_resumed() {
+async fn acknowledged_means_replicated_and_a_retry_gets_the_normal_answer() {
     let rig = Rig::start().await;
+    let user = "u-ack";
+    // Before: accepted as usual, once the replica has it.
+    let ok = submit_all(&rig.gateway, user, &["a-0"]).await;
+    rig.pair.pause_replay().await;
+
+    // The replica cannot confirm: `unavailable` within 2 s, and the order is committed.
+    let started = Instant::now();
+    let r = request(
+        &rig.gateway,
+        "orders.submit",
+        order(user, "a-1", "acme-air"),
+    )
+    .await;
+    r.assert_error("unavailable", 503);
+    assert!(
+        started.elapsed() < PROMPT,
+        "answered in {:?}",
+        started.elapsed()
+    );
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("replica"),
+        "the message says why: {message}"
+    );
+    let stored = rig
+        .stored_on_primary(user, "a-1")
+        .await
+        .expect("the refused write stays committed on the primary");
+    // A result the replica cannot confirm is answered the same way.
+    let started = Instant::now();
+    rig.result(&ok[0], "r-ack")
+        .await
+        .assert_error("unavailable", 503);
+    assert!(
+        started.elapsed() < PROMPT,
+        "answered in {:?}",
+        started.elapsed()
+    );
+    // Retrying while replay is still paused: still not acknowledged.
+    request(
+        &rig.gateway,
+        "orders.submit",
+        order(user, "a-1", "acme-air"),
+    )
+    .await
+    .assert_error("unavailable", 503);
+
+    // Once the replica is back, the retries get the normal answers.
+    rig.pair.resume_replay().await;
+    let again = request(
+        &rig.gateway,
+        "orders.submit",
+        order(user, "a-1", "acme-air"),
+    )
+    .await;
+    assert_eq!(
+        again.assert_ok(),
+        &json!({"order_id": stored, "status": "accepted", "duplicate": true})
+    );
+    let result = rig.result(&ok[0], "r-ack").await;
+    assert_eq!(
+        result.assert_ok(),
+        &json!({"order_id": ok[0], "status": "result_stored", "duplicate": true})
+    );
+    // Both orders flow on: the first settles, the retried one is dispatched to its partner.
+    rig.all_notified(user, &ok).await;
+    eventually(CATCH_UP, "the retried order is dispatched", || async {
+        let q = query_order(&rig.gateway, &stored, user).await;
+        (q.body["order"]["status"] == "dispatched").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_paused_holds_events_until_resumed() {
+    let rig = Rig::start_with(AckAfter::Primary).await;
     rig.pair.pause_replay().await;
 
     // Writes go on: the primary takes them.
@@ -310,7 +414,7 @@ async fn replay_paused_holds_events_until_resumed() {
 
 #[tokio::test]
 async fn replica_down_holds_events_until_it_returns() {
-    let rig = Rig::start().await;
+    let rig = Rig::start_with(AckAfter::Primary).await;
     rig.pair.stop_replica().await;
 
     let before = rig.primary_lsn().await;
