@@ -7,6 +7,7 @@
 //! without bound. A body over `limits.max_body_bytes` is refused before it takes a slot.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use actors::Hub;
@@ -90,9 +91,28 @@ pub struct Handlers {
     pub max_body: usize,
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
+    /// Shutting down: every request that still arrives is answered `unavailable` at once.
+    pub stopping: AtomicBool,
+    /// When the last request arrived, in ms after `started`.
+    pub last_arrival_ms: AtomicU64,
 }
 
 impl Handlers {
+    /// Shutdown, first step: stop taking requests. Whatever the server still routes here is
+    /// answered `unavailable` (a client retries; a peer instance takes it), so no request that
+    /// reached this hub goes unanswered while the in-flight ones finish.
+    pub fn begin_stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// How long ago the last request arrived.
+    pub fn since_last_arrival(&self) -> std::time::Duration {
+        let last = self.last_arrival_ms.load(Ordering::Relaxed);
+        self.started
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+
     /// Requests being handled now.
     pub fn in_flight(&self) -> usize {
         self.max_in_flight - self.in_flight.available_permits()
@@ -115,6 +135,13 @@ impl Handlers {
             _ => (self.in_flight.clone(), self.max_in_flight, "requests"),
         };
         while let Some(request) = endpoint.next().await {
+            self.last_arrival_ms
+                .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if self.stopping.load(Ordering::Relaxed) {
+                let e = ApiError::unavailable("the hub is shutting down; retry");
+                reply(kind, request, Err(e)).await;
+                continue;
+            }
             let size = request.payload().len();
             if size > self.max_body {
                 let e = ApiError::invalid(format!(

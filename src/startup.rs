@@ -154,6 +154,11 @@ pub async fn provision_stream(
     Ok(built_in)
 }
 
+/// At shutdown, how long no request must have arrived before the hub unsubscribes.
+const QUIET: Duration = Duration::from_millis(200);
+/// The longest it waits for that quiet.
+const QUIET_MAX: Duration = Duration::from_secs(3);
+
 /// How long start-up retries JetStream calls while a cluster elects its leaders.
 const JETSTREAM_READY: Duration = Duration::from_secs(30);
 
@@ -302,6 +307,8 @@ impl App {
             max_body: settings.limits.max_body_bytes,
             in_flight: Arc::new(Semaphore::new(settings.limits.max_in_flight)),
             max_in_flight: settings.limits.max_in_flight,
+            stopping: Default::default(),
+            last_arrival_ms: Default::default(),
         });
         if !settings.metrics.listen.is_empty() {
             crate::metrics::start(&settings.metrics.listen, &handlers)?;
@@ -335,19 +342,35 @@ impl App {
     }
 
     /// Graceful stop: stop taking requests, let in-flight ones finish, stop the actors.
+    ///
+    /// Requests already routed to this hub must not be lost: it first answers everything new with
+    /// `unavailable` while the in-flight requests finish, and only unsubscribes once requests have
+    /// stopped arriving for a moment (a request the server routed here just before the
+    /// unsubscription would otherwise be dropped by the client library unanswered).
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.handlers.begin_stopping();
+        let all = self.handlers.max_in_flight as u32;
+        if let Ok(Ok(permits)) = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.handlers.in_flight.acquire_many(all),
+        )
+        .await
+        {
+            // In-flight work is done; nothing new is taken.
+            permits.forget();
+        }
+        let quiet_until = tokio::time::Instant::now() + QUIET_MAX;
+        while self.handlers.since_last_arrival() < QUIET
+            && tokio::time::Instant::now() < quiet_until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if let Err(e) = self.service.stop().await {
             tracing::warn!(error = %e, "stopping the service");
         }
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
-        let all = self.handlers.max_in_flight as u32;
-        let _ = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.handlers.in_flight.acquire_many(all),
-        )
-        .await;
         let _ = self.client.flush().await;
         match Arc::try_unwrap(self.handlers) {
             Ok(h) => h.hub.stop().await,

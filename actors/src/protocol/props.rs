@@ -716,6 +716,8 @@ fn near_valid() -> BoxedStrategy<Value> {
         v7().prop_map(|id| Value::String(id.replace('-', ""))),
         v7().prop_map(|id| Value::String(format!("{{{id}}}"))),
         v7().prop_map(|id| Value::String(format!("{}4{}", &id[..14], &id[15..]))),
+        // Version 7, but not the RFC 4122 variant.
+        v7().prop_map(|id| Value::String(format!("{}c{}", &id[..19], &id[20..]))),
         v7().prop_map(|id| Value::String(format!("{id} "))),
         one_of(vec![
             json!("67e55044-10b1-426f-9247-bb680e5fe0c8"),
@@ -994,6 +996,8 @@ fn id_bad() -> BoxedStrategy<Value> {
         v7().prop_map(|id| Value::String(id.replace('-', ""))),
         v7().prop_map(|id| Value::String(format!("{{{id}}}"))),
         v7().prop_map(|id| Value::String(format!("{}4{}", &id[..14], &id[15..]))),
+        // Version 7, but not the RFC 4122 variant.
+        v7().prop_map(|id| Value::String(format!("{}c{}", &id[..19], &id[20..]))),
         v7().prop_map(|id| Value::String(format!("{id} "))),
         v7().prop_map(|id| Value::String(id[..35].to_owned())),
         Just(json!("67e55044-10b1-426f-9247-bb680e5fe0c8")),

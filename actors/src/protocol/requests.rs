@@ -253,7 +253,11 @@ pub fn validate_token(field: &str, s: &str) -> Result<(), ApiError> {
 /// An order id: a UUIDv7, lowercase and hyphenated.
 fn validate_order_id(field: &str, s: &str) -> Result<(), ApiError> {
     let ok = uuid::Uuid::try_parse(s)
-        .map(|u| u.get_version_num() == 7 && u.hyphenated().to_string() == s)
+        .map(|u| {
+            u.get_version_num() == 7
+                && u.get_variant() == uuid::Variant::RFC4122
+                && u.hyphenated().to_string() == s
+        })
         .unwrap_or(false);
     if ok {
         Ok(())
