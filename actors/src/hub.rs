@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use futures::FutureExt;
 use ractor::{Actor, ActorRef};
 use tracing::Instrument;
 
@@ -18,7 +17,7 @@ use crate::link::Link;
 use crate::outbox::{Committed, Released, SettleCheck};
 use crate::partners::Partners;
 use crate::pipeline::{
-    Child, PipelineArgs, PipelineMsg, PipelineSupervisor, Restarts, registry_name,
+    PipelineArgs, PipelineMsg, PipelineSupervisor, Restarts, registry_name, supervised,
 };
 use crate::protocol::{
     ApiError, AuxRecordRequest, DatabaseStatus, GetRequest, OrderReply, QueryAnswer, QueryRequest,
@@ -124,31 +123,24 @@ impl Hub {
         };
         let mut children = Vec::new();
         {
-            let (js, writers, released, sweep_all) = (
-                config.jetstream.clone(),
-                writers.clone(),
-                released.clone(),
-                sweep_all.clone(),
-            );
-            let name = registry_name(&instance, "relay");
-            children.push(child("relay", move |sup, restarted| {
-                let args = RelayArgs {
+            let (js, writers, released) =
+                (config.jetstream.clone(), writers.clone(), released.clone());
+            let sweep_all = sweep_all.clone();
+            children.push(supervised(
+                &instance,
+                "relay",
+                || OutboxRelay,
+                move || RelayArgs {
                     jetstream: js.clone(),
                     writers: writers.clone(),
-                };
-                let (name, released, sweep_all) =
-                    (name.clone(), released.clone(), sweep_all.clone());
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(Some(name), OutboxRelay, args, sup).await?;
+                },
+                move |actor, restarted| {
                     released.set(actor.get_derived());
                     if restarted {
                         sweep_all();
                     }
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+            ));
         }
         {
             let (db, replication, committed, released) = (
@@ -157,72 +149,61 @@ impl Hub {
                 committed.clone(),
                 released.clone(),
             );
-            let name = registry_name(&instance, "replication");
-            children.push(child("replication", move |sup, _| {
-                let args = ReplicationArgs {
+            children.push(supervised(
+                &instance,
+                "replication",
+                || ReplicationActor,
+                move || ReplicationArgs {
                     db: db.clone(),
                     released: released.clone(),
-                };
-                let (name, replication, committed) =
-                    (name.clone(), replication.clone(), committed.clone());
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(Some(name), ReplicationActor, args, sup).await?;
+                },
+                move |actor, _| {
                     committed.set(actor.get_derived());
                     replication.set(actor.get_derived());
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+            ));
         }
         for (i, link) in writer_links.into_iter().enumerate() {
-            let role = format!("writer-{i}");
-            let name = registry_name(&instance, &role);
             let ack_after_replica = config.ack_after_replica;
-            let (primary, partners, committed, settle, sweep_all) = (
+            let (primary, partners, committed, settle) = (
                 config.db.primary.clone(),
                 partners.clone(),
                 committed.clone(),
                 settle.clone(),
-                sweep_all.clone(),
             );
-            children.push(child(&role, move |sup, restarted| {
-                let args = WriterArgs {
+            let sweep_all = sweep_all.clone();
+            children.push(supervised(
+                &instance,
+                &format!("writer-{i}"),
+                || Writer,
+                move || WriterArgs {
                     primary: primary.clone(),
                     partners: partners.clone(),
                     committed: committed.clone(),
                     settle: settle.clone(),
                     ack_after_replica,
-                };
-                let (name, link, sweep_all) = (name.clone(), link.clone(), sweep_all.clone());
-                async move {
-                    let (actor, _) = Actor::spawn_linked(Some(name), Writer, args, sup).await?;
+                },
+                move |actor, restarted| {
                     link.set(actor.get_derived());
                     if restarted {
                         sweep_all();
                     }
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+            ));
         }
         {
             let (db, orders, partners) = (config.db.clone(), orders.clone(), partners.clone());
-            let name = registry_name(&instance, "deadline");
-            children.push(child("deadline", move |sup, _| {
-                let args = DeadlineArgs {
+            children.push(supervised(
+                &instance,
+                "deadline",
+                || DeadlineActor,
+                move || DeadlineArgs {
                     db: db.clone(),
                     orders: orders.clone(),
                     partners: partners.clone(),
-                };
-                let name = name.clone();
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(Some(name), DeadlineActor, args, sup).await?;
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+                |_, _| {},
+            ));
         }
         {
             let (db, subjects, systems, writers, settle) = (
@@ -232,44 +213,36 @@ impl Hub {
                 writers.clone(),
                 settle.clone(),
             );
-            let name = registry_name(&instance, "settler");
-            children.push(child("settler", move |sup, _| {
-                let args = SettlerArgs {
+            children.push(supervised(
+                &instance,
+                "settler",
+                || Settler,
+                move || SettlerArgs {
                     db: db.clone(),
                     subjects: subjects.clone(),
                     systems: systems.clone(),
                     writers: writers.clone(),
-                };
-                let (name, settle) = (name.clone(), settle.clone());
-                async move {
-                    let (actor, _) = Actor::spawn_linked(Some(name), Settler, args, sup).await?;
-                    settle.set(actor.get_derived());
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+                move |actor, _| settle.set(actor.get_derived()),
+            ));
         }
         let mut built_in_aux = Vec::new();
         for (system, consumer) in config.aux {
-            let role = format!("aux-{system}");
-            let name = registry_name(&instance, &role);
             built_in_aux.push(system.clone());
+            let role = format!("aux-{system}");
             let (db, settle) = (config.db.clone(), settle.clone());
-            children.push(child(&role, move |sup, _| {
-                let args = AuxArgs {
+            children.push(supervised(
+                &instance,
+                &role,
+                || AuxSubscriber,
+                move || AuxArgs {
                     system: system.clone(),
                     consumer: consumer.clone(),
                     db: db.clone(),
                     settle: settle.clone(),
-                };
-                let name = name.clone();
-                async move {
-                    let (actor, _) =
-                        Actor::spawn_linked(Some(name), AuxSubscriber, args, sup).await?;
-                    Ok(actor.get_cell())
-                }
-                .boxed()
-            }));
+                },
+                |_, _| {},
+            ));
         }
         let restarts = Arc::new(Restarts::default());
         let (pipeline, _) = Actor::spawn(
@@ -436,22 +409,5 @@ impl Hub {
             .call(PipelineMsg::Shutdown, Some(Duration::from_secs(10)))
             .await;
         self.pipeline.stop(None);
-    }
-}
-
-fn child(
-    role: &str,
-    start: impl Fn(
-        ractor::ActorCell,
-        bool,
-    )
-        -> futures::future::BoxFuture<'static, Result<ractor::ActorCell, ractor::SpawnErr>>
-    + Send
-    + Sync
-    + 'static,
-) -> Child {
-    Child {
-        role: role.to_owned(),
-        start: Box::new(start),
     }
 }

@@ -36,6 +36,36 @@ pub struct Child {
     pub start: StartFn,
 }
 
+/// A child that spawns `actor()` with `args()` under the registry name `<instance>:<role>`, linked
+/// to the supervisor, then calls `started` with the new incarnation (to point links at it) and
+/// whether it replaces one that failed.
+pub fn supervised<A, F, S>(
+    instance: &str,
+    role: &str,
+    actor: fn() -> A,
+    args: F,
+    started: S,
+) -> Child
+where
+    A: Actor,
+    F: Fn() -> A::Arguments + Send + Sync + 'static,
+    S: Fn(&ActorRef<A::Msg>, bool) + Send + Sync + 'static,
+{
+    let name = registry_name(instance, role);
+    let started = Arc::new(started);
+    Child {
+        role: role.to_owned(),
+        start: Box::new(move |supervisor, restarted| {
+            let (name, args, started) = (name.clone(), args(), started.clone());
+            Box::pin(async move {
+                let (actor, _) = Actor::spawn_linked(Some(name), actor(), args, supervisor).await?;
+                started(&actor, restarted);
+                Ok(actor.get_cell())
+            })
+        }),
+    }
+}
+
 /// The registry name of a hub's actor: `<instance>:<role>`, unique even with several hubs in one
 /// process.
 pub fn registry_name(instance: &str, role: &str) -> String {

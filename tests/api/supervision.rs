@@ -1,8 +1,8 @@
 //! Supervision: each long-lived actor of an in-process hub is killed by its registry name under a
 //! steady load. It must come back (a new incarnation under the same name, a restart counted in
-//! `orders.admin.status`), and afterwards every accepted order settles with exactly one stored and
-//! one result event in the stream and both built-in auxiliary records: nothing stalled, nothing
-//! doubled. Every test runs on SQLite and on the Postgres pair, where the replication actor
+//! `orders.admin.status`), and afterwards every accepted order settles with exactly one stored, one
+//! result and one settled event in the stream and all three auxiliary records: nothing stalled,
+//! nothing doubled. Every test runs on SQLite and on the Postgres pair, where the replication actor
 //! really fences events.
 
 use std::collections::{BTreeMap, HashMap};
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Client;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Settings, TestHub, both_backends, eventually, order, query_order, status};
 use crate::restart::{run_partner, stream_subjects};
@@ -38,6 +38,7 @@ both_backends!(
     deadline => silent_globex,
     aux_invoice => silent_globex,
     aux_loyalty => silent_globex,
+    settler => silent_globex,
 );
 
 async fn writer(hub: TestHub) {
@@ -58,6 +59,9 @@ async fn aux_invoice(hub: TestHub) {
 async fn aux_loyalty(hub: TestHub) {
     kill_under_load(hub, "aux-loyalty").await
 }
+async fn settler(hub: TestHub) {
+    kill_under_load(hub, "settler").await
+}
 
 /// An accepted order: `(order_id, user_id, partner_id)`.
 type Accepted = Arc<Mutex<Vec<(String, String, String)>>>;
@@ -66,6 +70,7 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
     let gateway = hub.client("gateway").await;
     let operator = hub.client("operator").await;
     let partner = run_partner(hub.client("partner-acme-air").await);
+    let auditor = run_auditor(hub.client("aux").await);
 
     let first = status(&operator).await;
     let instance = first["instance_id"]
@@ -144,7 +149,8 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
                     .collect();
                 let done = body["order"]["status"] == "notified"
                     && systems.contains(&"invoice")
-                    && systems.contains(&"loyalty");
+                    && systems.contains(&"loyalty")
+                    && body["settled_at"].is_string();
                 done.then_some(body.clone())
             },
         )
@@ -152,7 +158,7 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
         assert_eq!(reply["order"]["version"], 4, "{reply}");
         assert_eq!(reply["result"]["outcome"], outcome, "{reply}");
         let aux = reply["aux"].as_array().expect("aux list");
-        assert_eq!(aux.len(), 2, "one record per built-in system: {reply}");
+        assert_eq!(aux.len(), 3, "one record per configured system: {reply}");
     }
 
     let events = stream_subjects(&hub.client("hub").await).await;
@@ -162,6 +168,7 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
         let kind = match ev["type"].as_str() {
             Some("orderhub.order.stored") => "stored",
             Some("orderhub.order.result_stored") => "result",
+            Some("orderhub.order.settled") => "settled",
             other => panic!("unexpected event type {other:?} on {subject}"),
         };
         let id = ev["data"]["order_id"]
@@ -194,7 +201,40 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
         "nothing left unpublished: {last}"
     );
     partner.abort();
+    auditor.abort();
     hub.stop().await;
+}
+
+/// The external `audit` system: records every result event it receives, until aborted.
+fn run_auditor(aux: Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let consumer = crate::helpers::durable(&aux, "aux-audit").await;
+        let mut messages = consumer.messages().await.expect("message stream");
+        while let Some(m) = messages.next().await {
+            let Ok(m) = m else { continue };
+            let ev: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let body = json!({"order_id": ev["data"]["order_id"], "status": "done"});
+            loop {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    aux.request(
+                        "orders.aux.audit.record",
+                        serde_json::to_vec(&body).unwrap().into(),
+                    ),
+                )
+                .await;
+                if let Ok(Ok(reply)) = sent {
+                    let v: Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+                    if v["error"].is_null() {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let _ = m.ack().await;
+        }
+    })
 }
 
 /// Submits [`ORDERS`] orders, [`CONCURRENCY`] at a time; an order refused `unavailable` (a writer
