@@ -568,3 +568,61 @@ async fn migrate_applies_once_then_reports_up_to_date() {
     assert!(second.status.success());
     assert!(String::from_utf8_lossy(&second.stdout).contains("up to date"));
 }
+
+/// Run from another directory, the binary reads nothing of the tree it was built in: it names
+/// what it looked for and where.
+#[tokio::test]
+async fn outside_the_project_directory_says_what_is_missing() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], envs: &[(&str, &std::ffi::OsStr)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orderhub"));
+        command
+            .args(args)
+            .current_dir(elsewhere.path())
+            .env_remove("ORDERHUB_CONFIG_DIR")
+            .env_remove("ORDERHUB_NATS_CONF")
+            .env_remove("ORDERHUB_ENV")
+            .stdin(Stdio::null());
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        command.output()
+    };
+    let out = run(&["migrate"], &[]).await.expect("orderhub runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "config/default.toml not found (working directory {})",
+            elsewhere.path().display()
+        )) && said.contains("ORDERHUB_CONFIG_DIR"),
+        "{said}"
+    );
+
+    // With the configuration found, the local nats-server it would start needs ./nats.conf.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut stopped = orderhub::natsserver::NatsServer::start(None, &elsewhere.path().join("js"))
+        .await
+        .expect("nats-server");
+    stopped.kill().await;
+    let url = format!("nats://hub:hub-dev@127.0.0.1:{}", stopped.port);
+    let out = run(
+        &["serve"],
+        &[
+            ("ORDERHUB_CONFIG_DIR", config.as_os_str()),
+            ("ORDERHUB__NATS__URL", url.as_ref()),
+            ("ORDERHUB__NATS__SPAWN_SERVER", "true".as_ref()),
+        ],
+    )
+    .await
+    .expect("orderhub runs");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "nats.conf not found (working directory {})",
+            elsewhere.path().display()
+        )) && said.contains("ORDERHUB_NATS_CONF"),
+        "{said}"
+    );
+}
