@@ -1,6 +1,8 @@
 //! A simulated external auxiliary system (NATS user `aux`): pulls its durable consumer
 //! `aux-<system>` and, for every result event, writes its record through
-//! `orders.aux.<system>.record`, acknowledging after the hub replied.
+//! `orders.aux.<system>.record`, acknowledging after the hub replied. A late event (a partner's
+//! answer after the hub closed the order as `timeout`) replaces the record with one of the late
+//! outcome.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +17,14 @@ use super::client::{self, Stop, ack, call};
 
 /// The NATS user every external auxiliary system connects as.
 const AUX_USER: &str = "aux";
-/// Result events handled at once.
+/// Events handled at once.
 const CONCURRENCY: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct AuditStats {
     pub recorded: AtomicU64,
+    /// Records replaced after a late event.
+    pub late: AtomicU64,
     /// Orders the hub does not know (an earlier run's events after its data was removed).
     pub stale: AtomicU64,
     pub retried: AtomicU64,
@@ -67,26 +71,33 @@ impl Auditor {
     }
 
     async fn handle(&self, msg: jetstream::Message) {
-        let event = match serde_json::from_slice::<CloudEvent>(&msg.payload) {
-            Ok(e) if EventKind::from_type(&e.kind) == Some(EventKind::ResultStored) => e,
-            _ => {
-                tracing::warn!(system = %self.system, subject = %msg.subject, "not a result event");
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                return ack(&msg, AckKind::Term).await;
-            }
+        let (kind, event) = match serde_json::from_slice::<CloudEvent>(&msg.payload) {
+            Ok(e) if e.source == "orderhub" => match EventKind::from_type(&e.kind) {
+                Some(kind @ (EventKind::ResultStored | EventKind::Late)) => (kind, e),
+                _ => return self.refuse(&msg).await,
+            },
+            _ => return self.refuse(&msg).await,
         };
+        let late = kind == EventKind::Late;
+        let mut data = json!({
+            "event_id": event.id,
+            "outcome": event.data.outcome,
+            "partner_id": event.data.partner_id,
+            "audited_at": actors::protocol::rfc3339(&chrono::Utc::now()),
+        });
+        if late {
+            data["late"] = json!(true);
+        }
         let body = json!({
             "order_id": event.data.order_id,
-            "status": "done",
-            "data": {
-                "event_id": event.id,
-                "outcome": event.data.outcome,
-                "partner_id": event.data.partner_id,
-                "audited_at": actors::protocol::rfc3339(&chrono::Utc::now()),
-            },
+            "status": if late { "done-late" } else { "done" },
+            "data": data,
         });
         let subject = self.subjects.aux_record(&self.system);
         match call::<RecordReply>(&self.client, subject, &body).await {
+            Ok(_) if late => {
+                self.stats.late.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(_) => {
                 self.stats.recorded.fetch_add(1, Ordering::Relaxed);
             }
@@ -103,5 +114,12 @@ impl Auditor {
             }
         }
         ack(&msg, AckKind::Ack).await;
+    }
+
+    /// Anything but an orderhub result or late event is dropped for good.
+    async fn refuse(&self, msg: &jetstream::Message) {
+        tracing::warn!(system = %self.system, subject = %msg.subject, "not a result or late event");
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        ack(msg, AckKind::Term).await;
     }
 }

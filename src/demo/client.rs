@@ -56,6 +56,19 @@ impl CallError {
         }
     }
 
+    /// A short name of what went wrong: the error reply's code, or why there was no reply.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Api { code, .. } => code.clone(),
+            Self::Transport(e) => match e.kind() {
+                RequestErrorKind::TimedOut => "no_reply_timeout".into(),
+                RequestErrorKind::NoResponders => "no_responders".into(),
+                _ => "transport".into(),
+            },
+            Self::Decode(_) => "undecodable_reply".into(),
+        }
+    }
+
     /// Worth trying again with the same idempotency key: the hub was busy or did not answer.
     pub fn is_retryable(&self) -> bool {
         match self {

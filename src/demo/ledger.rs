@@ -1,21 +1,32 @@
-//! The run's ledger: which orders this run placed, when, and when their result event arrived.
-//! Result events of other runs (the gateway's durable consumer sees every result event) are told
-//! apart by order id: only ids this run was given by `submit` count.
+//! The run's ledger: which orders this run placed, when, and what has arrived for each of them —
+//! the stored event (at the partner), the result event, the settled event, a late answer and its
+//! late event (at the gateway). Events of other runs (every durable consumer sees every order's
+//! events) are told apart by order id: only ids this run was given by `submit` count.
+//!
+//! An order stays in memory only while its story is incomplete, so a long run's ledger stays
+//! small; what the report needs afterwards is in counters, histograms and a bounded sample.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+
+/// Orders kept (a uniform sample) for measuring submit → last auxiliary record afterwards.
+pub const SAMPLE: usize = 10_000;
+/// Submit failures described in the report.
+const FAILURES_KEPT: usize = 5;
 
 /// An order this run placed.
 #[derive(Clone, Debug)]
 pub struct Placed {
     pub order_id: String,
     pub user_id: String,
+    /// When its submit was due, on the wall clock (the hub's timestamps are wall-clock times).
+    pub sent_at: SystemTime,
 }
 
 /// A latency histogram in microseconds, from 1 µs to one hour.
@@ -23,32 +34,136 @@ pub fn histogram() -> anyhow::Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).context("creating a latency histogram")
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
+}
+
+/// What has arrived for one order.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    stored: Option<Instant>,
+    result: Option<(Instant, String)>,
+    settled: Option<Instant>,
+    late_event: Option<Instant>,
+    /// Its partner holds the answer back (until after the order's deadline).
+    held: bool,
+    /// Its partner's answer was stored as a late result.
+    late_stored: bool,
+}
+
+impl Seen {
+    fn merge(&mut self, other: Seen) {
+        self.stored = self.stored.or(other.stored);
+        if self.result.is_none() {
+            self.result = other.result;
+        }
+        self.settled = self.settled.or(other.settled);
+        self.late_event = self.late_event.or(other.late_event);
+        self.held |= other.held;
+        self.late_stored |= other.late_stored;
+    }
+
+    /// The whole story is in: result and settled events, and the late event of a late answer.
+    fn complete(&self) -> bool {
+        self.result.is_some()
+            && self.settled.is_some()
+            && !self.held
+            && (!self.late_stored || self.late_event.is_some())
+    }
+}
+
+#[derive(Debug)]
+struct Track {
+    placed: Placed,
+    /// When its submit was due: the origin of every latency of this order.
+    sent: Instant,
+    seen: Seen,
+}
+
+/// Latencies from the submit's due time, in microseconds.
+#[derive(Clone, Debug)]
+pub struct Latencies {
+    pub submit_ack: Histogram<u64>,
+    pub stored_event: Histogram<u64>,
+    pub result_event: Histogram<u64>,
+    pub settled_event: Histogram<u64>,
+    pub late_event: Histogram<u64>,
+}
+
+impl Latencies {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            submit_ack: histogram()?,
+            stored_event: histogram()?,
+            result_event: histogram()?,
+            settled_event: histogram()?,
+            late_event: histogram()?,
+        })
+    }
+}
+
+/// Late answers: held back by a partner until after the order's deadline.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LateTally {
+    /// Answers held back.
+    pub held: u64,
+    /// Held answers the hub stored as late results (`late_result_stored`).
+    pub stored: u64,
+    /// Held answers that still beat the hub's timeout (`result_stored`).
+    pub in_time: u64,
+    /// Late events of this run's orders seen by the gateway.
+    pub events: u64,
 }
 
 #[derive(Debug)]
 struct State {
-    placed: Vec<Placed>,
-    /// Accepted, no result event yet: when the submit was first sent.
-    waiting: HashMap<String, Instant>,
-    /// Result events of order ids not (yet) known: this run's, ahead of their submit reply, or
+    tracks: HashMap<String, Track>,
+    /// Arrivals for order ids not (yet) known: this run's, ahead of their submit reply, or
     /// another run's.
-    early: HashMap<String, (Instant, String)>,
-    settled: HashSet<String>,
+    early: HashMap<String, Seen>,
+    /// Every order, when they are all checked afterwards.
+    placed: Option<Vec<Placed>>,
+    sample: Vec<Placed>,
+    sample_rng: u64,
+    accepted: u64,
+    results: u64,
+    settled: u64,
     outcomes: BTreeMap<String, u64>,
-    submit_latency: Histogram<u64>,
-    result_latency: Histogram<u64>,
+    latency: Latencies,
+    late: LateTally,
+    last_accepted: Option<Instant>,
+    last_result: Option<Instant>,
     last_settled: Option<Instant>,
-    submit_failures: Vec<String>,
+    /// Error replies (and requests without a reply) of `submit`, by code, every attempt.
+    errors: BTreeMap<String, u64>,
+    failed: u64,
+    failures: Vec<String>,
     submit_retries: u64,
     redelivered: u64,
+    foreign: u64,
+    /// Order ids minted before this (UUIDv7 milliseconds, by the hub's clock) belong to earlier
+    /// runs: a second before the earliest id this run was given.
+    floor_ms: Option<u64>,
+    /// No more orders will be placed.
+    closed: bool,
 }
 
-/// Shared by the submitting side and the result listener.
+impl State {
+    fn is_foreign(&self, order_id: &str) -> bool {
+        matches!((uuid_ms(order_id), self.floor_ms), (Some(ms), Some(floor)) if ms < floor)
+    }
+}
+
+/// Shared by the submitting side, the partners and the gateway's listener.
 pub struct Ledger {
     state: Mutex<State>,
-    settled: watch::Sender<usize>,
+    /// One moment on both clocks.
+    origin: (Instant, SystemTime),
+    /// `true` once submitting is over and every accepted order's story is complete.
+    drained: watch::Sender<bool>,
+    /// Closed loop over whole lifecycles: a slot is given back when an order's result event
+    /// arrives.
+    slots: Option<Arc<Semaphore>>,
     progress: ProgressBar,
 }
 
@@ -56,38 +171,74 @@ pub struct Ledger {
 #[derive(Debug)]
 pub struct Tally {
     pub placed: Vec<Placed>,
-    pub settled: usize,
-    pub unsettled: Vec<Placed>,
+    pub sample: Vec<Placed>,
+    pub accepted: u64,
+    /// Orders of this run whose result event arrived.
+    pub results: u64,
+    /// Orders whose whole story arrived (see [`Ledger`]).
+    pub settled: u64,
+    pub unsettled: Vec<(Placed, String)>,
     pub outcomes: BTreeMap<String, u64>,
-    pub submit_latency: Histogram<u64>,
-    pub result_latency: Histogram<u64>,
+    pub latency: Latencies,
+    pub late: LateTally,
+    pub last_accepted: Option<Instant>,
+    pub last_result: Option<Instant>,
     pub last_settled: Option<Instant>,
-    pub submit_failures: Vec<String>,
+    pub errors: BTreeMap<String, u64>,
+    pub failed: u64,
+    pub failures: Vec<String>,
     pub submit_retries: u64,
-    /// Result events delivered again for an order already settled (at-least-once delivery).
+    /// Events that came again for an order already complete (at-least-once delivery, or an
+    /// event the hub published twice).
     pub redelivered: u64,
-    /// Result events of orders this run did not place.
+    /// Events of orders this run did not place.
     pub foreign: u64,
 }
 
+/// The millisecond timestamp of a UUIDv7 order id.
+fn uuid_ms(order_id: &str) -> Option<u64> {
+    let hex: String = order_id.chars().filter(|c| *c != '-').take(12).collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
 impl Ledger {
-    pub fn new(progress: ProgressBar) -> anyhow::Result<Self> {
+    /// `keep_all`: remember every order for a check afterwards; `slots`: the closed loop's
+    /// lifecycle slots, given back as result events arrive.
+    pub fn new(
+        progress: ProgressBar,
+        keep_all: bool,
+        slots: Option<Arc<Semaphore>>,
+    ) -> anyhow::Result<Self> {
+        let wall = SystemTime::now();
         let state = State {
-            placed: Vec::new(),
-            waiting: HashMap::new(),
+            tracks: HashMap::new(),
             early: HashMap::new(),
-            settled: HashSet::new(),
+            placed: keep_all.then(Vec::new),
+            sample: Vec::new(),
+            sample_rng: 0x9e37_79b9_7f4a_7c15,
+            accepted: 0,
+            results: 0,
+            settled: 0,
             outcomes: BTreeMap::new(),
-            submit_latency: histogram()?,
-            result_latency: histogram()?,
+            latency: Latencies::new()?,
+            late: LateTally::default(),
+            last_accepted: None,
+            last_result: None,
             last_settled: None,
-            submit_failures: Vec::new(),
+            errors: BTreeMap::new(),
+            failed: 0,
+            failures: Vec::new(),
             submit_retries: 0,
             redelivered: 0,
+            foreign: 0,
+            floor_ms: None,
+            closed: false,
         };
         Ok(Self {
             state: Mutex::new(state),
-            settled: watch::Sender::new(0),
+            origin: (Instant::now(), wall),
+            drained: watch::Sender::new(false),
+            slots,
             progress,
         })
     }
@@ -98,58 +249,224 @@ impl Ledger {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// `submit` answered `accepted` at `acked` for a request first sent at `sent`.
-    pub fn accepted(&self, order: Placed, sent: Instant, acked: Instant) {
+    /// The wall-clock time of `at`.
+    pub fn wall(&self, at: Instant) -> SystemTime {
+        let (i0, w0) = self.origin;
+        match at.checked_duration_since(i0) {
+            Some(d) => w0 + d,
+            None => w0 - i0.duration_since(at),
+        }
+    }
+
+    /// `submit` answered `accepted` at `acked` for an order due at `sent`.
+    pub fn accepted(&self, order_id: String, user_id: String, sent: Instant, acked: Instant) {
+        let placed = Placed {
+            order_id: order_id.clone(),
+            user_id,
+            sent_at: self.wall(sent),
+        };
         let mut s = self.lock();
-        record(&mut s.submit_latency, acked.duration_since(sent));
-        let id = order.order_id.clone();
-        s.placed.push(order);
-        match s.early.remove(&id) {
-            Some((at, outcome)) => self.settle(&mut s, id, sent, at, outcome),
-            None => {
-                s.waiting.insert(id, sent);
+        let s = &mut *s;
+        record(
+            &mut s.latency.submit_ack,
+            acked.saturating_duration_since(sent),
+        );
+        s.accepted += 1;
+        if let Some(ms) = uuid_ms(&order_id) {
+            let floor = ms.saturating_sub(1_000);
+            s.floor_ms = Some(s.floor_ms.map_or(floor, |f| f.min(floor)));
+        }
+        s.last_accepted = Some(s.last_accepted.map_or(acked, |l| l.max(acked)));
+        if let Some(all) = &mut s.placed {
+            all.push(placed.clone());
+        }
+        // Algorithm R: every order has the same chance to be in the sample.
+        if s.sample.len() < SAMPLE {
+            s.sample.push(placed.clone());
+        } else {
+            s.sample_rng ^= s.sample_rng << 13;
+            s.sample_rng ^= s.sample_rng >> 7;
+            s.sample_rng ^= s.sample_rng << 17;
+            let j = (s.sample_rng % s.accepted) as usize;
+            if j < SAMPLE {
+                s.sample[j] = placed.clone();
+            }
+        }
+        let mut track = Track {
+            placed,
+            sent,
+            seen: Seen::default(),
+        };
+        let before = Seen::default();
+        if let Some(early) = s.early.remove(&order_id) {
+            track.seen.merge(early);
+        }
+        self.apply(s, order_id, track, &before);
+    }
+
+    /// Records what arrived for a known order (latencies, counts, completion); keeps it while its
+    /// story is incomplete.
+    fn apply(&self, s: &mut State, order_id: String, track: Track, before: &Seen) {
+        let seen = &track.seen;
+        if let (None, Some(at)) = (before.stored, seen.stored) {
+            record(
+                &mut s.latency.stored_event,
+                at.saturating_duration_since(track.sent),
+            );
+        }
+        if let (None, Some((at, outcome))) = (&before.result, &seen.result) {
+            record(
+                &mut s.latency.result_event,
+                at.saturating_duration_since(track.sent),
+            );
+            *s.outcomes.entry(outcome.clone()).or_default() += 1;
+            s.results += 1;
+            s.last_result = Some(s.last_result.map_or(*at, |l| l.max(*at)));
+            if let Some(slots) = &self.slots {
+                slots.add_permits(1);
+            }
+        }
+        if let (None, Some(at)) = (before.settled, seen.settled) {
+            record(
+                &mut s.latency.settled_event,
+                at.saturating_duration_since(track.sent),
+            );
+        }
+        if let (None, Some(at)) = (before.late_event, seen.late_event) {
+            record(
+                &mut s.latency.late_event,
+                at.saturating_duration_since(track.sent),
+            );
+            s.late.events += 1;
+        }
+        if seen.complete() {
+            s.settled += 1;
+            if let Some(at) = seen.settled {
+                s.last_settled = Some(s.last_settled.map_or(at, |l| l.max(at)));
+            }
+            self.progress.set_position(s.settled);
+            self.update_drained(s);
+        } else {
+            s.tracks.insert(order_id, track);
+        }
+    }
+
+    /// Applies `change` to what arrived for `order_id`, wherever the order stands; `false` when
+    /// the order is not this run's (or already complete).
+    fn observe(&self, order_id: &str, change: impl FnOnce(&mut Seen)) -> bool {
+        let mut s = self.lock();
+        let s = &mut *s;
+        if let Some(mut track) = s.tracks.remove(order_id) {
+            let before = track.seen.clone();
+            change(&mut track.seen);
+            self.apply(s, order_id.to_owned(), track, &before);
+            true
+        } else if s.is_foreign(order_id) {
+            s.foreign += 1;
+            false
+        } else if let Some(seen) = s.early.get_mut(order_id) {
+            change(seen);
+            true
+        } else if s.closed {
+            // Every order of this run is known by now: one already complete, delivered again
+            // (or another run's, minted since this one started).
+            s.redelivered += 1;
+            false
+        } else {
+            let mut seen = Seen::default();
+            change(&mut seen);
+            s.early.insert(order_id.to_owned(), seen);
+            true
+        }
+    }
+
+    /// The partner received the order's stored event.
+    pub fn stored_event(&self, order_id: &str, at: Instant) {
+        self.observe(order_id, |s| {
+            s.stored.get_or_insert(at);
+        });
+    }
+
+    /// The gateway received the order's result event.
+    pub fn result_event(&self, order_id: &str, outcome: String, at: Instant) {
+        self.observe(order_id, |s| {
+            s.result.get_or_insert((at, outcome));
+        });
+    }
+
+    /// The gateway received the order's settled event.
+    pub fn settled_event(&self, order_id: &str, at: Instant) {
+        self.observe(order_id, |s| {
+            s.settled.get_or_insert(at);
+        });
+    }
+
+    /// The gateway received the order's late event.
+    pub fn late_event(&self, order_id: &str, at: Instant) {
+        self.observe(order_id, |s| {
+            s.late_event.get_or_insert(at);
+        });
+    }
+
+    /// A partner holds its answer back until after the order's deadline.
+    pub fn held(&self, order_id: &str) {
+        if self.observe(order_id, |s| s.held = true) {
+            self.lock().late.held += 1;
+        }
+    }
+
+    /// The held answer was sent: `late` when the hub stored it as a late result, `None` when it
+    /// could not be delivered at all.
+    pub fn answered(&self, order_id: &str, late: Option<bool>) {
+        let ours = self.observe(order_id, |s| {
+            s.held = false;
+            s.late_stored |= late == Some(true);
+        });
+        if ours {
+            let mut s = self.lock();
+            match late {
+                Some(true) => s.late.stored += 1,
+                Some(false) => s.late.in_time += 1,
+                None => {}
             }
         }
     }
 
+    /// A submit attempt failed with `code` (an error reply's code, or why there was no reply).
+    pub fn submit_error(&self, code: &str) {
+        *self.lock().errors.entry(code.to_owned()).or_default() += 1;
+    }
+
+    /// An order was not accepted, for good.
     pub fn submit_failed(&self, reason: String) {
-        self.lock().submit_failures.push(reason);
+        let mut s = self.lock();
+        s.failed += 1;
+        if s.failures.len() < FAILURES_KEPT {
+            s.failures.push(reason);
+        }
     }
 
     pub fn submit_retried(&self) {
         self.lock().submit_retries += 1;
     }
 
-    /// A result event for `order_id` arrived at `at`.
-    pub fn result_event(&self, order_id: &str, outcome: String, at: Instant) {
+    /// No more orders will be placed.
+    pub fn close(&self) {
         let mut s = self.lock();
-        if s.settled.contains(order_id) {
-            s.redelivered += 1;
-        } else if let Some(sent) = s.waiting.remove(order_id) {
-            self.settle(&mut s, order_id.to_owned(), sent, at, outcome);
-        } else {
-            s.early.insert(order_id.to_owned(), (at, outcome));
+        s.closed = true;
+        self.update_drained(&s);
+    }
+
+    fn update_drained(&self, s: &State) {
+        if s.closed && s.tracks.is_empty() {
+            self.drained.send_replace(true);
         }
     }
 
-    fn settle(&self, s: &mut State, id: String, sent: Instant, at: Instant, outcome: String) {
-        record(&mut s.result_latency, at.saturating_duration_since(sent));
-        *s.outcomes.entry(outcome).or_default() += 1;
-        s.last_settled = Some(s.last_settled.map_or(at, |last| last.max(at)));
-        s.settled.insert(id);
-        let settled = s.settled.len();
-        self.settled.send_replace(settled);
-        self.progress.set_position(settled as u64);
-    }
-
-    pub fn accepted_count(&self) -> usize {
-        self.lock().placed.len()
-    }
-
-    /// Resolves once `n` orders are settled.
-    pub async fn wait_settled(&self, n: usize) {
-        let mut rx = self.settled.subscribe();
-        let _ = rx.wait_for(|settled| *settled >= n).await;
+    /// Resolves once submitting is over and every accepted order's story is complete.
+    pub async fn wait_drained(&self) {
+        let mut rx = self.drained.subscribe();
+        let _ = rx.wait_for(|drained| *drained).await;
     }
 
     pub fn progress(&self) -> &ProgressBar {
@@ -158,53 +475,134 @@ impl Ledger {
 
     pub fn tally(&self) -> Tally {
         let s = self.lock();
+        let mut unsettled: Vec<(Placed, String)> = s
+            .tracks
+            .values()
+            .map(|t| (t.placed.clone(), missing(&t.seen)))
+            .collect();
+        unsettled.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
+        // Left over: events of earlier runs, or events of this run's orders that came again after
+        // the order was complete.
+        let mut foreign = s.foreign;
+        let mut redelivered = s.redelivered;
+        for (id, seen) in &s.early {
+            tracing::debug!(order_id = %id, ?seen, "events of an order not in flight");
+            if s.is_foreign(id) {
+                foreign += 1;
+            } else {
+                redelivered += 1;
+            }
+        }
         Tally {
-            unsettled: s
-                .placed
-                .iter()
-                .filter(|p| s.waiting.contains_key(&p.order_id))
-                .cloned()
-                .collect(),
-            placed: s.placed.clone(),
-            settled: s.settled.len(),
+            placed: s.placed.clone().unwrap_or_default(),
+            sample: s.sample.clone(),
+            accepted: s.accepted,
+            results: s.results,
+            settled: s.settled,
+            unsettled,
             outcomes: s.outcomes.clone(),
-            submit_latency: s.submit_latency.clone(),
-            result_latency: s.result_latency.clone(),
+            latency: s.latency.clone(),
+            late: s.late,
+            last_accepted: s.last_accepted,
+            last_result: s.last_result,
             last_settled: s.last_settled,
-            submit_failures: s.submit_failures.clone(),
+            errors: s.errors.clone(),
+            failed: s.failed,
+            failures: s.failures.clone(),
             submit_retries: s.submit_retries,
-            redelivered: s.redelivered,
-            foreign: s.early.len() as u64,
+            redelivered,
+            foreign,
         }
     }
+}
+
+/// What an incomplete order still waits for.
+fn missing(seen: &Seen) -> String {
+    let mut m = Vec::new();
+    if seen.stored.is_none() {
+        m.push("stored event");
+    }
+    if seen.result.is_none() {
+        m.push("result event");
+    }
+    if seen.settled.is_none() {
+        m.push("settled event");
+    }
+    if seen.held {
+        m.push("its partner's held-back answer");
+    }
+    if seen.late_stored && seen.late_event.is_none() {
+        m.push("late event");
+    }
+    format!("waits for: {}", m.join(", "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn placed(id: &str) -> Placed {
-        Placed {
-            order_id: id.into(),
-            user_id: "u-1".into(),
-        }
+    fn id(n: u32) -> String {
+        let id = uuid::Uuid::now_v7().to_string();
+        format!("{}{n:08x}", &id[..28])
     }
 
     #[test]
-    fn settles_each_order_once_even_when_the_event_beats_the_reply() {
-        let ledger = Ledger::new(ProgressBar::hidden()).unwrap();
+    fn an_order_completes_once_whatever_the_order_of_arrival() {
+        let ledger = Ledger::new(ProgressBar::hidden(), true, None).unwrap();
         let t0 = Instant::now();
-        ledger.accepted(placed("a"), t0, t0);
-        ledger.result_event("b", "rejected".into(), t0);
-        ledger.result_event("a", "confirmed".into(), t0);
-        ledger.result_event("a", "confirmed".into(), t0);
-        ledger.result_event("other-run", "confirmed".into(), t0);
-        ledger.accepted(placed("b"), t0, t0);
+        let (a, b) = (id(1), id(2));
+        ledger.accepted(a.clone(), "u-1".into(), t0, t0);
+        // b's events beat its submit reply; the settled event beats the result event.
+        ledger.settled_event(&b, t0);
+        ledger.result_event(&b, "rejected".into(), t0);
+        ledger.result_event(&a, "confirmed".into(), t0);
+        ledger.result_event(&a, "confirmed".into(), t0);
+        ledger.settled_event(&a, t0);
+        ledger.result_event("00000000-0000-7000-8000-000000000000", "x".into(), t0);
+        ledger.accepted(b.clone(), "u-2".into(), t0, t0);
+        ledger.close();
+        ledger.settled_event(&a, t0);
         let t = ledger.tally();
-        assert_eq!(t.settled, 2);
+        assert_eq!((t.accepted, t.results, t.settled), (2, 2, 2));
         assert_eq!(t.outcomes.get("confirmed"), Some(&1));
         assert_eq!(t.outcomes.get("rejected"), Some(&1));
         assert_eq!((t.redelivered, t.foreign), (1, 1));
         assert!(t.unsettled.is_empty());
+        assert_eq!(t.latency.settled_event.len(), 2);
+    }
+
+    #[test]
+    fn a_held_answer_keeps_the_order_open_until_its_late_event() {
+        let ledger = Ledger::new(ProgressBar::hidden(), false, None).unwrap();
+        let t0 = Instant::now();
+        let a = id(3);
+        ledger.accepted(a.clone(), "u-1".into(), t0, t0);
+        ledger.stored_event(&a, t0);
+        ledger.held(&a);
+        ledger.result_event(&a, "timeout".into(), t0);
+        ledger.settled_event(&a, t0);
+        ledger.close();
+        assert_eq!(ledger.tally().settled, 0, "the held answer is still out");
+        ledger.late_event(&a, t0);
+        ledger.answered(&a, Some(true));
+        let t = ledger.tally();
+        assert_eq!(t.settled, 1);
+        assert_eq!((t.late.held, t.late.stored, t.late.events), (1, 1, 1));
+        assert!(*ledger.drained.borrow());
+    }
+
+    #[test]
+    fn lifecycle_slots_come_back_with_result_events() {
+        let slots = Arc::new(Semaphore::new(0));
+        let ledger = Ledger::new(ProgressBar::hidden(), false, Some(slots.clone())).unwrap();
+        let t0 = Instant::now();
+        let (a, b) = (id(4), id(5));
+        ledger.result_event(&b, "confirmed".into(), t0);
+        ledger.accepted(a.clone(), "u".into(), t0, t0);
+        ledger.accepted(b, "u".into(), t0, t0);
+        assert_eq!(slots.available_permits(), 1, "b's result was already in");
+        ledger.result_event(&a, "confirmed".into(), t0);
+        ledger.result_event(&a, "confirmed".into(), t0);
+        assert_eq!(slots.available_permits(), 2);
     }
 }

@@ -4,21 +4,23 @@
 //!
 //! One engine serves both commands: optionally start a hub in-process ([`crate::App`], which
 //! spawns `nats-server` when none answers), start the simulators, submit the orders, wait until
-//! every order's result event has reached the gateway, check the auxiliary records, count the
-//! stream, stop everything, and print a [`summary::Report`]. `demo` shows a progress bar and
-//! checks every order's auxiliary records; `bench` is quieter, bigger, and can drive an external
-//! hub (`--external`).
+//! every order's story is complete at the gateway (result event, settled event, and the late event
+//! of a late answer), check the auxiliary records, count the stream, stop everything, and print a
+//! [`summary::Report`]. `demo` shows a progress bar, has one partner answer a few orders late and
+//! checks every order's auxiliary records; `bench` is bigger, sends in a closed or an open loop,
+//! can drive an external hub (`--external`) and can print its report as JSON (`--json`).
 //!
 //! # Layout
 //!
 //! - `client` — role connections (`<user>:<user>-dev`), request/reply with the hub's error
 //!   replies decoded, pulling a durable consumer concurrently until stopped.
 //! - `partner` — simulated partners: `acme-air` confirms everything, `globex-hotels` rejects
-//!   about one order in five (by a hash of the order id).
+//!   about one order in five (by a hash of the order id) and, in the demo, holds about one answer
+//!   in fifty back until after its deadline.
 //! - `audit` — the external auxiliary system `audit` (user `aux`).
-//! - `gateway` — the user gateway: submits, follows result events, queries orders.
-//! - `ledger` — which orders this run placed and when each settled; latency histograms.
-//! - `summary` — the report and its table.
+//! - `gateway` — the user gateway: submits, follows result, settled and late events, queries.
+//! - `ledger` — which orders this run placed and what arrived for each; latency histograms.
+//! - `summary` — the report, its table and its JSON.
 
 mod audit;
 mod client;
@@ -34,15 +36,16 @@ use actors::protocol::Subjects;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::settings::Settings;
 use audit::{AuditStats, Auditor};
 use client::{Stop, StopSwitch};
-use gateway::Gateway;
+use gateway::{Gateway, Pace, Plan};
 use ledger::Ledger;
-use partner::{Partner, PartnerStats};
+use partner::{Behaviour, Partner, PartnerStats};
 use summary::{Report, StreamTally};
 
 /// At least this long is given to the auxiliary records to appear once orders have settled.
@@ -66,23 +69,36 @@ pub struct DemoArgs {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Orders to place.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, conflicts_with = "duration")]
     pub orders: usize,
-    /// Submit requests in flight at once.
-    #[arg(long, default_value_t = 256)]
+    /// Place orders for this long instead (e.g. `60s`, `5m`), then wait for them to settle.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Closed loop: whole lifecycles in flight at once (from the submit until the order's result
+    /// event arrived).
+    #[arg(long, default_value_t = 256, conflicts_with = "rate")]
     pub concurrency: usize,
-    /// Fail (non-zero exit) when the orders have not all settled by then.
+    /// Open loop: orders per second on a fixed schedule, whatever the replies; latencies count
+    /// from the time an order was due.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Fail (non-zero exit) when the orders have not all settled by then (with --duration:
+    /// this long after the duration).
     #[arg(long, default_value = "300s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Drive the hub already running at nats.url (e.g. `orderhub serve` on Postgres) instead of
     /// starting one in-process.
     #[arg(long)]
     pub external: bool,
-    /// Show a progress bar of settled orders.
+    /// Show the progress bar (on stderr) with --json too.
     #[arg(long)]
     pub progress: bool,
+    /// Print the report as one JSON object on the last line of stdout (the table goes to
+    /// stderr).
+    #[arg(long)]
+    pub json: bool,
     /// After settling, check through `orders.query` that every order shows all its auxiliary
-    /// records.
+    /// records (without it, a sample of orders is queried to measure submit → last record).
     #[arg(long)]
     pub verify_aux: bool,
 }
@@ -91,55 +107,134 @@ pub struct BenchArgs {
 #[derive(Debug)]
 struct Options {
     title: &'static str,
-    orders: usize,
-    concurrency: usize,
+    /// Stop after this many orders…
+    orders: Option<usize>,
+    /// …or after placing orders for this long.
+    duration: Option<Duration>,
+    load: Load,
     timeout: Duration,
     start_hub: bool,
     progress: bool,
+    /// Query every order's auxiliary records afterwards (else a sample).
     verify_aux: bool,
+    /// One partner holds a few answers back until after their deadline.
+    late_answers: bool,
 }
 
-/// `orderhub demo`: exits 0 once every order is settled and shows all its auxiliary records.
-pub async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+#[derive(Clone, Copy, Debug)]
+enum Load {
+    /// `slots` orders at once; `lifecycles`: from submit to result event, else submits only.
+    Closed { slots: usize, lifecycles: bool },
+    /// Orders per second on a fixed schedule.
+    Open { rate: f64 },
+}
+
+impl Load {
+    fn describe(self) -> String {
+        match self {
+            Self::Closed {
+                slots,
+                lifecycles: true,
+            } => format!("closed loop, {slots} lifecycles in flight"),
+            Self::Closed {
+                slots,
+                lifecycles: false,
+            } => format!("closed loop, {slots} submits in flight"),
+            Self::Open { rate } => format!("open loop, {rate} orders/s"),
+        }
+    }
+}
+
+/// `orderhub demo`: exits 0 once every order is settled and shows all its auxiliary records, and
+/// every late answer's late event has arrived.
+pub async fn demo(mut settings: Settings, args: DemoArgs) -> anyhow::Result<()> {
+    // The partner that answers late gets a short deadline, so the demo ends within seconds.
+    for p in &mut settings.partners {
+        if p.id == partner::LATE_PARTNER {
+            p.result_timeout = p.result_timeout.min(partner::LATE_PARTNER_TIMEOUT);
+        }
+    }
     let options = Options {
         title: "orderhub demo",
-        orders: args.orders,
-        concurrency: args.concurrency,
+        orders: Some(args.orders),
+        duration: None,
+        load: Load::Closed {
+            slots: args.concurrency,
+            lifecycles: false,
+        },
         timeout: args.timeout,
         start_hub: true,
         progress: true,
         verify_aux: true,
+        late_answers: true,
     };
-    conclude(run(settings, options).await?)
+    let report = run(settings, options).await?;
+    print!("{}", report.render());
+    conclude(&report)
 }
 
 /// `orderhub bench`: throughput and latency percentiles of full order lifecycles.
 pub async fn bench(settings: Settings, args: BenchArgs) -> anyhow::Result<()> {
+    let load = match args.rate {
+        Some(rate) => {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--rate must be a positive number of orders per second"
+            );
+            Load::Open { rate }
+        }
+        None => Load::Closed {
+            slots: args.concurrency,
+            lifecycles: true,
+        },
+    };
     let options = Options {
         title: "orderhub bench",
-        orders: args.orders,
-        concurrency: args.concurrency,
+        orders: args.duration.is_none().then_some(args.orders),
+        duration: args.duration,
+        load,
         timeout: args.timeout,
         start_hub: !args.external,
-        progress: args.progress,
+        progress: args.progress || !args.json,
         verify_aux: args.verify_aux,
+        late_answers: false,
     };
-    conclude(run(settings, options).await?)
+    let report = run(settings, options).await?;
+    if args.json {
+        eprint!("{}", report.render());
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.render());
+    }
+    conclude(&report)
 }
 
-/// Prints the report; a run with problems is an error.
-fn conclude(report: Report) -> anyhow::Result<()> {
-    print!("{}", report.render());
+/// A run with problems is an error.
+fn conclude(report: &Report) -> anyhow::Result<()> {
     match report.problems.as_slice() {
         [] => Ok(()),
         problems => anyhow::bail!("{}", problems.join("; ")),
     }
 }
 
+/// Peak resident memory of this process (`VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Starts the hub when asked, runs the flow, stops the hub.
 async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
-    anyhow::ensure!(options.orders > 0, "--orders must be at least 1");
-    anyhow::ensure!(options.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(options.orders != Some(0), "--orders must be at least 1");
+    anyhow::ensure!(
+        options.duration.is_none_or(|d| !d.is_zero()),
+        "--duration must be longer than 0"
+    );
+    if let Load::Closed { slots, .. } = options.load {
+        anyhow::ensure!(slots > 0, "--concurrency must be at least 1");
+    }
     let app = if options.start_hub {
         Some(
             crate::App::start(settings.clone())
@@ -181,13 +276,27 @@ impl Simulators {
     }
 
     /// A partner per configured partner and an auditor per external auxiliary system.
-    async fn start(&mut self, settings: &Settings, subjects: &Subjects) -> anyhow::Result<()> {
+    async fn start(
+        &mut self,
+        settings: &Settings,
+        subjects: &Subjects,
+        ledger: &Arc<Ledger>,
+        late_answers: bool,
+    ) -> anyhow::Result<()> {
         let (url, stream) = (&settings.nats.url, &settings.nats.stream);
         for p in &settings.partners {
-            let (stats, task) =
-                Partner::start(url, stream, subjects.clone(), &p.id, self.stop.clone())
-                    .await
-                    .with_context(|| format!("starting simulated partner {}", p.id))?;
+            let behaviour = Behaviour::of(&p.id, p.result_timeout, late_answers);
+            let (stats, task) = Partner::start(
+                url,
+                stream,
+                subjects.clone(),
+                &p.id,
+                behaviour,
+                ledger.clone(),
+                self.stop.clone(),
+            )
+            .await
+            .with_context(|| format!("starting simulated partner {}", p.id))?;
             self.tasks.push(task);
             self.partners.push((p.id.clone(), stats));
         }
@@ -221,24 +330,41 @@ impl Simulators {
 
 /// Runs the simulators around [`exercise`] and always stops them.
 async fn drive(settings: &Settings, options: &Options) -> anyhow::Result<Report> {
+    let expected = match (options.orders, options.duration, options.load) {
+        (Some(n), _, _) => Some(n as u64),
+        (None, Some(d), Load::Open { rate }) => Some((d.as_secs_f64() * rate).ceil() as u64),
+        _ => None,
+    };
     let progress = if options.progress {
-        progress_bar(options.orders)
+        progress_bar(expected)
     } else {
         ProgressBar::hidden()
     };
-    let ledger = Arc::new(Ledger::new(progress)?);
+    let slots = match options.load {
+        Load::Closed { slots, .. } => Some(Arc::new(Semaphore::new(slots))),
+        Load::Open { .. } => None,
+    };
+    let lifecycle_slots = match options.load {
+        Load::Closed {
+            lifecycles: true, ..
+        } => slots.clone(),
+        _ => None,
+    };
+    let ledger = Arc::new(Ledger::new(progress, options.verify_aux, lifecycle_slots)?);
     let mut sims = Simulators::new();
-    let report = exercise(settings, options, &ledger, &mut sims).await;
+    let report = exercise(settings, options, slots, &ledger, &mut sims).await;
     sims.shutdown().await;
     finish_bar(ledger.progress(), false);
     report
 }
 
-/// Starts the participants, places the orders, waits for them to settle, checks the auxiliary
-/// records and the stream, and reports. Orders that do not settle are problems of the report.
+/// Starts the participants, places the orders, waits for their stories to complete, checks the
+/// auxiliary records and the stream, and reports. Orders that do not settle are problems of the
+/// report.
 async fn exercise(
     settings: &Settings,
     options: &Options,
+    slots: Option<Arc<Semaphore>>,
     ledger: &Arc<Ledger>,
     sims: &mut Simulators,
 ) -> anyhow::Result<Report> {
@@ -248,7 +374,8 @@ async fn exercise(
     let observer = crate::startup::connect_nats(url, "orderhub-demo-observer").await?;
     let before = stream_messages(&observer, stream).await;
 
-    sims.start(settings, &subjects).await?;
+    sims.start(settings, &subjects, ledger, options.late_answers)
+        .await?;
     let partner_ids = settings.partners.iter().map(|p| p.id.clone()).collect();
     let gateway = Gateway::connect(url, subjects.clone(), partner_ids, run_id.clone()).await?;
     sims.tasks.push(
@@ -258,17 +385,26 @@ async fn exercise(
     );
 
     let started = Instant::now();
-    let deadline = started + options.timeout;
+    let deadline = started + options.duration.unwrap_or_default() + options.timeout;
+    let plan = Plan {
+        pace: match (options.load, slots) {
+            (Load::Open { rate }, _) => Pace::Open { rate },
+            (Load::Closed { lifecycles, .. }, Some(slots)) => Pace::Closed { slots, lifecycles },
+            (Load::Closed { .. }, None) => anyhow::bail!("a closed loop needs its slots"),
+        },
+        orders: options.orders,
+        until: options.duration.map(|d| started + d),
+    };
     let settling = tokio::time::timeout_at(deadline, async {
-        gateway
-            .submit_all(options.orders, options.concurrency, ledger, deadline)
-            .await;
-        ledger.wait_settled(ledger.accepted_count()).await;
+        gateway.submit_all(&plan, ledger, deadline).await;
+        ledger.wait_drained().await;
     });
     // `None` once every order settled; else when the wait ended (deadline or Ctrl-C).
     let cut_short = tokio::select! {
         settled = settling => {
-            settled.err().map(|_| format!("within {}", humantime::format_duration(options.timeout)))
+            settled.err().map(|_| {
+                format!("within {}", humantime::format_duration(deadline - started))
+            })
         }
         () = crate::cli::shutdown_signal() => {
             Some(format!("before the interruption after {:.1} s", started.elapsed().as_secs_f64()))
@@ -282,14 +418,17 @@ async fn exercise(
     let mut problems = Vec::new();
     if let Some(when) = cut_short {
         let mut lines = Vec::new();
-        for p in tally.unsettled.iter().take(UNSETTLED_SAMPLE) {
-            lines.push(gateway.describe(p).await);
+        for (p, waits) in tally.unsettled.iter().take(UNSETTLED_SAMPLE) {
+            lines.push(format!("{} [{waits}]", gateway.describe(p).await));
         }
         problems.push(format!(
-            "only {} of {} orders settled {when} ({} were accepted by then); unsettled, e.g.: {}",
+            "only {} of {} accepted orders settled {when}{}; unsettled, e.g.: {}",
             tally.settled,
-            options.orders,
-            tally.placed.len(),
+            tally.accepted,
+            options
+                .orders
+                .map(|n| format!(" ({n} requested)"))
+                .unwrap_or_default(),
             if lines.is_empty() {
                 "none accepted yet".into()
             } else {
@@ -297,27 +436,26 @@ async fn exercise(
             }
         ));
     }
-    if !tally.submit_failures.is_empty() {
+    if tally.failed > 0 {
         problems.push(format!(
             "{} orders were not accepted, e.g.: {}",
-            tally.submit_failures.len(),
-            tally
-                .submit_failures
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" | ")
+            tally.failed,
+            tally.failures.join(" | ")
         ));
     }
 
     // The auxiliary records are checked once every order has settled (after a timeout the run
-    // has failed already).
-    let aux = if options.verify_aux && all_settled {
-        let aux_deadline = deadline.max(Instant::now() + AUX_GRACE);
+    // has failed already): every order's, or a sample's for submit → last record.
+    let aux = if all_settled {
+        let aux_deadline = Instant::now() + AUX_GRACE;
+        let (orders, all) = if options.verify_aux {
+            (&tally.placed, true)
+        } else {
+            (&tally.sample, tally.sample.len() as u64 == tally.accepted)
+        };
         let aux = gateway
-            .verify_aux(&tally.placed, settings.aux.len(), aux_deadline)
-            .await;
+            .check_aux(orders, all, settings.aux.len(), aux_deadline)
+            .await?;
         if aux.complete < aux.checked {
             problems.push(format!(
                 "{} of {} settled orders show fewer than {} auxiliary records, e.g.: {}",
@@ -340,28 +478,46 @@ async fn exercise(
             run: before.map(|b| total.saturating_sub(b)),
         });
     gateway.close().await;
-    let elapsed = tally.last_settled.map_or(Duration::ZERO, |t| {
-        t.saturating_duration_since(started.into_std())
-    });
+    let span = |t: Option<std::time::Instant>| {
+        t.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(started.into_std())
+        })
+    };
+    let (rate, concurrency) = match options.load {
+        Load::Open { rate } => (Some(rate), None),
+        Load::Closed { slots, .. } => (None, Some(slots)),
+    };
     Ok(Report {
         title: options.title.to_owned(),
         run_id,
+        load: options.load.describe(),
         requested: options.orders,
-        concurrency: options.concurrency,
-        accepted: tally.placed.len(),
+        duration: options.duration,
+        rate,
+        concurrency,
+        accepted: tally.accepted,
+        results: tally.results,
         settled: tally.settled,
-        submit_failures: tally.submit_failures,
+        failed: tally.failed,
         submit_retries: tally.submit_retries,
+        errors: tally.errors,
         outcomes: tally.outcomes,
-        elapsed,
-        submit_latency: tally.submit_latency,
-        result_latency: tally.result_latency,
+        accept_span: span(tally.last_accepted),
+        result_span: span(tally.last_result),
+        settle_span: span(tally.last_settled),
+        latency: tally.latency,
+        late: tally.late,
         aux,
         stream: stream_tally,
         partners: sims.partners.clone(),
         audits: sims.audits.clone(),
         redelivered: tally.redelivered,
         foreign: tally.foreign,
+        hub_peak_rss_mb: if options.start_hub {
+            peak_rss_mb()
+        } else {
+            None
+        },
         problems,
     })
 }
@@ -398,11 +554,19 @@ fn finish_bar(bar: &ProgressBar, complete: bool) {
     }
 }
 
-fn progress_bar(len: usize) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} settled {pos}/{len} orders [{bar:40}] {elapsed_precise}, eta {eta}",
-    ) {
+/// A bar towards `len` settled orders, or a counter when the number is not known beforehand.
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    let (bar, template) = match len {
+        Some(len) => (
+            ProgressBar::new(len),
+            "{spinner} settled {pos}/{len} orders [{bar:40}] {elapsed_precise}, eta {eta}",
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "{spinner} settled {pos} orders, {per_sec} {elapsed_precise}",
+        ),
+    };
+    if let Ok(style) = ProgressStyle::with_template(template) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.enable_steady_tick(Duration::from_millis(200));
