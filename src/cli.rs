@@ -44,7 +44,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let settings = Settings::load(self.config.as_deref())?;
         match self.command {
-            Command::Serve => crate::run(settings, shutdown_signal()).await,
+            Command::Serve => crate::run(settings, crate::startup::shutdown_signal()).await,
             Command::Migrate => migrate(&settings).await,
             Command::Status => status(&settings).await,
             Command::Trace { order_id } => crate::trace::run(&settings, &order_id).await,
@@ -136,27 +136,4 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
             .map_or("unknown".into(), |v| v.to_string())
     );
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received: draining");
 }

@@ -406,7 +406,7 @@ async fn exercise(
                 format!("within {}", humantime::format_duration(deadline - started))
             })
         }
-        () = crate::cli::shutdown_signal() => {
+        () = crate::startup::shutdown_signal() => {
             Some(format!("before the interruption after {:.1} s", started.elapsed().as_secs_f64()))
         }
     };
