@@ -42,13 +42,13 @@ pub async fn query(db: &Db, request: QueryRequest) -> Result<QueryAnswer, ApiErr
                 late.map_err(read_failed)?,
                 aux.map_err(read_failed)?,
             );
-            Ok(QueryAnswer::One(QueryReply {
+            Ok(QueryAnswer::One(Box::new(QueryReply {
                 settled_at: order.settled_at.as_ref().map(rfc3339),
                 order: OrderView::from(order),
                 result: result.map(ResultView::from),
                 late_result: late.map(ResultView::from),
                 aux: aux.into_iter().map(AuxView::from).collect(),
-            }))
+            })))
         }
         QueryRequest::List {
             user_id,

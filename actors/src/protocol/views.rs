@@ -180,7 +180,7 @@ pub struct ListReply {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum QueryAnswer {
-    One(QueryReply),
+    One(Box<QueryReply>),
     List(ListReply),
 }
 
