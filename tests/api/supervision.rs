@@ -20,6 +20,8 @@ const ORDERS: usize = 240;
 const KILL_AFTER: usize = 60;
 /// Submits in flight at once.
 const CONCURRENCY: usize = 4;
+/// The pause before a simulator asks a busy hub again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Every fourth order goes to `globex-hotels`, which never answers: the deadline actor closes it.
 const SILENT_PARTNER_TIMEOUT: &str = "1s";
 
@@ -230,7 +232,7 @@ fn run_auditor(aux: Client) -> tokio::task::JoinHandle<()> {
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             let _ = m.ack().await;
         }
@@ -285,6 +287,6 @@ async fn submit_until_accepted(gateway: &Client, body: &Value) -> String {
             tokio::time::Instant::now() < deadline,
             "order {body} was never accepted"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
