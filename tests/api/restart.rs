@@ -4,139 +4,14 @@
 //! the accepted ones and exits 0.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use sea_orm::EntityTrait;
-use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::helpers::*;
-
-/// `orderhub serve` as a child process on this test's server and SQLite files.
-async fn spawn_hub(nats: &TestNats, dir: &Path) -> Child {
-    spawn_hub_with(nats, dir, &[]).await
-}
-
-/// `orderhub serve` with extra command-line arguments (e.g. `--config FILE`).
-pub(crate) async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .args(args)
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ORDERHUB__NATS__URL", nats.url("hub"))
-        .env("ORDERHUB__NATS__SPAWN_SERVER", "false")
-        .env(
-            "ORDERHUB__DATABASE__PRIMARY_URL",
-            format!("sqlite://{}/orderhub.db?mode=rwc", dir.display()),
-        )
-        .env(
-            "ORDERHUB__DATABASE__AUX_URL",
-            format!("sqlite://{}/aux.db?mode=rwc", dir.display()),
-        )
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .kill_on_drop(true)
-        .spawn()
-        .expect("orderhub binary starts");
-    let operator = nats.client("operator").await;
-    eventually(
-        Duration::from_secs(30),
-        "hub answers orders.admin.status",
-        || async {
-            match tokio::time::timeout(
-                Duration::from_secs(1),
-                operator.request("orders.admin.status", "{}".into()),
-            )
-            .await
-            {
-                Ok(Ok(m)) if m.status.is_none() => Some(()),
-                _ => None,
-            }
-        },
-    )
-    .await;
-    child
-}
-
-/// Answers every stored event of `acme-air` until aborted, retrying while no hub answers.
-pub(crate) fn run_partner(partner: async_nats::Client) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let consumer = durable(&partner, "partner-acme-air").await;
-        let mut messages = consumer.messages().await.expect("message stream");
-        while let Some(m) = messages.next().await {
-            // Heartbeat and reconnect notices surface as errors: skip them.
-            let Ok(m) = m else { continue };
-            {
-                let ev = event(&m);
-                let order_id = ev["data"]["order_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                let body = json!({"order_id": order_id, "result_id": format!("r-{order_id}"), "outcome": "confirmed"});
-                loop {
-                    let sent = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        partner.request(
-                            "orders.partner.acme-air.result",
-                            serde_json::to_vec(&body).unwrap().into(),
-                        ),
-                    )
-                    .await;
-                    match sent {
-                        Ok(Ok(reply)) if reply.status.is_none() => {
-                            let v: serde_json::Value =
-                                serde_json::from_slice(&reply.payload).unwrap_or_default();
-                            let code = v["error"]["code"].as_str().unwrap_or_default().to_owned();
-                            if code.is_empty() || code == "conflict" {
-                                break;
-                            }
-                        }
-                        _ => {}
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                let _ = m.ack().await;
-            }
-        }
-    })
-}
-
-/// Every message in the stream, read through an ordered consumer as the hub user.
-pub(crate) async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String)> {
-    let js = jetstream::new(hub_client.clone());
-    let stream = js.get_stream(STREAM).await.expect("stream");
-    let total = stream.cached_info().state.messages as usize;
-    let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            ..Default::default()
-        })
-        .await
-        .expect("ordered consumer");
-    let mut messages = consumer.messages().await.expect("messages");
-    let mut out = Vec::with_capacity(total);
-    while out.len() < total {
-        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
-            .await
-            .expect("stream message")
-            .expect("open")
-            .expect("message");
-        out.push((
-            m.subject.to_string(),
-            String::from_utf8_lossy(&m.payload).into_owned(),
-        ));
-    }
-    out
-}
 
 #[tokio::test]
 async fn sigkill_after_accepting_then_restart_settles_everything_once() {

@@ -470,7 +470,7 @@ async fn two_hubs_settle_each_order_once() {
     let acme = hub.client("partner-acme-air").await;
     let audit = hub.client("aux").await;
     let operator = hub.client("operator").await;
-    let partner = crate::restart::run_partner(acme);
+    let partner = run_partner(acme);
     let mut ids = Vec::new();
     for i in 0..ORDERS {
         ids.push(submit(&gateway, "u-2h", &format!("2h-{i}"), "acme-air").await);
@@ -516,7 +516,7 @@ async fn two_hubs_settle_each_order_once() {
     // Both hubs had a chance to settle twice; the stream holds one settled event per order.
     let s = status(&operator).await;
     assert_eq!(s["outbox_pending"], 0, "{s}");
-    let stream = crate::restart::stream_subjects(&hub.client("hub").await).await;
+    let stream = stream_subjects(&hub.client("hub").await).await;
     let per_order = stream
         .iter()
         .filter(|(subject, _)| subject.starts_with("orders.events.settled."))
@@ -645,8 +645,7 @@ async fn metrics_are_served_and_move() {
     )
     .unwrap();
     let mut child =
-        crate::restart::spawn_hub_with(&nats, dir.path(), &["--config", config.to_str().unwrap()])
-            .await;
+        spawn_hub_with(&nats, dir.path(), &["--config", config.to_str().unwrap()]).await;
     let gateway = nats.client("gateway").await;
     let before = scrape(port).await;
     for i in 0..5 {

@@ -12,8 +12,10 @@ use std::time::Duration;
 use async_nats::Client;
 use serde_json::{Value, json};
 
-use crate::helpers::{Settings, TestHub, both_backends, eventually, order, query_order, status};
-use crate::restart::{run_partner, stream_subjects};
+use crate::helpers::{
+    Settings, TestHub, both_backends, eventually, order, query_order, run_partner, status,
+    stream_subjects,
+};
 
 /// Orders of one run; the kill comes after the first [`KILL_AFTER`] are accepted.
 const ORDERS: usize = 240;

@@ -1,0 +1,250 @@
+//! Test harness: a real `nats-server` from `nats.conf` per test (free port, own store directory),
+//! a hub started in-process (or as a child process), its databases — SQLite files in a temporary
+//! directory, or a fresh database on a Postgres primary + streaming replica from `scripts/pg-pair`
+//! — and clients that connect as the roles of `nats.conf`.
+//!
+//! Here: requests and replies, the event stream, polling, and [`both_backends!`]. In the
+//! submodules, re-exported: [`nats`] (the server), [`pg`] (the Postgres pair), [`hub`] (the hub
+//! under test) and [`sim`] (simulated peers).
+
+mod hub;
+mod nats;
+mod pg;
+mod sim;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::PullConsumer, consumer::pull};
+use async_nats::{Client, HeaderMap};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+pub use hub::*;
+pub use nats::*;
+pub use orderhub::{App, Settings};
+pub use pg::*;
+pub use sim::*;
+
+pub const STREAM: &str = "ORDER_EVENTS";
+
+/// Logs when `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        orderhub::telemetry::init("orderhub=debug,actors=debug,warn");
+    }
+}
+
+/// A reply: its headers (if any) and its JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub headers: Option<HeaderMap>,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error reply, after checking the reply is a well-formed error.
+    pub fn error_code(&self) -> Option<&str> {
+        self.body.get("error")?.get("code")?.as_str()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .as_ref()?
+            .get(name)
+            .map(|v| v.as_str().to_owned())
+    }
+
+    /// Asserts a complete error reply of the contract: code, status header, description header,
+    /// non-empty message.
+    #[track_caller]
+    pub fn assert_error(&self, code: &str, status: u16) {
+        assert_eq!(self.error_code(), Some(code), "reply: {:?}", self.body);
+        assert_eq!(
+            self.header("Nats-Service-Error-Code").as_deref(),
+            Some(status.to_string().as_str()),
+            "{self:?}"
+        );
+        let message = self.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            !message.is_empty(),
+            "error message must say what to do: {self:?}"
+        );
+        assert_eq!(
+            self.header("Nats-Service-Error").as_deref(),
+            Some(message),
+            "{self:?}"
+        );
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Value {
+        assert!(
+            self.body.get("error").is_none(),
+            "unexpected error: {:?}",
+            self.body
+        );
+        assert!(self.header("Nats-Service-Error-Code").is_none(), "{self:?}");
+        &self.body
+    }
+}
+
+/// Sends a request with raw bytes and decodes the reply.
+pub async fn request_raw(client: &Client, subject: &str, body: Vec<u8>) -> Reply {
+    let msg = tokio::time::timeout(
+        Duration::from_secs(15),
+        client.request(subject.to_owned(), body.into()),
+    )
+    .await
+    .expect("reply within 15 s")
+    .expect("request answered");
+    let body = serde_json::from_slice(&msg.payload).unwrap_or_else(|e| {
+        panic!(
+            "reply is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&msg.payload)
+        )
+    });
+    Reply {
+        headers: msg.headers,
+        body,
+    }
+}
+
+pub async fn request(client: &Client, subject: &str, body: Value) -> Reply {
+    request_raw(client, subject, serde_json::to_vec(&body).expect("json")).await
+}
+
+/// A valid submit body.
+pub fn order(user: &str, request_id: &str, partner: &str) -> Value {
+    json!({"request_id": request_id, "user_id": user, "partner_id": partner, "product": "flight",
+           "amount_minor": 129900, "currency": "CNY", "items": [{"sku": "MU5101", "qty": 1}],
+           "payload": {"seat": "12A"}})
+}
+
+/// Submits and returns the new order id.
+pub async fn submit(gateway: &Client, user: &str, request_id: &str, partner: &str) -> String {
+    let r = request(gateway, "orders.submit", order(user, request_id, partner)).await;
+    r.assert_ok()["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_owned()
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A durable consumer of `ORDER_EVENTS`, bound without STREAM.INFO (roles may not read it).
+pub async fn durable(client: &Client, name: &str) -> PullConsumer {
+    jetstream::new(client.clone())
+        .get_consumer_from_stream::<pull::Config, _, _>(name, STREAM)
+        .await
+        .unwrap_or_else(|e| panic!("consumer {name}: {e}"))
+}
+
+/// Pulls up to `n` messages (acknowledging them) within `timeout`.
+pub async fn pull(consumer: &PullConsumer, n: usize, timeout: Duration) -> Vec<jetstream::Message> {
+    let deadline = Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n && Instant::now() < deadline {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(n - out.len())
+            .expires(Duration::from_millis(300))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = batch.next().await {
+            let m = m.expect("message");
+            m.ack().await.expect("ack");
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// The event body of a message.
+pub fn event(m: &jetstream::Message) -> Value {
+    serde_json::from_slice(&m.payload).expect("event is JSON")
+}
+
+/// Every message in the stream, read through an ordered consumer as the hub user.
+pub async fn stream_subjects(hub_client: &async_nats::Client) -> Vec<(String, String)> {
+    let js = jetstream::new(hub_client.clone());
+    let stream = js.get_stream(STREAM).await.expect("stream");
+    let total = stream.cached_info().state.messages as usize;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            ..Default::default()
+        })
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream message")
+            .expect("open")
+            .expect("message");
+        out.push((
+            m.subject.to_string(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        ));
+    }
+    out
+}
+
+/// `orders.admin.status`, as the operator sees it.
+pub async fn status(operator: &Client) -> Value {
+    let r = request(operator, "orders.admin.status", json!({})).await;
+    r.assert_ok().clone()
+}
+
+/// Runs each `async fn name(hub: TestHub)` of the calling module on both backends, as the tests
+/// `sqlite::name` and `postgres::name`. `name => tweak` starts both hubs with `tweak(&mut settings)`.
+macro_rules! both_backends {
+    ($($name:ident $(=> $tweak:ident)?),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let hub = crate::helpers::TestHub::start_with(|_s| { $(super::$tweak(_s);)? }).await;
+                    super::$name(hub).await
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let hub = crate::helpers::TestHub::start_postgres_with(|_s| { $(super::$tweak(_s);)? }).await;
+                    super::$name(hub).await
+                }
+            )+
+        }
+    };
+}
+pub(crate) use both_backends;
+
+/// `orders.query` for one order, as `user_id`.
+pub async fn query_order(client: &Client, order_id: &str, user_id: impl serde::Serialize) -> Reply {
+    request(
+        client,
+        "orders.query",
+        json!({"order_id": order_id, "user_id": user_id}),
+    )
+    .await
+}
