@@ -457,7 +457,7 @@ async fn outside_the_project_directory_says_what_is_missing() {
             .env_remove("ORDERHUB_CONFIG_DIR")
             .env_remove("ORDERHUB_NATS_CONF")
             .env_remove("ORDERHUB_ENV")
-            .stdin(Stdio::null());
+            .stdin(std::process::Stdio::null());
         for (k, v) in envs {
             command.env(k, v);
         }
@@ -475,7 +475,7 @@ async fn outside_the_project_directory_says_what_is_missing() {
     );
 
     // With the configuration found, the local nats-server it would start needs ./nats.conf.
-    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut stopped = orderhub::natsserver::NatsServer::start(None, &elsewhere.path().join("js"))
         .await
         .expect("nats-server");
