@@ -111,7 +111,12 @@ pub async fn call<T: DeserializeOwned>(
             .unwrap_or_default();
         Some((code, text))
     });
-    if let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&reply.payload) {
+    // Error replies carry the Services API headers; a body is only decoded as an error when it
+    // could be one (decoding every reply as an error first costs a failed parse per request).
+    let maybe_error = header.is_some() || reply.payload.starts_with(b"{\"error\"");
+    if maybe_error
+        && let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&reply.payload)
+    {
         return Err(CallError::Api {
             code: error.code,
             message: error.message,

@@ -38,46 +38,55 @@ pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1));
 }
 
-/// What has arrived for one order.
+/// What has arrived for an order not known yet (its events beat its submit reply, or it is
+/// another run's): the times, kept until the order is known.
 #[derive(Clone, Debug, Default)]
-struct Seen {
+struct Early {
     stored: Option<Instant>,
     result: Option<(Instant, String)>,
     settled: Option<Instant>,
     late_event: Option<Instant>,
-    /// Its partner holds the answer back (until after the order's deadline).
     held: bool,
-    /// Its partner's answer was stored as a late result.
     late_stored: bool,
 }
 
-impl Seen {
-    fn merge(&mut self, other: Seen) {
-        self.stored = self.stored.or(other.stored);
-        if self.result.is_none() {
-            self.result = other.result;
-        }
-        self.settled = self.settled.or(other.settled);
-        self.late_event = self.late_event.or(other.late_event);
-        self.held |= other.held;
-        self.late_stored |= other.late_stored;
-    }
+/// Flags of what has arrived for a known order (its latencies are recorded on arrival).
+mod got {
+    pub const STORED: u8 = 1;
+    pub const RESULT: u8 = 2;
+    pub const SETTLED: u8 = 4;
+    pub const LATE_EVENT: u8 = 8;
+    /// Its partner holds the answer back (until after the order's deadline).
+    pub const HELD: u8 = 16;
+    /// Its partner's answer was stored as a late result.
+    pub const LATE_STORED: u8 = 32;
 
     /// The whole story is in: result and settled events, and the late event of a late answer.
-    fn complete(&self) -> bool {
-        self.result.is_some()
-            && self.settled.is_some()
-            && !self.held
-            && (!self.late_stored || self.late_event.is_some())
+    pub fn complete(g: u8) -> bool {
+        g & (RESULT | SETTLED) == RESULT | SETTLED
+            && g & HELD == 0
+            && (g & LATE_STORED == 0 || g & LATE_EVENT != 0)
     }
 }
 
+/// A known order whose story is incomplete: small, as a long run holds many of them while the
+/// auxiliary systems catch up.
 #[derive(Debug)]
 struct Track {
-    placed: Placed,
     /// When its submit was due: the origin of every latency of this order.
     sent: Instant,
-    seen: Seen,
+    user_id: Arc<str>,
+    got: u8,
+}
+
+/// What arrived.
+enum Arrival {
+    Stored(Instant),
+    Result(Instant, String),
+    Settled(Instant),
+    Late(Instant),
+    Held,
+    Answered { late: bool },
 }
 
 /// Latencies from the submit's due time, in microseconds.
@@ -117,10 +126,12 @@ pub struct LateTally {
 
 #[derive(Debug)]
 struct State {
-    tracks: HashMap<String, Track>,
+    tracks: HashMap<u128, Track>,
     /// Arrivals for order ids not (yet) known: this run's, ahead of their submit reply, or
     /// another run's.
-    early: HashMap<String, Seen>,
+    early: HashMap<u128, Early>,
+    /// The run's few user ids, shared by its orders.
+    users: HashMap<String, Arc<str>>,
     /// Every order, when they are all checked afterwards.
     placed: Option<Vec<Placed>>,
     sample: Vec<Placed>,
@@ -149,8 +160,17 @@ struct State {
 }
 
 impl State {
-    fn is_foreign(&self, order_id: &str) -> bool {
-        matches!((uuid_ms(order_id), self.floor_ms), (Some(ms), Some(floor)) if ms < floor)
+    fn is_foreign(&self, key: u128) -> bool {
+        matches!(self.floor_ms, Some(floor) if uuid_ms(key) < floor)
+    }
+
+    fn user(&mut self, user_id: String) -> Arc<str> {
+        if let Some(u) = self.users.get(&user_id) {
+            return u.clone();
+        }
+        let u: Arc<str> = user_id.as_str().into();
+        self.users.insert(user_id, u.clone());
+        u
     }
 }
 
@@ -195,10 +215,14 @@ pub struct Tally {
     pub foreign: u64,
 }
 
+/// An order id as a number (ids are UUIDs); `None` for anything else.
+fn key(order_id: &str) -> Option<u128> {
+    uuid::Uuid::parse_str(order_id).ok().map(|u| u.as_u128())
+}
+
 /// The millisecond timestamp of a UUIDv7 order id.
-fn uuid_ms(order_id: &str) -> Option<u64> {
-    let hex: String = order_id.chars().filter(|c| *c != '-').take(12).collect();
-    u64::from_str_radix(&hex, 16).ok()
+fn uuid_ms(key: u128) -> u64 {
+    (key >> 80) as u64
 }
 
 impl Ledger {
@@ -213,6 +237,7 @@ impl Ledger {
         let state = State {
             tracks: HashMap::new(),
             early: HashMap::new(),
+            users: HashMap::new(),
             placed: keep_all.then(Vec::new),
             sample: Vec::new(),
             sample_rng: 0x9e37_79b9_7f4a_7c15,
@@ -260,10 +285,8 @@ impl Ledger {
 
     /// `submit` answered `accepted` at `acked` for an order due at `sent`.
     pub fn accepted(&self, order_id: String, user_id: String, sent: Instant, acked: Instant) {
-        let placed = Placed {
-            order_id: order_id.clone(),
-            user_id,
-            sent_at: self.wall(sent),
+        let Some(k) = key(&order_id) else {
+            return self.submit_failed(format!("`submit` answered with order id {order_id:?}"));
         };
         let mut s = self.lock();
         let s = &mut *s;
@@ -272,100 +295,125 @@ impl Ledger {
             acked.saturating_duration_since(sent),
         );
         s.accepted += 1;
-        if let Some(ms) = uuid_ms(&order_id) {
-            let floor = ms.saturating_sub(1_000);
-            s.floor_ms = Some(s.floor_ms.map_or(floor, |f| f.min(floor)));
-        }
         s.last_accepted = Some(s.last_accepted.map_or(acked, |l| l.max(acked)));
+        let floor = uuid_ms(k).saturating_sub(1_000);
+        s.floor_ms = Some(s.floor_ms.map_or(floor, |f| f.min(floor)));
+        let user_id = s.user(user_id);
+        let placed = || Placed {
+            order_id: order_id.clone(),
+            user_id: user_id.to_string(),
+            sent_at: self.wall(sent),
+        };
         if let Some(all) = &mut s.placed {
-            all.push(placed.clone());
+            all.push(placed());
         }
         // Algorithm R: every order has the same chance to be in the sample.
         if s.sample.len() < SAMPLE {
-            s.sample.push(placed.clone());
+            s.sample.push(placed());
         } else {
             s.sample_rng ^= s.sample_rng << 13;
             s.sample_rng ^= s.sample_rng >> 7;
             s.sample_rng ^= s.sample_rng << 17;
             let j = (s.sample_rng % s.accepted) as usize;
             if j < SAMPLE {
-                s.sample[j] = placed.clone();
+                s.sample[j] = placed();
             }
         }
         let mut track = Track {
-            placed,
             sent,
-            seen: Seen::default(),
+            user_id,
+            got: 0,
         };
-        let before = Seen::default();
-        if let Some(early) = s.early.remove(&order_id) {
-            track.seen.merge(early);
+        if let Some(early) = s.early.remove(&k) {
+            let arrivals = [
+                early.stored.map(Arrival::Stored),
+                early
+                    .result
+                    .map(|(at, outcome)| Arrival::Result(at, outcome)),
+                early.settled.map(Arrival::Settled),
+                early.late_event.map(Arrival::Late),
+                early.held.then_some(Arrival::Held),
+                early
+                    .late_stored
+                    .then_some(Arrival::Answered { late: true }),
+            ];
+            for a in arrivals.into_iter().flatten() {
+                self.apply(s, &mut track, a);
+            }
         }
-        self.apply(s, order_id, track, &before);
+        self.keep_or_complete(s, k, track);
     }
 
-    /// Records what arrived for a known order (latencies, counts, completion); keeps it while its
-    /// story is incomplete.
-    fn apply(&self, s: &mut State, order_id: String, track: Track, before: &Seen) {
-        let seen = &track.seen;
-        if let (None, Some(at)) = (before.stored, seen.stored) {
-            record(
-                &mut s.latency.stored_event,
-                at.saturating_duration_since(track.sent),
-            );
-        }
-        if let (None, Some((at, outcome))) = (&before.result, &seen.result) {
-            record(
-                &mut s.latency.result_event,
-                at.saturating_duration_since(track.sent),
-            );
-            *s.outcomes.entry(outcome.clone()).or_default() += 1;
-            s.results += 1;
-            s.last_result = Some(s.last_result.map_or(*at, |l| l.max(*at)));
-            if let Some(slots) = &self.slots {
-                slots.add_permits(1);
+    /// Records an arrival for a known order: its latency, counts, a lifecycle slot given back.
+    fn apply(&self, s: &mut State, track: &mut Track, arrival: Arrival) {
+        let since = |at: Instant| at.saturating_duration_since(track.sent);
+        let first = |flag: u8| track.got & flag == 0;
+        match arrival {
+            Arrival::Stored(at) if first(got::STORED) => {
+                record(&mut s.latency.stored_event, since(at));
+                track.got |= got::STORED;
             }
-        }
-        if let (None, Some(at)) = (before.settled, seen.settled) {
-            record(
-                &mut s.latency.settled_event,
-                at.saturating_duration_since(track.sent),
-            );
-        }
-        if let (None, Some(at)) = (before.late_event, seen.late_event) {
-            record(
-                &mut s.latency.late_event,
-                at.saturating_duration_since(track.sent),
-            );
-            s.late.events += 1;
-        }
-        if seen.complete() {
-            s.settled += 1;
-            if let Some(at) = seen.settled {
+            Arrival::Result(at, outcome) if first(got::RESULT) => {
+                record(&mut s.latency.result_event, since(at));
+                *s.outcomes.entry(outcome).or_default() += 1;
+                s.results += 1;
+                s.last_result = Some(s.last_result.map_or(at, |l| l.max(at)));
+                if let Some(slots) = &self.slots {
+                    slots.add_permits(1);
+                }
+                track.got |= got::RESULT;
+            }
+            Arrival::Settled(at) if first(got::SETTLED) => {
+                record(&mut s.latency.settled_event, since(at));
                 s.last_settled = Some(s.last_settled.map_or(at, |l| l.max(at)));
+                track.got |= got::SETTLED;
             }
+            Arrival::Late(at) if first(got::LATE_EVENT) => {
+                record(&mut s.latency.late_event, since(at));
+                s.late.events += 1;
+                track.got |= got::LATE_EVENT;
+            }
+            Arrival::Held => track.got |= got::HELD,
+            Arrival::Answered { late } => {
+                track.got &= !got::HELD;
+                if late {
+                    track.got |= got::LATE_STORED;
+                }
+            }
+            // Delivered again.
+            _ => {}
+        }
+    }
+
+    /// Keeps a known order while its story is incomplete; counts it once complete.
+    fn keep_or_complete(&self, s: &mut State, k: u128, track: Track) {
+        if got::complete(track.got) {
+            s.settled += 1;
             self.progress.set_position(s.settled);
             self.update_drained(s);
         } else {
-            s.tracks.insert(order_id, track);
+            s.tracks.insert(k, track);
         }
     }
 
-    /// Applies `change` to what arrived for `order_id`, wherever the order stands; `false` when
-    /// the order is not this run's (or already complete).
-    fn observe(&self, order_id: &str, change: impl FnOnce(&mut Seen)) -> bool {
+    /// Records what arrived for `order_id`, wherever the order stands; `false` when the order is
+    /// not this run's (or already complete).
+    fn observe(&self, order_id: &str, arrival: Arrival) -> bool {
         let mut s = self.lock();
         let s = &mut *s;
-        if let Some(mut track) = s.tracks.remove(order_id) {
-            let before = track.seen.clone();
-            change(&mut track.seen);
-            self.apply(s, order_id.to_owned(), track, &before);
+        let Some(k) = key(order_id) else {
+            s.foreign += 1;
+            return false;
+        };
+        if let Some(mut track) = s.tracks.remove(&k) {
+            self.apply(s, &mut track, arrival);
+            self.keep_or_complete(s, k, track);
             true
-        } else if s.is_foreign(order_id) {
+        } else if s.is_foreign(k) {
             s.foreign += 1;
             false
-        } else if let Some(seen) = s.early.get_mut(order_id) {
-            change(seen);
+        } else if let Some(early) = s.early.get_mut(&k) {
+            note_early(early, arrival);
             true
         } else if s.closed {
             // Every order of this run is known by now: one already complete, delivered again
@@ -373,44 +421,36 @@ impl Ledger {
             s.redelivered += 1;
             false
         } else {
-            let mut seen = Seen::default();
-            change(&mut seen);
-            s.early.insert(order_id.to_owned(), seen);
+            let mut early = Early::default();
+            note_early(&mut early, arrival);
+            s.early.insert(k, early);
             true
         }
     }
 
     /// The partner received the order's stored event.
     pub fn stored_event(&self, order_id: &str, at: Instant) {
-        self.observe(order_id, |s| {
-            s.stored.get_or_insert(at);
-        });
+        self.observe(order_id, Arrival::Stored(at));
     }
 
     /// The gateway received the order's result event.
     pub fn result_event(&self, order_id: &str, outcome: String, at: Instant) {
-        self.observe(order_id, |s| {
-            s.result.get_or_insert((at, outcome));
-        });
+        self.observe(order_id, Arrival::Result(at, outcome));
     }
 
     /// The gateway received the order's settled event.
     pub fn settled_event(&self, order_id: &str, at: Instant) {
-        self.observe(order_id, |s| {
-            s.settled.get_or_insert(at);
-        });
+        self.observe(order_id, Arrival::Settled(at));
     }
 
     /// The gateway received the order's late event.
     pub fn late_event(&self, order_id: &str, at: Instant) {
-        self.observe(order_id, |s| {
-            s.late_event.get_or_insert(at);
-        });
+        self.observe(order_id, Arrival::Late(at));
     }
 
     /// A partner holds its answer back until after the order's deadline.
     pub fn held(&self, order_id: &str) {
-        if self.observe(order_id, |s| s.held = true) {
+        if self.observe(order_id, Arrival::Held) {
             self.lock().late.held += 1;
         }
     }
@@ -418,11 +458,10 @@ impl Ledger {
     /// The held answer was sent: `late` when the hub stored it as a late result, `None` when it
     /// could not be delivered at all.
     pub fn answered(&self, order_id: &str, late: Option<bool>) {
-        let ours = self.observe(order_id, |s| {
-            s.held = false;
-            s.late_stored |= late == Some(true);
-        });
-        if ours {
+        let arrival = Arrival::Answered {
+            late: late == Some(true),
+        };
+        if self.observe(order_id, arrival) {
             let mut s = self.lock();
             match late {
                 Some(true) => s.late.stored += 1,
@@ -477,17 +516,24 @@ impl Ledger {
         let s = self.lock();
         let mut unsettled: Vec<(Placed, String)> = s
             .tracks
-            .values()
-            .map(|t| (t.placed.clone(), missing(&t.seen)))
+            .iter()
+            .map(|(k, t)| {
+                let placed = Placed {
+                    order_id: uuid::Uuid::from_u128(*k).to_string(),
+                    user_id: t.user_id.to_string(),
+                    sent_at: self.wall(t.sent),
+                };
+                (placed, missing(t.got))
+            })
             .collect();
         unsettled.sort_by(|a, b| a.0.order_id.cmp(&b.0.order_id));
         // Left over: events of earlier runs, or events of this run's orders that came again after
         // the order was complete.
         let mut foreign = s.foreign;
         let mut redelivered = s.redelivered;
-        for (id, seen) in &s.early {
-            tracing::debug!(order_id = %id, ?seen, "events of an order not in flight");
-            if s.is_foreign(id) {
+        for (k, early) in &s.early {
+            tracing::debug!(order_id = %uuid::Uuid::from_u128(*k), ?early, "events of an order not in flight");
+            if s.is_foreign(*k) {
                 foreign += 1;
             } else {
                 redelivered += 1;
@@ -516,22 +562,45 @@ impl Ledger {
     }
 }
 
+/// Notes an arrival for an order not known yet.
+fn note_early(early: &mut Early, arrival: Arrival) {
+    match arrival {
+        Arrival::Stored(at) => {
+            early.stored.get_or_insert(at);
+        }
+        Arrival::Result(at, outcome) => {
+            early.result.get_or_insert((at, outcome));
+        }
+        Arrival::Settled(at) => {
+            early.settled.get_or_insert(at);
+        }
+        Arrival::Late(at) => {
+            early.late_event.get_or_insert(at);
+        }
+        Arrival::Held => early.held = true,
+        Arrival::Answered { late } => {
+            early.held = false;
+            early.late_stored |= late;
+        }
+    }
+}
+
 /// What an incomplete order still waits for.
-fn missing(seen: &Seen) -> String {
+fn missing(g: u8) -> String {
     let mut m = Vec::new();
-    if seen.stored.is_none() {
+    if g & got::STORED == 0 {
         m.push("stored event");
     }
-    if seen.result.is_none() {
+    if g & got::RESULT == 0 {
         m.push("result event");
     }
-    if seen.settled.is_none() {
+    if g & got::SETTLED == 0 {
         m.push("settled event");
     }
-    if seen.held {
+    if g & got::HELD != 0 {
         m.push("its partner's held-back answer");
     }
-    if seen.late_stored && seen.late_event.is_none() {
+    if g & got::LATE_STORED != 0 && g & got::LATE_EVENT == 0 {
         m.push("late event");
     }
     format!("waits for: {}", m.join(", "))
