@@ -22,6 +22,9 @@ const ORDERS: usize = 240;
 const KILL_AFTER: usize = 60;
 /// Submits in flight at once.
 const CONCURRENCY: usize = 4;
+/// How long an order may take to settle after the kill: a killed subscriber's unacknowledged
+/// events come back only after the consumer's 30 s ack wait, and a loaded machine adds to that.
+const SETTLE_WITHIN: Duration = Duration::from_secs(180);
 /// The pause before a simulator asks a busy hub again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Every fourth order goes to `globex-hotels`, which never answers: the deadline actor closes it.
@@ -141,7 +144,7 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
             "timeout"
         };
         let reply = eventually(
-            Duration::from_secs(90),
+            SETTLE_WITHIN,
             &format!("order {order_id} settles with both aux records"),
             || async {
                 let r = query_order(&gateway, order_id, user_id).await;
