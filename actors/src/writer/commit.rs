@@ -1,8 +1,13 @@
-//! The statements of one group commit. The ops of a batch always concern distinct orders (an
-//! order actor awaits each write), so each kind of op goes out as one multi-row statement per
+//! The statements of one group commit. Each kind of op goes out as one multi-row statement per
 //! chunk, and `RETURNING id` tells which rows it touched. In one transaction, in this order: new
 //! orders, results, late results, settlements, and the release marks of published events. Every
 //! status change also records its time in `order_transitions` (one row per version).
+//!
+//! The ops of a batch concern distinct orders (an order actor awaits each write), except when an
+//! order actor gave up waiting (`write_timeout`) and its retry joined the first op in the same
+//! batch. Such a pair still makes one row and one event: two results collide on the results' key,
+//! which fails the batch, and the writer goes one op at a time; of two late results only the first
+//! makes an event. The settler, too, may hand over one order twice (see [`settle`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -205,6 +210,7 @@ async fn store_late_results<'a>(
         .collect();
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
+    let mut taken = HashSet::new();
     for chunk in wanted.chunks(CHUNK) {
         let mut stmt = order_late_results::Entity::insert_many(chunk.iter().map(|(_, r, _)| {
             let r = (*r).clone();
@@ -231,7 +237,9 @@ async fn store_late_results<'a>(
             .map(|r| r.try_get::<String>("", "order_id"))
             .collect::<Result<_, _>>()?;
         for (i, late, event) in chunk {
-            if inserted.contains(late.order_id.as_str()) {
+            // Two ops for one order can share a batch when an order actor gave up waiting for the
+            // first and sent its retry: only the first of them inserted the row and has an event.
+            if inserted.contains(late.order_id.as_str()) && taken.insert(late.order_id.as_str()) {
                 outcomes[*i] = Some(WriteOutcome::Done);
                 events.push(*event);
                 inserted_ids.push(late.order_id.as_str());
@@ -267,14 +275,27 @@ async fn store_late_results<'a>(
 
 /// Settlements: `settled_at` is set once, by whichever instance gets there first, and only while
 /// the order is still at the version the settler checked; the settled event goes with it.
+///
+/// The settler may hand the same order over more than once before the writer commits (a hint per
+/// auxiliary record, and the scan): only one of them, the one checked at the highest version,
+/// makes an event, or each copy would ride on the one row the update moved.
 async fn settle<'a>(
     txn: &DatabaseTransaction,
     settle: &'a [(PendingEvent, i32)],
     now: DateTime<Utc>,
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
-    let mut by_version: HashMap<i32, Vec<&PendingEvent>> = HashMap::new();
+    let mut latest: HashMap<&str, (&PendingEvent, i32)> = HashMap::new();
     for (event, version) in settle {
-        by_version.entry(*version).or_default().push(event);
+        let slot = latest
+            .entry(event.order_id.as_str())
+            .or_insert((event, *version));
+        if *version > slot.1 {
+            *slot = (event, *version);
+        }
+    }
+    let mut by_version: HashMap<i32, Vec<&PendingEvent>> = HashMap::new();
+    for (event, version) in latest.into_values() {
+        by_version.entry(version).or_default().push(event);
     }
     let mut made = Vec::new();
     for (version, events) in by_version {
