@@ -4,14 +4,17 @@
 //! only what is written, so a crash loses nothing (delivery is at least once and the write is an
 //! upsert). A late event replaces the record with what the system did with the late outcome. A
 //! restarted subscriber opens a new pull stream on its durable consumer, where everything it had
-//! not acknowledged is redelivered. Every record written is a hint to the settler.
+//! not acknowledged is redelivered. A durable consumer the server reports gone (deleted, or no
+//! longer answering pulls) is bound again, and created again with its old configuration if it
+//! no longer exists. Every record written is a hint to the settler.
 
 use std::time::Duration;
 
 use std::collections::HashMap;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::consumer::pull::MessagesErrorKind;
+use async_nats::jetstream::consumer::{FromConsumer, PullConsumer, pull};
 use entities::{aux_records, order_results, orders};
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -33,6 +36,9 @@ pub enum AuxError {
     /// The fetch from the durable consumer failed.
     #[error("fetch from the durable consumer failed: {0}")]
     Fetch(String),
+    /// The durable consumer could not be bound again (or created again).
+    #[error("binding the durable consumer again failed: {0}")]
+    Bind(String),
     /// The read node or the auxiliary database did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -47,6 +53,8 @@ pub struct AuxSubscriber;
 pub struct AuxArgs {
     pub system: String,
     pub consumer: PullConsumer,
+    /// To bind the consumer again (or create it again) when the server reports it gone.
+    pub jetstream: jetstream::Context,
     pub db: Db,
     /// Who hears of orders that got a record: the settler.
     pub settle: Link<SettleCheck>,
@@ -55,8 +63,11 @@ pub struct AuxArgs {
 pub struct AuxState {
     system: String,
     consumer: PullConsumer,
+    jetstream: jetstream::Context,
     /// The consumer's continuous pull stream, opened on first use.
     messages: Option<pull::Stream>,
+    /// The server reported the consumer gone: bind it again before the next pull.
+    rebind: bool,
     db: Db,
     settle: Link<SettleCheck>,
 }
@@ -75,7 +86,9 @@ impl Actor for AuxSubscriber {
         Ok(AuxState {
             system: args.system,
             consumer: args.consumer,
+            jetstream: args.jetstream,
             messages: None,
+            rebind: false,
             db: args.db,
             settle: args.settle,
         })
@@ -100,6 +113,11 @@ impl Actor for AuxSubscriber {
 impl AuxState {
     /// Waits up to [`WAIT`] for the first event, then takes whatever else is already here.
     async fn next_batch(&mut self) -> Result<Vec<jetstream::Message>, AuxError> {
+        if self.rebind {
+            self.consumer = self.bind_again().await?;
+            self.rebind = false;
+            tracing::info!(system = %self.system, "durable consumer bound again");
+        }
         if self.messages.is_none() {
             let stream = self
                 .consumer
@@ -118,9 +136,8 @@ impl AuxState {
                 self.messages = None;
                 return Ok(out);
             }
-            // Heartbeats and reconnect notices surface as errors; the stream carries on.
             Ok(Some(Err(e))) => {
-                tracing::debug!(error = %e, "consumer stream notice");
+                self.notice(&e);
                 return Ok(out);
             }
             Ok(Some(Ok(m))) => out.push(m),
@@ -128,11 +145,42 @@ impl AuxState {
         while out.len() < BATCH {
             match stream.next().now_or_never() {
                 Some(Some(Ok(m))) => out.push(m),
-                Some(Some(Err(_))) => continue,
+                Some(Some(Err(e))) => {
+                    self.notice(&e);
+                    break;
+                }
                 _ => break,
             }
         }
         Ok(out)
+    }
+
+    /// Heartbeats and reconnect notices surface as errors and the stream carries on; a consumer
+    /// deleted, or one whose pulls nobody answers, is bound again before the next pull.
+    fn notice(&mut self, e: &pull::MessagesError) {
+        match e.kind() {
+            MessagesErrorKind::ConsumerDeleted | MessagesErrorKind::NoResponders => {
+                tracing::warn!(system = %self.system, error = %e, "durable consumer gone; binding it again");
+                self.messages = None;
+                self.rebind = true;
+            }
+            _ => tracing::debug!(error = %e, "consumer stream notice"),
+        }
+    }
+
+    /// The durable consumer again: as it is on the server, or created again with the
+    /// configuration it had when this subscriber was started.
+    async fn bind_again(&self) -> Result<PullConsumer, AuxError> {
+        let info = self.consumer.cached_info();
+        let config = pull::Config::try_from_consumer_config(info.config.clone())
+            .map_err(|e| AuxError::Bind(e.to_string()))?;
+        self.jetstream
+            .get_stream_no_info(&info.stream_name)
+            .await
+            .map_err(|e| AuxError::Bind(e.to_string()))?
+            .get_or_create_consumer(&info.name, config)
+            .await
+            .map_err(|e| AuxError::Bind(e.to_string()))
     }
 
     async fn pull(&mut self) -> Result<(), AuxError> {

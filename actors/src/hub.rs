@@ -230,7 +230,7 @@ impl Hub {
         for (system, consumer) in config.aux {
             built_in_aux.push(system.clone());
             let role = format!("aux-{system}");
-            let (db, settle) = (config.db.clone(), settle.clone());
+            let (db, settle, js) = (config.db.clone(), settle.clone(), config.jetstream.clone());
             children.push(supervised(
                 &instance,
                 &role,
@@ -238,6 +238,7 @@ impl Hub {
                 move || AuxArgs {
                     system: system.clone(),
                     consumer: consumer.clone(),
+                    jetstream: js.clone(),
                     db: db.clone(),
                     settle: settle.clone(),
                 },
