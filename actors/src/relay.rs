@@ -4,8 +4,10 @@
 //!
 //! A batch is published pipelined (all sends, then all acks) and in order, so per order the stored
 //! event precedes the result event, which precedes the late event. An event whose publish fails
-//! stays unpublished in the outbox and the replication actor's sweep brings it back; the order's
-//! later events wait for the sweep with it. A restarted relay starts with an empty memory, and the
+//! stays unpublished in the outbox and the replication actor's sweep brings it back. The relay
+//! keeps it too: the order's next event is published only after it, again. A peer instance's
+//! sweep may have published it meanwhile (the shared outbox then never brings it back here), and
+//! JetStream drops the second copy. A restarted relay starts with an empty memory, and the
 //! supervisor has the replication actor sweep every unpublished row.
 
 use std::collections::HashMap;
@@ -28,10 +30,10 @@ pub struct RelayArgs {
 pub struct RelayState {
     js: jetstream::Context,
     writers: WriterPool,
-    /// Orders with an event that could not be published, and the oldest such event: their later
-    /// events are held back for the sweep too (it republishes oldest first), so per order the
-    /// stream keeps the order stored → result → late (and the settled event after the result).
-    held_back: HashMap<String, String>,
+    /// Orders with an event that could not be published, and the oldest such event: it is
+    /// published again before any later event of its order, so per order the stream keeps the
+    /// order stored → result → late (and the settled event after the result).
+    held_back: HashMap<String, PendingEvent>,
 }
 
 /// Most orders remembered as held back; beyond it the oldest memories are dropped.
@@ -71,29 +73,19 @@ impl RelayState {
     async fn publish(&mut self, events: Vec<PendingEvent>) -> Vec<PendingEvent> {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
-            if self
-                .held_back
-                .get(&event.order_id)
-                .is_some_and(|failed| event.id > *failed)
-            {
-                tracing::warn!(event_id = %event.id, "an earlier event of this order failed; the sweep publishes both in order");
-                continue;
-            }
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", event.id.as_str());
-            headers.insert("Content-Type", "application/cloudevents+json");
-            if let Some(lsn) = event.lsn {
-                headers.insert(COMMIT_LSN_HEADER, lsn.to_string().as_str());
-            }
-            match self
-                .js
-                .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
-                .await
-            {
-                Ok(ack) => acks.push((event, ack)),
-                Err(e) => {
-                    tracing::warn!(event_id = %event.id, error = %e, "publish failed; the sweep retries it");
-                    self.hold_back(&event);
+            // The order's failed event goes first, once more (whether this event is a later one
+            // or that very event, brought back by the sweep).
+            let earlier = match self.held_back.get(&event.order_id) {
+                Some(failed) if failed.id < event.id => self.held_back.remove(&event.order_id),
+                Some(failed) if failed.id == event.id => {
+                    self.held_back.remove(&event.order_id);
+                    None
+                }
+                _ => None,
+            };
+            for event in earlier.into_iter().chain(Some(event)) {
+                if let Some(ack) = self.send(event).await {
+                    acks.push(ack);
                 }
             }
         }
@@ -106,7 +98,11 @@ impl RelayState {
         for (ack, event) in results {
             match ack {
                 Ok(_) => {
-                    if self.held_back.get(&event.order_id) == Some(&event.id) {
+                    if self
+                        .held_back
+                        .get(&event.order_id)
+                        .is_some_and(|failed| failed.id == event.id)
+                    {
                         self.held_back.remove(&event.order_id);
                     }
                     observe(&event);
@@ -121,6 +117,40 @@ impl RelayState {
         published
     }
 
+    /// Sends one event, unless an earlier event of its order has just failed (the sweep brings
+    /// this one back); returns the pending acknowledgement.
+    async fn send(
+        &mut self,
+        event: PendingEvent,
+    ) -> Option<(PendingEvent, jetstream::context::PublishAckFuture)> {
+        if self
+            .held_back
+            .get(&event.order_id)
+            .is_some_and(|failed| failed.id < event.id)
+        {
+            tracing::warn!(event_id = %event.id, "an earlier event of this order failed just now; the sweep brings this one back");
+            return None;
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.id.as_str());
+        headers.insert("Content-Type", "application/cloudevents+json");
+        if let Some(lsn) = event.lsn {
+            headers.insert(COMMIT_LSN_HEADER, lsn.to_string().as_str());
+        }
+        match self
+            .js
+            .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
+            .await
+        {
+            Ok(ack) => Some((event, ack)),
+            Err(e) => {
+                tracing::warn!(event_id = %event.id, error = %e, "publish failed; the sweep retries it");
+                self.hold_back(&event);
+                None
+            }
+        }
+    }
+
     fn hold_back(&mut self, event: &PendingEvent) {
         if self.held_back.len() >= MAX_HELD_BACK {
             tracing::warn!(
@@ -131,9 +161,9 @@ impl RelayState {
         let oldest = self
             .held_back
             .entry(event.order_id.clone())
-            .or_insert_with(|| event.id.clone());
-        if event.id < *oldest {
-            *oldest = event.id.clone();
+            .or_insert_with(|| event.clone());
+        if event.id < oldest.id {
+            *oldest = event.clone();
         }
     }
 
