@@ -2,6 +2,7 @@
 //! as each role of `nats.conf` would.
 
 mod bench;
+mod cluster;
 mod flood;
 mod flow;
 mod helpers;

@@ -16,8 +16,9 @@ use chrono::{DateTime, Utc};
 use entities::{order_late_results, order_results, order_transitions, orders, outbox};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryTrait, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    TransactionTrait,
 };
 
 use super::{WriteOp, WriteOutcome};
@@ -208,6 +209,8 @@ async fn store_late_results<'a>(
             _ => None,
         })
         .collect();
+    let ids: Vec<&str> = wanted.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
+    lock_orders(txn, &ids).await?;
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
@@ -273,6 +276,31 @@ async fn store_late_results<'a>(
     Ok(events)
 }
 
+/// Locks the orders' rows until the commit (Postgres; SQLite has one writer at a time anyway).
+/// A late result and the release of its order's timeout result event may be committed at once by
+/// two instances: without the lock each could miss the other's change (this one inserts the late
+/// result while the order is still `result_stored`, that one moves it to `notified` without
+/// seeing the late result), and the order would stay `notified` for good.
+async fn lock_orders(txn: &DatabaseTransaction, ids: &[&str]) -> Result<(), DbErr> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    for chunk in ids.chunks(CHUNK) {
+        orders::Entity::find()
+            .select_only()
+            .column(orders::Column::Id)
+            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .order_by_asc(orders::Column::Id)
+            .lock_exclusive()
+            .into_tuple::<String>()
+            .all(txn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Settlements: `settled_at` is set once, by whichever instance gets there first, and only while
 /// the order is still at the version the settler checked; the settled event goes with it.
 ///
@@ -321,20 +349,17 @@ async fn settle<'a>(
 /// decided the change when it made the event; this step only records that the event is out, and
 /// the version conditions make a repeated mark (a sweep, a peer instance) a no-op. Returns the
 /// orders now `notified`.
+///
+/// A late event can be out before its order is `late_result_stored`: the timeout's result event
+/// went out first, but its release is recorded elsewhere (a peer instance, or the sweep after a
+/// failed batch) and later. Such a late event is left unmarked, so the sweep brings it back
+/// (JetStream drops the copy) and its release is recorded once the order can take it.
 async fn mark_released(
     txn: &DatabaseTransaction,
     published: &[PendingEvent],
     partners: &Partners,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    for chunk in published.chunks(CHUNK) {
-        outbox::Entity::update_many()
-            .col_expr(outbox::Column::PublishedAt, Expr::value(now))
-            .filter(outbox::Column::Id.is_in(chunk.iter().map(|e| e.id.as_str())))
-            .filter(outbox::Column::PublishedAt.is_null())
-            .exec(txn)
-            .await?;
-    }
     let mut dispatched: HashMap<Duration, Vec<&str>> = HashMap::new();
     let (mut notified, mut late) = (Vec::new(), Vec::new());
     for e in published {
@@ -388,7 +413,7 @@ async fn mark_released(
         now,
     )
     .await?;
-    move_orders(
+    let moved: HashSet<String> = move_orders(
         txn,
         &late,
         OrderStatus::LateResultStored,
@@ -396,7 +421,40 @@ async fn mark_released(
         None,
         now,
     )
-    .await?;
+    .await?
+    .into_iter()
+    .collect();
+    let not_moved: Vec<&str> = late
+        .iter()
+        .copied()
+        .filter(|id| !moved.contains(*id))
+        .collect();
+    let mut early = HashSet::new();
+    for chunk in not_moved.chunks(CHUNK) {
+        early.extend(
+            orders::Entity::find()
+                .select_only()
+                .column(orders::Column::Id)
+                .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+                .filter(orders::Column::Version.lt(OrderStatus::LateResultStored.version()))
+                .into_tuple::<String>()
+                .all(txn)
+                .await?,
+        );
+    }
+    let marked: Vec<&str> = published
+        .iter()
+        .filter(|e| !(e.kind == EventKind::Late && early.contains(&e.order_id)))
+        .map(|e| e.id.as_str())
+        .collect();
+    for chunk in marked.chunks(CHUNK) {
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::PublishedAt, Expr::value(now))
+            .filter(outbox::Column::Id.is_in(chunk.iter().copied()))
+            .filter(outbox::Column::PublishedAt.is_null())
+            .exec(txn)
+            .await?;
+    }
     Ok(notified)
 }
 

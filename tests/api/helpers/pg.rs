@@ -175,7 +175,8 @@ impl PgPair {
         }
     }
 
-    async fn run(&self, command: &str) {
+    /// Runs `scripts/pg-pair COMMAND DIR` and returns what it printed on stdout.
+    async fn run(&self, command: &str) -> String {
         let out = tokio::time::timeout(
             PG_READY,
             tokio::process::Command::new(pg_pair_script())
@@ -193,26 +194,54 @@ impl PgPair {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub async fn stop_primary(&self) {
-        self.run("stop-primary").await
+        self.run("stop-primary").await;
     }
     pub async fn start_primary(&self) {
-        self.run("start-primary").await
+        self.run("start-primary").await;
     }
     pub async fn stop_replica(&self) {
-        self.run("stop-replica").await
+        self.run("stop-replica").await;
     }
     pub async fn start_replica(&self) {
-        self.run("start-replica").await
+        self.run("start-replica").await;
     }
     pub async fn pause_replay(&self) {
-        self.run("pause-replay").await
+        self.run("pause-replay").await;
     }
     pub async fn resume_replay(&self) {
-        self.run("resume-replay").await
+        self.run("resume-replay").await;
     }
+    /// `pg_ctl stop -m immediate` on the primary.
+    pub async fn crash_primary(&self) {
+        self.run("crash-primary").await;
+    }
+    /// SIGSTOP the replica's WAL receiver.
+    pub async fn stall_receiver(&self) {
+        self.run("stall-receiver").await;
+    }
+    /// SIGKILL the replica's WAL receiver and wait until the replica answers again.
+    pub async fn kill_receiver(&self) {
+        self.run("kill-receiver").await;
+    }
+    /// Promotes the replica (crashing the primary if it still runs) and returns its URL
+    /// (database `orderhub`).
+    pub async fn promote(&self) -> String {
+        let url = self.run("promote").await.trim().to_owned();
+        assert!(
+            url.starts_with("postgres://"),
+            "promote printed no URL: {url:?}"
+        );
+        url
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn database_url(url: &str, db: &str) -> String {
+    with_db(url, db)
 }
 
 impl Drop for PgPair {
