@@ -29,6 +29,8 @@ const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
 /// How soon a batch that could not be written comes back.
 const NAK_DELAY: Duration = Duration::from_secs(1);
+/// Deliveries of an event whose order the read node does not have before it is dropped.
+const MAX_DELIVERIES: i64 = 10;
 
 /// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
 #[derive(Debug, thiserror::Error)]
@@ -233,11 +235,11 @@ impl AuxState {
                     });
                     done.push(m);
                 }
-                // Not on the read node (cannot happen once released): left unacknowledged, it
-                // comes back after the ack wait.
-                None => {
-                    tracing::warn!(order_id = %event.data.order_id, "order not readable yet; it is redelivered")
-                }
+                // Not on the read node. Once released it is there, so this is a read node
+                // behind (it comes back shortly) or an event of another database (a stream
+                // kept across a database reset, a replica rebuilt): after a few deliveries it
+                // is dropped, loudly, so it cannot fill the consumer's unacknowledged window.
+                None => unreadable(&self.system, &event.data.order_id, &m).await,
             }
         }
         let ids: Vec<String> = records.iter().map(|r| r.order_id.clone()).collect();
@@ -257,6 +259,33 @@ impl AuxState {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         Ok(())
+    }
+}
+
+/// An event whose order the read node does not have: offered again in [`NAK_DELAY`], and
+/// terminated after [`MAX_DELIVERIES`].
+async fn unreadable(system: &str, order_id: &str, m: &jetstream::Message) {
+    let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+    let kind = if delivered >= MAX_DELIVERIES {
+        tracing::error!(
+            system,
+            order_id,
+            delivered,
+            "the read node does not have this order; the event is dropped (is the stream from \
+             another database?)"
+        );
+        jetstream::AckKind::Term
+    } else {
+        tracing::warn!(
+            system,
+            order_id,
+            delivered,
+            "order not readable yet; it is redelivered"
+        );
+        jetstream::AckKind::Nak(Some(NAK_DELAY))
+    };
+    if let Err(e) = m.ack_with(kind).await {
+        tracing::debug!(error = %e, "nak/term lost; the event comes back after the ack wait");
     }
 }
 

@@ -10,7 +10,7 @@ use entities::{aux_records, order_late_results, order_results, order_transitions
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
 };
 
 /// What callers of the store see when a database does not answer as it should.
@@ -203,16 +203,16 @@ impl Db {
 
     /// An order, read from the read node.
     pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
-        Ok(orders::Entity::find_by_id(id.to_owned())
-            .one(&self.replica)
-            .await?)
+        Ok(by_key(orders::Entity::find_by_id(id.to_owned()), &self.replica).await?)
     }
 
     /// An order's result, read from the read node.
     pub async fn result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
-        Ok(order_results::Entity::find_by_id(id.to_owned())
-            .one(&self.replica)
-            .await?)
+        Ok(by_key(
+            order_results::Entity::find_by_id(id.to_owned()),
+            &self.replica,
+        )
+        .await?)
     }
 
     /// Orders that have a result, with it, read from the read node.
@@ -232,10 +232,12 @@ impl Db {
 
     /// An order's late result, read from the read node.
     pub async fn late_result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
-        Ok(order_late_results::Entity::find_by_id(id.to_owned())
-            .one(&self.replica)
-            .await?
-            .map(late_as_result))
+        Ok(by_key(
+            order_late_results::Entity::find_by_id(id.to_owned()),
+            &self.replica,
+        )
+        .await?
+        .map(late_as_result))
     }
 
     /// Orders that have a late result, with it, read from the read node.
@@ -279,19 +281,21 @@ impl Db {
     /// The current state of an order on the primary, with its result and late result: what its
     /// actor starts from, and what `trace` shows.
     pub async fn order_on_primary(&self, id: &str) -> Result<Option<OrderState>, StoreError> {
-        let Some(order) = orders::Entity::find_by_id(id.to_owned())
-            .one(&self.primary)
-            .await?
+        let Some(order) = by_key(orders::Entity::find_by_id(id.to_owned()), &self.primary).await?
         else {
             return Ok(None);
         };
-        let result = order_results::Entity::find_by_id(id.to_owned())
-            .one(&self.primary)
-            .await?;
-        let late = order_late_results::Entity::find_by_id(id.to_owned())
-            .one(&self.primary)
-            .await?
-            .map(late_as_result);
+        let result = by_key(
+            order_results::Entity::find_by_id(id.to_owned()),
+            &self.primary,
+        )
+        .await?;
+        let late = by_key(
+            order_late_results::Entity::find_by_id(id.to_owned()),
+            &self.primary,
+        )
+        .await?
+        .map(late_as_result);
         Ok(Some(OrderState {
             order,
             result,
@@ -533,6 +537,15 @@ impl Db {
 }
 
 /// A late result has the columns of a result.
+/// The row a unique key selects. `.one()` would add a bound `LIMIT ?`, which SQLite plans by
+/// its value, so the statement is prepared again on every call; a key lookup needs no limit.
+pub(crate) async fn by_key<E: EntityTrait>(
+    select: Select<E>,
+    db: &impl ConnectionTrait,
+) -> Result<Option<E::Model>, DbErr> {
+    Ok(select.all(db).await?.into_iter().next())
+}
+
 fn late_as_result(r: order_late_results::Model) -> order_results::Model {
     order_results::Model {
         order_id: r.order_id,

@@ -772,3 +772,81 @@ async fn service_discovery_lists_every_endpoint(hub: TestHub) {
         assert!(s.get(key).is_some(), "status has {key}");
     }
 }
+
+/// A result event whose order the read node does not have (a stream kept across a database
+/// reset) is offered to the built-in systems again a few times and then dropped, so it cannot
+/// fill their consumers' unacknowledged windows.
+#[tokio::test]
+async fn an_event_of_an_order_the_read_node_lacks_is_retried_then_dropped() {
+    let hub = TestHub::start().await;
+    let js = jetstream::new(hub.client("hub").await);
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let subject = format!("orders.events.result.u-ghost.{ghost}");
+    let event = json!({
+        "specversion": "1.0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "source": "orderhub",
+        "type": "orderhub.order.result_stored",
+        "subject": subject,
+        "time": "2026-11-29T00:00:00Z",
+        "datacontenttype": "application/json",
+        "data": {"order_id": ghost, "user_id": "u-ghost", "partner_id": "acme-air",
+                 "version": 3, "outcome": "confirmed", "partner_ref": null},
+    });
+    let published = Instant::now();
+    js.publish(subject, serde_json::to_vec(&event).unwrap().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored in the stream");
+    for system in ["invoice", "loyalty"] {
+        let consumer = durable(&hub.client("hub").await, &format!("aux-{system}")).await;
+        let info = eventually(
+            Duration::from_secs(60),
+            "the built-in system gives the event up",
+            || {
+                let mut consumer = consumer.clone();
+                async move {
+                    let info = consumer.info().await.ok()?.clone();
+                    (info.num_pending == 0
+                        && info.num_ack_pending == 0
+                        && info.delivered.stream_sequence >= 1)
+                        .then_some(info)
+                }
+            },
+        )
+        .await;
+        assert!(
+            info.delivered.consumer_sequence >= 10,
+            "aux-{system}: offered 10 times before it was dropped: {info:?}"
+        );
+    }
+    assert!(
+        published.elapsed() >= Duration::from_secs(8),
+        "each retry waits a second: dropped after {:?}",
+        published.elapsed()
+    );
+    // The built-in systems go on with orders they can read.
+    let gateway = hub.client("gateway").await;
+    let order_id = submit(&gateway, "u-after", "r-1", "acme-air").await;
+    let partner = hub.client("partner-acme-air").await;
+    let r = request(
+        &partner,
+        "orders.partner.acme-air.result",
+        json!({"order_id": order_id, "result_id": "r-1", "outcome": "confirmed", "partner_ref": "A-1"}),
+    )
+    .await;
+    r.assert_ok();
+    eventually(
+        Duration::from_secs(30),
+        "invoice and loyalty records",
+        || {
+            let (gateway, order_id) = (&gateway, &order_id);
+            async move {
+                let q = query_order(gateway, order_id, "u-after").await;
+                (q.body["aux"].as_array().map(|a| a.len()) == Some(2)).then_some(())
+            }
+        },
+    )
+    .await;
+}

@@ -25,6 +25,7 @@ use super::{WriteOp, WriteOutcome};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
+use crate::store::by_key;
 
 /// Rows per multi-row statement: well under SQLite's bind-parameter limit.
 const CHUNK: usize = 256;
@@ -118,12 +119,14 @@ async fn insert_orders<'a>(
                 outcomes[*i] = Some(WriteOutcome::Done);
                 events.push(*event);
             } else {
-                let existing = orders::Entity::find()
-                    .filter(orders::Column::UserId.eq(order.user_id.as_str()))
-                    .filter(orders::Column::RequestId.eq(order.request_id.as_str()))
-                    .one(txn)
-                    .await?
-                    .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
+                let existing = by_key(
+                    orders::Entity::find()
+                        .filter(orders::Column::UserId.eq(order.user_id.as_str()))
+                        .filter(orders::Column::RequestId.eq(order.request_id.as_str())),
+                    txn,
+                )
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
                 outcomes[*i] = Some(WriteOutcome::DuplicateOrder(Box::new(existing)));
             }
         }
@@ -171,9 +174,11 @@ async fn store_results<'a>(
                 events.push(*event);
                 continue;
             }
-            let existing = order_results::Entity::find_by_id(result.order_id.clone())
-                .one(txn)
-                .await?;
+            let existing = by_key(
+                order_results::Entity::find_by_id(result.order_id.clone()),
+                txn,
+            )
+            .await?;
             outcomes[*i] = Some(match existing {
                 Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
                 None => WriteOutcome::Stale,
@@ -248,9 +253,11 @@ async fn store_late_results<'a>(
                 inserted_ids.push(late.order_id.as_str());
                 continue;
             }
-            let existing = order_late_results::Entity::find_by_id(late.order_id.clone())
-                .one(txn)
-                .await?;
+            let existing = by_key(
+                order_late_results::Entity::find_by_id(late.order_id.clone()),
+                txn,
+            )
+            .await?;
             outcomes[*i] = Some(match existing {
                 Some(e) => WriteOutcome::ResultExists(Box::new(order_results::Model {
                     order_id: e.order_id,
