@@ -272,9 +272,10 @@ impl App {
         let nats = spawn_nats_if_needed(&settings).await?;
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
         let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
-        let db = Db::connect(&settings.database.urls())
+        let mut db = Db::connect(&settings.database.urls())
             .await
             .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
+        db.aux_ack_after_replica = settings.database.ack_after_replica();
         db.migrate().await.context("applying migrations")?;
         if !db.await_replica(REPLICA_AT_START).await {
             tracing::warn!(

@@ -62,4 +62,7 @@ pub struct Context {
     pub writers: WriterPool,
     pub metrics: Metrics,
     pub tuning: Tuning,
+    /// `ack_after = "replica"` with a replica: every acknowledgement, a repeated one included,
+    /// waits until the replica has what it acknowledges.
+    pub ack_after_replica: bool,
 }

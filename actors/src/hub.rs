@@ -107,6 +107,7 @@ impl Hub {
             writers: writers.clone(),
             metrics: Metrics::default(),
             tuning: config.tuning,
+            ack_after_replica: config.ack_after_replica,
         });
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, ())
             .await

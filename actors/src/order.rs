@@ -9,7 +9,7 @@
 //! after being idle for long), and is reloaded from the primary when it is needed again.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use entities::{order_results, orders};
@@ -150,6 +150,17 @@ impl Actor for OrderActor {
     }
 }
 
+/// What a repeated write found already stored.
+#[derive(Clone, Copy)]
+enum Kept {
+    Result,
+    Late,
+}
+
+/// How long a repeated write waits for the read node to have what it found (see
+/// [`OrderState::on_replica`]).
+const REPEAT_CONFIRM_WITHIN: Duration = Duration::from_millis(1300);
+
 impl OrderState {
     /// Hands `op` to the order's writer; `confirm`: a client waits for the answer, so it comes
     /// only once the replica has the commit (when the hub acknowledges after the replica).
@@ -185,6 +196,33 @@ impl OrderState {
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
                 "the hub's writer is restarting or shutting down; retry later",
             )),
+        }
+    }
+
+    /// With `ack_after = "replica"`, waits (up to [`REPEAT_CONFIRM_WITHIN`]) until the read node
+    /// has this order's result or late result before a repeated write is answered: what this
+    /// actor holds was read from the primary, where a commit the replica never confirmed (its
+    /// first answer was `unavailable`) is visible too, and may be lost with the primary.
+    async fn on_replica(&self, kept: Kept) -> Result<(), ApiError> {
+        if !self.ctx.ack_after_replica {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + REPEAT_CONFIRM_WITHIN;
+        loop {
+            let found = match kept {
+                Kept::Result => self.ctx.db.result(&self.id).await.map(|r| r.is_some()),
+                Kept::Late => self.ctx.db.late_result(&self.id).await.map(|r| r.is_some()),
+            };
+            if matches!(found, Ok(true)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ApiError::unavailable(
+                    "committed on the primary, but the replica has not confirmed it yet; retry \
+                     with the same key",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -278,7 +316,9 @@ impl OrderState {
             };
             if let Some(existing) = &self.result {
                 if existing.result_id != TIMEOUT_RESULT_ID {
-                    return answer_second_result(&self.id, existing, &req);
+                    let reply = answer_second_result(&self.id, existing, &req)?;
+                    self.on_replica(Kept::Result).await?;
+                    return Ok(reply);
                 }
                 return self.record_late_result(&order, req).await;
             }
@@ -323,7 +363,9 @@ impl OrderState {
             duplicate,
         };
         if let Some(existing) = &self.late {
-            return answer_second_late(&self.id, existing, &req).map(|d| late_reply(d.duplicate));
+            let reply = answer_second_late(&self.id, existing, &req)?;
+            self.on_replica(Kept::Late).await?;
+            return Ok(late_reply(reply.duplicate));
         }
         let now = Utc::now();
         let late = order_results::Model {

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 /// Used for orders of a partner no longer in the configuration.
 const DEFAULT_RESULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// `max_pending` when the configuration does not say.
-pub const DEFAULT_MAX_PENDING: u64 = 20_000;
+/// `max_pending` when the configuration does not say: a backlog one partner can work through
+/// well inside its `result_timeout` (2,000 orders in 30 s is 67 answers a second), so that an
+/// overloaded partner or hub refuses new orders up front instead of accepting orders that will
+/// only time out. Raise it for a partner that answers faster, with a longer timeout.
+pub const DEFAULT_MAX_PENDING: u64 = 2_000;
 
 /// One partner's configuration.
 #[derive(Clone, Debug)]

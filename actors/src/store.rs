@@ -56,6 +56,10 @@ pub struct Db {
     pub separate_replica: bool,
     /// Until when (ms since the epoch) reads skip the auxiliary database for `aux_standby`.
     aux_down_until: Arc<AtomicU64>,
+    /// `ack_after = "replica"`: an auxiliary write counts as done (its event acknowledged, an
+    /// external system answered `recorded`) only once `aux_standby` has replayed it, so a
+    /// failover loses no auxiliary record either.
+    pub aux_ack_after_replica: bool,
 }
 
 /// How long a request may wait for a connection or a statement before it is answered `unavailable`.
@@ -68,6 +72,10 @@ const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1000);
 const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// After the auxiliary database failed a read, queries go straight to `aux_standby` this long.
 const AUX_DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long an auxiliary write waits for the replica to replay it (`aux_ack_after_replica`).
+const AUX_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+/// Auxiliary records per statement (five bound values each).
+const AUX_CHUNK: usize = 1000;
 
 fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
     let mut opt = ConnectOptions::new(url.to_owned());
@@ -158,6 +166,7 @@ impl Db {
             aux_standby,
             separate_replica,
             aux_down_until: Arc::default(),
+            aux_ack_after_replica: false,
         })
     }
 
@@ -439,16 +448,27 @@ impl Db {
         aux_records_on(standby, order_id).await
     }
 
-    /// Stores or replaces records in the auxiliary database, in one transaction.
+    /// Stores or replaces records in the auxiliary database, in one transaction; with
+    /// [`Db::aux_ack_after_replica`], returns only once the replica has replayed it
+    /// ([`StoreError::Unconfirmed`] if it has not within [`AUX_CONFIRM_WITHIN`]: the write
+    /// stays, and writing it again is harmless).
     pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
         use sea_orm::sea_query::OnConflict;
         use sea_orm::{IntoActiveModel, TransactionTrait};
         if records.is_empty() {
             return Ok(());
         }
-        let txn = self.aux.begin().await?;
+        // One record per (order, system) in a statement: Postgres refuses to update a row twice
+        // in one INSERT … ON CONFLICT. The last one wins, as it would one after the other.
+        let mut latest: std::collections::HashMap<(String, String), aux_records::Model> =
+            std::collections::HashMap::with_capacity(records.len());
         for r in records {
-            aux_records::Entity::insert(r.into_active_model())
+            latest.insert((r.order_id.clone(), r.system.clone()), r);
+        }
+        let records: Vec<aux_records::Model> = latest.into_values().collect();
+        let txn = self.aux.begin().await?;
+        for chunk in records.chunks(AUX_CHUNK) {
+            aux_records::Entity::insert_many(chunk.iter().cloned().map(|r| r.into_active_model()))
                 .on_conflict(
                     OnConflict::columns([
                         aux_records::Column::OrderId,
@@ -465,7 +485,37 @@ impl Db {
                 .await?;
         }
         txn.commit().await?;
-        Ok(())
+        self.confirm_aux().await
+    }
+
+    /// Waits until `aux_standby` has replayed every auxiliary write made so far, when
+    /// [`Db::aux_ack_after_replica`] asks for it.
+    async fn confirm_aux(&self) -> Result<(), StoreError> {
+        use crate::wal::{current_lsn, replay_position};
+        let Some(standby) = self
+            .aux_standby
+            .as_ref()
+            .filter(|_| self.aux_ack_after_replica)
+        else {
+            return Ok(());
+        };
+        let target = current_lsn(&self.aux)
+            .await
+            .map_err(|e| StoreError::Unavailable(DbErr::Custom(e)))?;
+        let deadline = tokio::time::Instant::now() + AUX_CONFIRM_WITHIN;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match tokio::time::timeout(Duration::from_millis(500), replay_position(standby)).await {
+                Ok(Ok(replay)) if replay.lsn >= target => return Ok(()),
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(StoreError::Unconfirmed);
+                }
+                _ => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
     }
 
     /// Outbox rows not yet published, oldest first.

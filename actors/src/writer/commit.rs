@@ -60,6 +60,7 @@ pub(super) async fn commit(
     let now = Utc::now();
     let ops = batch.ops;
     let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
+    lock_orders(&txn, &existing_orders(&batch)).await?;
     let mut events = insert_orders(&txn, ops, now, &mut outcomes).await?;
     events.extend(store_results(&txn, ops, now, &mut outcomes).await?);
     events.extend(store_late_results(&txn, ops, now, &mut outcomes).await?);
@@ -214,8 +215,6 @@ async fn store_late_results<'a>(
             _ => None,
         })
         .collect();
-    let ids: Vec<&str> = wanted.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
-    lock_orders(txn, &ids).await?;
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
@@ -283,17 +282,37 @@ async fn store_late_results<'a>(
     Ok(events)
 }
 
-/// Locks the orders' rows until the commit (Postgres; SQLite has one writer at a time anyway).
-/// A late result and the release of its order's timeout result event may be committed at once by
-/// two instances: without the lock each could miss the other's change (this one inserts the late
-/// result while the order is still `result_stored`, that one moves it to `notified` without
-/// seeing the late result), and the order would stay `notified` for good.
+/// Every existing order a batch touches: those of its results and late results, of the events
+/// it releases, and of its settlements (new orders are rows of its own).
+fn existing_orders<'a>(batch: &Batch<'a>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = batch
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::StoreResult { result, .. } => Some(result.order_id.as_str()),
+            WriteOp::StoreLateResult { late, .. } => Some(late.order_id.as_str()),
+            WriteOp::InsertOrder { .. } => None,
+        })
+        .chain(batch.published.iter().map(|e| e.order_id.as_str()))
+        .chain(batch.settle.iter().map(|(e, _)| e.order_id.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Locks the orders' rows until the commit, in id order (Postgres; SQLite has one writer at a
+/// time anyway). Several instances commit batches that touch the same orders (one stores a
+/// result while another records the release of the order's stored event): taking every lock up
+/// front, in one order, keeps them from deadlocking. It also keeps each from missing the other's
+/// change: a late result and the release of its order's timeout result event committed at once
+/// would otherwise each miss the other (the late result inserted while the order is still
+/// `result_stored`, the order moved to `notified` without seeing it), and the order would stay
+/// `notified` for good.
 async fn lock_orders(txn: &DatabaseTransaction, ids: &[&str]) -> Result<(), DbErr> {
-    if txn.get_database_backend() != DbBackend::Postgres {
+    if txn.get_database_backend() != DbBackend::Postgres || ids.is_empty() {
         return Ok(());
     }
-    let mut ids = ids.to_vec();
-    ids.sort_unstable();
     for chunk in ids.chunks(CHUNK) {
         orders::Entity::find()
             .select_only()
