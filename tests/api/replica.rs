@@ -323,6 +323,15 @@ async fn acknowledged_means_replicated_and_a_retry_gets_the_normal_answer() {
         "answered in {:?}",
         started.elapsed()
     );
+    // Once the order's actor has stopped (idle), a retry reaches a fresh actor that reads the
+    // order, result included, from the primary: the repeated answer waits for the replica too.
+    eventually(CATCH_UP, "the order actors stop while idle", || async {
+        (rig.status().await["actors_live"] == 0).then_some(())
+    })
+    .await;
+    rig.result(&ok[0], "r-ack")
+        .await
+        .assert_error("unavailable", 503);
     // Retrying while replay is still paused: still not acknowledged.
     request(
         &rig.gateway,
