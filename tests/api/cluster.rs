@@ -1422,6 +1422,25 @@ impl Rig {
         }
     }
 
+    /// Stops the load, verifies the run, and prints the baseline (`window` before the first
+    /// fault) and what each fault cost, each watched until the next one or the end of the load.
+    pub async fn finish(
+        &self,
+        load: Load,
+        settle: Duration,
+        window: Duration,
+        faults: &[(&str, Instant)],
+    ) {
+        let report = load.stop().await;
+        self.verify(&report.acked, Expect { aux: true, settle })
+            .await;
+        report_baseline(window, &report, &self.sims);
+        for (i, (name, at)) in faults.iter().enumerate() {
+            let until = faults.get(i + 1).map_or(report.ended, |(_, next)| *next);
+            report_fault(name, *at, until, &report, &self.sims);
+        }
+    }
+
     pub async fn verify(&self, acked: &[Acked], expect: Expect) -> Verified {
         let v = verify(&self.bus, &self.gateway, acked, &self.sims, expect).await;
         for h in &self.hubs {
@@ -1473,30 +1492,16 @@ async fn nats_node_killed_under_load() {
     let restarted = Instant::now();
     sleep(5.0).await;
 
-    let report = load.stop().await;
-    rig.verify(
-        &report.acked,
-        Expect {
-            aux: true,
-            settle: Duration::from_secs(90),
-        },
+    rig.finish(
+        load,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+        &[
+            ("NATS node 1 of 3 SIGKILLed", killed),
+            ("NATS node 1 restarted", restarted),
+        ],
     )
     .await;
-    report_baseline(Duration::from_secs(3), &report, &rig.sims);
-    report_fault(
-        "NATS node 1 of 3 SIGKILLed",
-        killed,
-        restarted,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "NATS node 1 restarted",
-        restarted,
-        report.ended,
-        &report,
-        &rig.sims,
-    );
 }
 
 #[tokio::test]
@@ -1538,45 +1543,18 @@ async fn nats_cluster_node_hub_and_whole_cluster_restart() {
     accepted_more(&load, 100).await;
     sleep(8.0).await;
 
-    let report = load.stop().await;
-    rig.verify(
-        &report.acked,
-        Expect {
-            aux: true,
-            settle: Duration::from_secs(180),
-        },
+    rig.finish(
+        load,
+        Duration::from_secs(180),
+        Duration::from_secs(5),
+        &[
+            ("NATS node 1 of 3 SIGKILLed", node_killed),
+            ("NATS node 1 restarted", node_back),
+            ("hub-2 SIGKILLed (restarted 5 s later)", hub_killed),
+            ("whole NATS cluster stopped and started", cluster_down),
+        ],
     )
     .await;
-    let w = Duration::from_secs(5);
-    report_baseline(w, &report, &rig.sims);
-    report_fault(
-        "NATS node 1 of 3 SIGKILLed",
-        node_killed,
-        node_back,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "NATS node 1 restarted",
-        node_back,
-        hub_killed,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "hub-2 SIGKILLed (restarted 5 s later)",
-        hub_killed,
-        cluster_down,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "whole NATS cluster stopped and started",
-        cluster_down,
-        report.ended,
-        &report,
-        &rig.sims,
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1604,31 +1582,16 @@ async fn three_hubs_one_terminated_one_killed_under_load() {
     rig.hubs[1].spawn().await;
     sleep(3.0).await;
 
-    let report = load.stop().await;
-    rig.verify(
-        &report.acked,
-        Expect {
-            aux: true,
-            settle: Duration::from_secs(90),
-        },
+    rig.finish(
+        load,
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+        &[
+            ("hub-1 of 3 SIGTERMed", terminated),
+            ("hub-2 of 3 SIGKILLed", killed),
+        ],
     )
     .await;
-    let w = Duration::from_secs(3);
-    report_baseline(w, &report, &rig.sims);
-    report_fault(
-        "hub-1 of 3 SIGTERMed",
-        terminated,
-        killed,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "hub-2 of 3 SIGKILLed",
-        killed,
-        report.ended,
-        &report,
-        &rig.sims,
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1962,13 +1925,14 @@ async fn aux_consumer_deleted_then_its_hub_killed_mid_stream() {
     sleep(2.0).await;
     rig.hubs[0].spawn().await;
     sleep(3.0).await;
-    let report = load.stop().await;
-    rig.verify(
-        &report.acked,
-        Expect {
-            aux: true,
-            settle: Duration::from_secs(120),
-        },
+    rig.finish(
+        load,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+        &[
+            ("consumer aux-invoice deleted", deleted),
+            ("hub-1 SIGKILLed with aux batches in hand", killed),
+        ],
     )
     .await;
     let mut consumer = js
@@ -1979,21 +1943,5 @@ async fn aux_consumer_deleted_then_its_hub_killed_mid_stream() {
     println!(
         "aux-invoice after the run: {} pending, {} awaiting ack, {} redelivered",
         info.num_pending, info.num_ack_pending, info.num_redelivered
-    );
-    let w = Duration::from_secs(3);
-    report_baseline(w, &report, &rig.sims);
-    report_fault(
-        "consumer aux-invoice deleted",
-        deleted,
-        killed,
-        &report,
-        &rig.sims,
-    );
-    report_fault(
-        "hub-1 SIGKILLed with aux batches in hand",
-        killed,
-        report.ended,
-        &report,
-        &rig.sims,
     );
 }
