@@ -50,6 +50,10 @@ const ORDER_STEPS: &[Step] = &[
         name: "0002_transitions_late_results_settled",
         build: story_schema,
     },
+    Step {
+        name: "0003_unsettled_by_id",
+        build: unsettled_by_id,
+    },
 ];
 
 const AUX_STEPS: &[Step] = &[Step {
@@ -211,6 +215,24 @@ fn story_schema(backend: DbBackend) -> Vec<Sql> {
                 .col(orders::Column::Version)
                 .col(orders::Column::PartnerId),
         ),
+    ]
+}
+
+/// The settler's scan pages through unsettled orders by id: an index on `(settled_at, id)` serves
+/// it in order and stops at the page's end, where `(settled_at, version)` made it sort every
+/// unsettled order first (0.6 s at 130,000 of them on SQLite).
+fn unsettled_by_id(backend: DbBackend) -> Vec<Sql> {
+    vec![
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_unsettled_by_id")
+                .table(orders::Entity)
+                .col(orders::Column::SettledAt)
+                .col(orders::Column::Id),
+        ),
+        Sql::Run("DROP INDEX IF EXISTS ix_orders_unsettled".into()),
     ]
 }
 
