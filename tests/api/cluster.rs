@@ -1459,7 +1459,14 @@ async fn accepted_more(load: &Load, n: usize) {
     .await;
 }
 
-async fn sleep(secs: f64) {
+/// Lets the load run on until it has about `secs` seconds' worth of orders more accepted.
+async fn run_load(load: &Load, rate: f64, secs: f64) {
+    accepted_more(load, (rate * secs).ceil() as usize).await
+}
+
+/// How long an injected fault lasts (a node or hub kept down, a receiver kept stalled, a partner
+/// kept offline): the fault's own duration, part of the experiment, not a wait for a condition.
+async fn fault_lasts(secs: f64) {
     tokio::time::sleep(Duration::from_secs_f64(secs)).await
 }
 
@@ -1481,16 +1488,16 @@ async fn nats_node_killed_under_load() {
     let rate = rate(60.0);
     let rig = cluster_rig().await;
     let load = Load::start(rig.gateway.clone(), rate, "node", &PARTNERS);
-    sleep(5.0).await;
+    run_load(&load, rate, 5.0).await;
 
     // The node hub-1 is pinned to, and maybe the stream's leader.
     let killed = Instant::now();
     rig.bus.nodes().kill_node(1).await;
     accepted_more(&load, 50).await;
-    sleep(4.0).await;
+    fault_lasts(4.0).await;
     rig.bus.nodes().start_node(1).await;
     let restarted = Instant::now();
-    sleep(5.0).await;
+    run_load(&load, rate, 5.0).await;
 
     rig.finish(
         load,
@@ -1513,20 +1520,20 @@ async fn nats_cluster_node_hub_and_whole_cluster_restart() {
     let rate = rate(60.0);
     let mut rig = cluster_rig().await;
     let load = Load::start(rig.gateway.clone(), rate, "cluster", &PARTNERS);
-    sleep(8.0).await;
+    run_load(&load, rate, 8.0).await;
 
     let node_killed = Instant::now();
     rig.bus.nodes().kill_node(1).await;
-    sleep(8.0).await;
+    fault_lasts(8.0).await;
     rig.bus.nodes().start_node(1).await;
     let node_back = Instant::now();
-    sleep(8.0).await;
+    run_load(&load, rate, 8.0).await;
 
     let hub_killed = Instant::now();
     rig.hubs[1].kill().await;
-    sleep(5.0).await;
+    fault_lasts(5.0).await;
     rig.hubs[1].spawn().await;
-    sleep(8.0).await;
+    run_load(&load, rate, 8.0).await;
 
     let cluster_down = Instant::now();
     for n in 1..=3 {
@@ -1541,7 +1548,7 @@ async fn nats_cluster_node_hub_and_whole_cluster_restart() {
         cluster_down.elapsed().as_secs_f64()
     );
     accepted_more(&load, 100).await;
-    sleep(8.0).await;
+    run_load(&load, rate, 8.0).await;
 
     rig.finish(
         load,
@@ -1570,7 +1577,7 @@ async fn three_hubs_one_terminated_one_killed_under_load() {
         .collect();
     let mut rig = Rig::start(bus, setups).await;
     let load = Load::start(rig.gateway.clone(), rate, "three", &PARTNERS);
-    sleep(4.0).await;
+    run_load(&load, rate, 4.0).await;
 
     let terminated = Instant::now();
     rig.hubs[0].terminate().await;
@@ -1580,7 +1587,7 @@ async fn three_hubs_one_terminated_one_killed_under_load() {
     accepted_more(&load, 60).await;
     rig.hubs[0].spawn().await;
     rig.hubs[1].spawn().await;
-    sleep(3.0).await;
+    run_load(&load, rate, 3.0).await;
 
     rig.finish(
         load,
@@ -1619,12 +1626,12 @@ async fn failover_drill(ack_after: &'static str, rate: f64) -> usize {
         &format!("fo-{ack_after}"),
         &PARTNERS,
     );
-    sleep(5.0).await;
+    run_load(&load, rate, 5.0).await;
 
     let stalled = Instant::now();
     pair.stall_receiver().await;
     // Commits from here on reach the primary only.
-    sleep(1.5).await;
+    fault_lasts(1.5).await;
     let step = Instant::now();
     pair.crash_primary().await;
     let crashed = Instant::now();
@@ -1650,7 +1657,7 @@ async fn failover_drill(ack_after: &'static str, rate: f64) -> usize {
         "failover ({ack_after}): hubs serving on the promoted node {:.1} s after the receiver stalled",
         stalled.elapsed().as_secs_f64()
     );
-    sleep(4.0).await;
+    run_load(&load, rate, 4.0).await;
     let report = load.stop().await;
 
     let lost = lost_orders(&rig.gateway, &report.acked).await;
@@ -1759,16 +1766,16 @@ async fn partner_offline(offline: Duration, timeout: Duration, rate: f64) {
         .collect();
     let mut rig = Rig::start(bus, setups).await;
     let load = Load::start(rig.gateway.clone(), rate, "offline", &PARTNERS);
-    sleep(3.0).await;
+    run_load(&load, rate, 3.0).await;
 
     let seen = rig.sims.take_offline("globex-hotels");
-    tokio::time::sleep(offline).await;
+    fault_lasts(offline.as_secs_f64()).await;
     let back = chrono::Utc::now();
     let back_instant = Instant::now();
     rig.sims
         .bring_back(&rig.bus, "globex-hotels", seen.clone())
         .await;
-    sleep(3.0).await;
+    run_load(&load, rate, 3.0).await;
     let report = load.stop().await;
     let v = rig
         .verify(
@@ -1890,7 +1897,7 @@ async fn aux_consumer_deleted_then_its_hub_killed_mid_stream() {
         .collect();
     let mut rig = Rig::start(bus, setups).await;
     let load = Load::start(rig.gateway.clone(), rate, "auxdel", &PARTNERS);
-    sleep(4.0).await;
+    run_load(&load, rate, 4.0).await;
 
     let hub_client = rig.bus.client("hub").await;
     let js = jetstream::new(hub_client.clone());
@@ -1922,9 +1929,9 @@ async fn aux_consumer_deleted_then_its_hub_killed_mid_stream() {
     // A hub dies with aux batches in hand: they come back after the ack wait.
     let killed = Instant::now();
     rig.hubs[0].kill().await;
-    sleep(2.0).await;
+    fault_lasts(2.0).await;
     rig.hubs[0].spawn().await;
-    sleep(3.0).await;
+    run_load(&load, rate, 3.0).await;
     rig.finish(
         load,
         Duration::from_secs(120),
