@@ -19,7 +19,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// How often the partners' pending counts are taken from the database.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 /// An order told to expire is not told again for this long.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 const BATCH: u64 = 512;
 
 pub enum DeadlineMsg {
