@@ -2,7 +2,6 @@
 //! as each role of `nats.conf` would.
 
 mod bench;
-mod cluster;
 mod flood;
 mod flow;
 mod helpers;

@@ -40,6 +40,7 @@ fn pg_pair_script() -> PathBuf {
 }
 
 /// `url` with its database replaced by `db`.
+#[allow(dead_code)] // tests/faults
 fn with_db(url: &str, db: &str) -> String {
     orderhub::urls::with_database(url, db).expect("a database URL")
 }
@@ -216,19 +217,23 @@ impl PgPair {
         self.run("resume-replay").await;
     }
     /// `pg_ctl stop -m immediate` on the primary.
+    #[allow(dead_code)] // The failover drill of tests/faults uses this and the next three.
     pub async fn crash_primary(&self) {
         self.run("crash-primary").await;
     }
     /// SIGSTOP the replica's WAL receiver.
+    #[allow(dead_code)]
     pub async fn stall_receiver(&self) {
         self.run("stall-receiver").await;
     }
     /// SIGKILL the replica's WAL receiver and wait until the replica answers again.
+    #[allow(dead_code)]
     pub async fn kill_receiver(&self) {
         self.run("kill-receiver").await;
     }
     /// Promotes the replica (crashing the primary if it still runs) and returns its URL
     /// (database `orderhub`).
+    #[allow(dead_code)]
     pub async fn promote(&self) -> String {
         let url = self.run("promote").await.trim().to_owned();
         assert!(
@@ -240,6 +245,7 @@ impl PgPair {
 }
 
 /// `url` with its database replaced by `db`.
+#[allow(dead_code)] // tests/faults
 pub fn database_url(url: &str, db: &str) -> String {
     with_db(url, db)
 }
