@@ -6,8 +6,8 @@
 //! small cap of its own); past the cap the answer is `unavailable` at once, so no queue grows
 //! without bound. A body over `limits.max_body_bytes` is refused before it takes a slot.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actors::Hub;
@@ -91,18 +91,47 @@ pub struct Handlers {
     pub max_body: usize,
     pub in_flight: Arc<Semaphore>,
     pub max_in_flight: usize,
-    /// Shutting down: every request that still arrives is answered `unavailable` at once.
+    /// Shutting down: every request that still arrives is parked, and answered `unavailable`
+    /// once the server routes no more requests here.
     pub stopping: AtomicBool,
     /// When the last request arrived, in ms after `started`.
     pub last_arrival_ms: AtomicU64,
+    /// The requests parked while stopping (at most `max_in_flight`; more are answered at once).
+    pub parked: Mutex<Vec<(Kind, Request)>>,
 }
 
 impl Handlers {
     /// Shutdown, first step: stop taking requests. Whatever the server still routes here is
-    /// answered `unavailable` (a client retries; a peer instance takes it), so no request that
-    /// reached this hub goes unanswered while the in-flight ones finish.
+    /// parked until [`Self::answer_parked`]: a client waiting for that answer sends nothing new
+    /// meanwhile, so nothing of it is in flight when the hub unsubscribes (the client library
+    /// drops a message the server routed just before it processed the unsubscription).
     pub fn begin_stopping(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Shutdown, last step, once the server routes no more requests here: answers the parked
+    /// requests `unavailable` (a client retries; a peer instance takes it).
+    pub async fn answer_parked(&self) {
+        let parked = std::mem::take(&mut *self.parked.lock().expect("parked requests"));
+        for (kind, request) in parked {
+            reply(kind, request, Err(shutting_down())).await;
+        }
+    }
+
+    /// Parks a request that arrived while stopping; beyond `max_in_flight` parked, answers it.
+    async fn park(&self, kind: Kind, request: Request) {
+        let overflow = {
+            let mut parked = self.parked.lock().expect("parked requests");
+            if parked.len() < self.max_in_flight {
+                parked.push((kind, request));
+                None
+            } else {
+                Some(request)
+            }
+        };
+        if let Some(request) = overflow {
+            reply(kind, request, Err(shutting_down())).await;
+        }
     }
 
     /// How long ago the last request arrived.
@@ -138,8 +167,7 @@ impl Handlers {
             self.last_arrival_ms
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             if self.stopping.load(Ordering::Relaxed) {
-                let e = ApiError::unavailable("the hub is shutting down; retry");
-                reply(kind, request, Err(e)).await;
+                self.park(kind, request).await;
                 continue;
             }
             let size = request.payload().len();
@@ -250,6 +278,10 @@ fn json<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| ApiError::unavailable(format!("could not encode the reply: {e}")))
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::unavailable("the hub is shutting down; retry")
 }
 
 async fn reply(kind: Kind, request: Request, answer: Result<Bytes, ApiError>) {

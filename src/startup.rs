@@ -158,6 +158,9 @@ pub async fn provision_stream(
 const QUIET: Duration = Duration::from_millis(200);
 /// The longest it waits for that quiet.
 const QUIET_MAX: Duration = Duration::from_secs(3);
+/// How long it waits for the server to confirm the unsubscriptions before it answers the requests
+/// it parked meanwhile.
+const UNSUBSCRIBED_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long start-up retries JetStream calls while a cluster elects its leaders.
 const JETSTREAM_READY: Duration = Duration::from_secs(30);
@@ -310,6 +313,7 @@ impl App {
             max_in_flight: settings.limits.max_in_flight,
             stopping: Default::default(),
             last_arrival_ms: Default::default(),
+            parked: Default::default(),
         });
         if !settings.metrics.listen.is_empty() {
             crate::metrics::start(&settings.metrics.listen, &handlers)?;
@@ -344,10 +348,13 @@ impl App {
 
     /// Graceful stop: stop taking requests, let in-flight ones finish, stop the actors.
     ///
-    /// Requests already routed to this hub must not be lost: it first answers everything new with
-    /// `unavailable` while the in-flight requests finish, and only unsubscribes once requests have
-    /// stopped arriving for a moment (a request the server routed here just before the
-    /// unsubscription would otherwise be dropped by the client library unanswered).
+    /// No request routed to this hub goes unanswered. From the signal on, new requests are parked,
+    /// not answered, so a client waiting for one sends nothing new. Once the in-flight requests
+    /// are done and requests have stopped arriving for a moment (at most [`QUIET_MAX`]), the hub
+    /// unsubscribes, waits until the server has processed that, and only then answers the parked
+    /// requests `unavailable`: their retries go to a peer instance (or find no hub), never here.
+    /// A request the server routed here just before the unsubscription would otherwise be dropped
+    /// by the client library unanswered.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.handlers.begin_stopping();
         let all = self.handlers.max_in_flight as u32;
@@ -372,6 +379,15 @@ impl App {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        // The server handles a connection's messages in order: once it has answered a request
+        // sent after the unsubscriptions, it routes no more requests here.
+        let js = jetstream::new(self.client.clone());
+        match tokio::time::timeout(UNSUBSCRIBED_WITHIN, js.query_account()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not confirm the unsubscriptions"),
+            Err(_) => tracing::warn!("could not confirm the unsubscriptions in time"),
+        }
+        self.handlers.answer_parked().await;
         let _ = self.client.flush().await;
         match Arc::try_unwrap(self.handlers) {
             Ok(h) => h.hub.stop().await,

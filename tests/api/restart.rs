@@ -266,12 +266,14 @@ async fn sigterm_drains_in_flight_submits_and_exits_zero() {
     );
 
     // Every request in flight at the signal was answered by the hub. After the signal the hub
-    // answers what still arrives `unavailable` until requests pause (at most 3 s), then
-    // unsubscribes; the submitters here retry without a pause, so a request the server routes
-    // at the very moment of the unsubscription can be dropped by the client library (async-nats
-    // forgets a draining subscription before the server's confirmation): that one times out
-    // and its client retries. Such losses are counted, and only among requests sent after the
-    // signal.
+    // parks what still arrives; once requests pause (at most 3 s) it unsubscribes, waits until
+    // the server has processed that, and answers the parked ones `unavailable`. The submitters
+    // here retry at once, but each waits for its parked request meanwhile, so none has a request
+    // in flight when the hub unsubscribes (one the server routed at that moment would be
+    // dropped by the client library: async-nats forgets a draining subscription before the
+    // server's confirmation). Only a submitter that took longer than the pause to send its next
+    // request could lose one that way: at most two such timeouts are allowed, and only among
+    // requests sent after the signal.
     let timed_out: Vec<&Sent> = done
         .iter()
         .filter(|s| s.answer == Answer::Timeout)
