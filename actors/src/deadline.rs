@@ -87,7 +87,7 @@ impl Actor for DeadlineActor {
             .counted_at
             .is_none_or(|at| at.elapsed() >= COUNT_EVERY)
         {
-            match state.db.pending_counts().await {
+            match state.db.pending_counts(state.partners.ids()).await {
                 Ok(counts) => state.partners.counted(&counts),
                 Err(e) => tracing::debug!(error = %e, "pending count failed; retrying"),
             }

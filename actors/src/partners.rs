@@ -40,6 +40,11 @@ impl Partners {
         Self { partners, pending }
     }
 
+    /// Every configured partner's id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.partners.keys().map(String::as_str)
+    }
+
     pub fn contains(&self, partner_id: &str) -> bool {
         self.partners.contains_key(partner_id)
     }

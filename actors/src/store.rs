@@ -536,25 +536,25 @@ impl Db {
             .await?)
     }
 
-    /// Per partner, accepted orders that have no result yet (primary).
+    /// Of each of these partners, the accepted orders that have no result yet (primary): one
+    /// range of `ix_orders_pending` each.
     pub async fn pending_counts(
         &self,
+        partners: impl IntoIterator<Item = &str>,
     ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
-        let rows: Vec<(String, i64)> = orders::Entity::find()
-            .select_only()
-            .column(orders::Column::PartnerId)
-            .column_as(orders::Column::Id.count(), "n")
-            .filter(
-                orders::Column::Version.lt(crate::protocol::OrderStatus::ResultStored.version()),
-            )
-            .group_by(orders::Column::PartnerId)
-            .into_tuple()
-            .all(&self.primary)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(p, n)| (p, n.max(0) as u64))
-            .collect())
+        let mut counts = std::collections::HashMap::new();
+        for partner in partners {
+            let n = orders::Entity::find()
+                .filter(orders::Column::PartnerId.eq(partner))
+                .filter(
+                    orders::Column::Version
+                        .lt(crate::protocol::OrderStatus::ResultStored.version()),
+                )
+                .count(&self.primary)
+                .await?;
+            counts.insert(partner.to_owned(), n);
+        }
+        Ok(counts)
     }
 
     /// Orders whose partner missed the deadline, soonest first.

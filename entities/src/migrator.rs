@@ -54,6 +54,10 @@ const ORDER_STEPS: &[Step] = &[
         name: "0003_unsettled_by_id",
         build: unsettled_by_id,
     },
+    Step {
+        name: "0004_pending_by_partner",
+        build: pending_by_partner,
+    },
 ];
 
 const AUX_STEPS: &[Step] = &[Step {
@@ -233,6 +237,25 @@ fn unsettled_by_id(backend: DbBackend) -> Vec<Sql> {
                 .col(orders::Column::Id),
         ),
         Sql::Run("DROP INDEX IF EXISTS ix_orders_unsettled".into()),
+    ]
+}
+
+/// The partners' pending counts read `(partner_id, version)`, one range per partner. An index led
+/// by `version`, as `ix_orders_open` was, also matched the `version = ?` of every conditional
+/// update by id: SQLite, which keeps no statistics, took it over the primary key and walked every
+/// order at that version (0.6 s per settlement batch at 260,000 orders, and growing).
+fn pending_by_partner(backend: DbBackend) -> Vec<Sql> {
+    vec![
+        index(
+            backend,
+            Index::create()
+                .if_not_exists()
+                .name("ix_orders_pending")
+                .table(orders::Entity)
+                .col(orders::Column::PartnerId)
+                .col(orders::Column::Version),
+        ),
+        Sql::Run("DROP INDEX IF EXISTS ix_orders_open".into()),
     ]
 }
 
