@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `status`, `demo`, `bench`; `--config FILE` on each.
+//! The command line: `serve`, `migrate`, `status`, `trace`, `demo`, `bench`, `nats-conf`;
+//! `--config FILE` on each.
 
 use std::path::PathBuf;
 
@@ -38,6 +39,9 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Load generator: throughput and latency percentiles of full order lifecycles.
     Bench(crate::demo::BenchArgs),
+    /// Print the development `nats.conf` for the configured partners and auxiliary systems:
+    /// one NATS account per role (`orderhub nats-conf > nats.conf`).
+    NatsConf,
 }
 
 impl Cli {
@@ -50,6 +54,10 @@ impl Cli {
             Command::Trace { order_id } => crate::trace::run(&settings, &order_id).await,
             Command::Demo(args) => crate::demo::demo(settings, args).await,
             Command::Bench(args) => crate::demo::bench(settings, args).await,
+            Command::NatsConf => {
+                print!("{}", crate::natsconf::render(&settings)?);
+                Ok(())
+            }
         }
     }
 }

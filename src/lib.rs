@@ -7,6 +7,7 @@ pub mod demo;
 pub mod endpoints;
 pub mod metrics;
 pub mod micro;
+pub mod natsconf;
 pub mod natsserver;
 pub mod settings;
 pub mod startup;

@@ -456,8 +456,8 @@ async fn forward_requests(
                 continue;
             }
         };
-        if !is_inbox(message.reply.as_deref()) {
-            debug!(subject = %message.subject, "dropping a request without an inbox reply subject");
+        if !is_reply_subject(message.reply.as_deref()) {
+            debug!(subject = %message.subject, "dropping a request without an inbox or `_R_` reply subject");
             continue;
         }
         permit.send(Request {
@@ -469,12 +469,16 @@ async fn forward_requests(
     }
 }
 
-/// Replies go only to inboxes (`_INBOX.…` or a role's `_INBOX_<user>.…`). Subject permissions do
-/// not limit the reply subject a requester names, and `allow_responses` lets the answer through,
-/// so a request whose reply points at, say, `orders.events.…` would make the hub write into the
-/// event stream. Such requests are dropped unanswered.
-fn is_inbox(reply: Option<&str>) -> bool {
-    reply.is_some_and(|r| r.starts_with("_INBOX.") || r.starts_with("_INBOX_"))
+/// Replies go only to inboxes (`_INBOX.…` or a role's `_INBOX_<user>.…`) and to the `_R_.…`
+/// subjects the server makes for a request that crosses accounts through a service import.
+/// Subject permissions do not limit the reply subject a requester names, and `allow_responses`
+/// lets the answer through, so a request whose reply points at, say, `orders.events.…` would make
+/// the hub write into the event stream. Such requests are dropped unanswered. (The configured
+/// subject prefix never starts with `_`, so no reply accepted here lies under it.)
+fn is_reply_subject(reply: Option<&str>) -> bool {
+    reply.is_some_and(|r| {
+        r.starts_with("_INBOX.") || r.starts_with("_INBOX_") || r.starts_with("_R_.")
+    })
 }
 
 async fn drain_on_stop(
@@ -513,7 +517,7 @@ async fn answer_discovery(
                 continue;
             }
         };
-        let Some(reply) = message.reply.filter(|r| is_inbox(Some(r.as_str()))) else {
+        let Some(reply) = message.reply.filter(|r| is_reply_subject(Some(r.as_str()))) else {
             continue;
         };
         let body = match message.subject.split('.').nth(1) {
@@ -739,6 +743,24 @@ fn is_semver(version: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn replies_go_to_inboxes_and_cross_account_replies_only() {
+        for ok in ["_INBOX.abc.1", "_INBOX_gateway.x.2", "_R_.xyz.AbC"] {
+            assert!(is_reply_subject(Some(ok)), "{ok}");
+        }
+        for bad in [
+            "orders.events.result.u-1.0192",
+            "orders.submit",
+            "_R_",
+            "_INBOXES.x",
+            "$JS.API.STREAM.INFO.ORDER_EVENTS",
+            "",
+        ] {
+            assert!(!is_reply_subject(Some(bad)), "{bad}");
+        }
+        assert!(!is_reply_subject(None));
+    }
 
     fn client_free_shared() -> ServiceShared {
         ServiceShared {

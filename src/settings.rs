@@ -144,6 +144,9 @@ pub struct AuxSettings {
     /// An outside system consumes `aux-<system>`; the hub only creates the consumer.
     #[serde(default)]
     pub external: bool,
+    /// The NATS user of an external system (its account's one user); empty: `aux-<system>`.
+    #[serde(default)]
+    pub user: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -230,6 +233,18 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), SettingsError> {
+        let prefix_ok = self.nats.subject_prefix.split('.').all(|t| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) && !self.nats.subject_prefix.starts_with('_');
+        if !prefix_ok {
+            return Err(SettingsError::Invalid(format!(
+                "nats.subject_prefix `{}` must be dot-separated tokens of A-Z a-z 0-9 - _, not \
+                 starting with `_` (inboxes and cross-account replies live there)",
+                self.nats.subject_prefix
+            )));
+        }
         for p in &self.partners {
             actors::protocol::validate_token("partners.id", &p.id)
                 .map_err(|e| SettingsError::Invalid(e.message))?;

@@ -40,6 +40,13 @@ pub async fn connect_nats(url: &str, name: &str) -> anyhow::Result<async_nats::C
         .with_context(|| format!("connecting to NATS at {}", redact(url)))
 }
 
+/// The hub account's JetStream as every other role reaches it: through the `JS.hub.API` prefix
+/// that its account imports and maps to the hub account's `$JS.API` (one account per role,
+/// `nats.conf`). Acks keep their `$JS.ACK.…` subjects.
+pub fn role_jetstream(client: &async_nats::Client) -> jetstream::Context {
+    jetstream::with_prefix(client.clone(), crate::natsconf::JS_API_PREFIX)
+}
+
 /// What every connection shares: a name and timeouts. The first connection tries every server
 /// of the list; once connected, the client reconnects for ever (to any server of the cluster).
 fn base_options(name: &str) -> async_nats::ConnectOptions {

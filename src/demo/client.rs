@@ -156,10 +156,11 @@ impl Stop {
     }
 }
 
-/// Binds to durable consumer `consumer` of `stream` without reading the stream's info (roles
-/// may only send `$JS.API.CONSUMER.INFO.<stream>.<their consumer>`).
+/// Binds to durable consumer `consumer` of `stream` through the hub account's JetStream API
+/// prefix, without reading the stream's info (roles may only send
+/// `JS.hub.API.CONSUMER.INFO.<stream>.<their consumer>`).
 pub async fn bind(client: &Client, stream: &str, consumer: &str) -> anyhow::Result<PullConsumer> {
-    jetstream::new(client.clone())
+    crate::startup::role_jetstream(client)
         .get_consumer_from_stream::<pull::Config, _, _>(consumer, stream)
         .await
         .with_context(|| format!("binding to durable consumer {consumer} on {stream}"))

@@ -14,7 +14,7 @@ async fn hub_logs_in_with_an_nkey_seed() {
     let seed = key.seed().expect("seed");
     let conf = std::fs::read_to_string(nats_conf().expect("nats.conf")).expect("nats.conf");
     let with_nkey = conf.replacen(
-        "user: hub\n      password: hub-dev",
+        "user: hub\n        password: hub-dev",
         &format!("nkey: {}", key.public_key()),
         1,
     );
@@ -63,8 +63,8 @@ async fn hub_logs_in_through_a_server_list_with_a_percent_encoded_password() {
     let password = "h@b:/d,v";
     let conf = std::fs::read_to_string(nats_conf().expect("nats.conf")).expect("read nats.conf");
     let with_password = conf.replacen(
-        "user: hub\n      password: hub-dev",
-        &format!("user: hub\n      password: \"{password}\""),
+        "user: hub\n        password: hub-dev",
+        &format!("user: hub\n        password: \"{password}\""),
         1,
     );
     assert_ne!(

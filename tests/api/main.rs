@@ -1,6 +1,7 @@
 //! orderhub's integration tests: real nats-server, real databases, the hub driven only over NATS
 //! as each role of `nats.conf` would.
 
+mod accounts;
 mod bench;
 mod flood;
 mod flow;

@@ -231,7 +231,7 @@ async fn sigterm_drains_in_flight_submits_and_exits_zero() {
     let in_flight: HashSet<String> = stream.outstanding.lock().unwrap().clone();
     tokio::time::timeout(
         Duration::from_secs(10),
-        gateway.request("$JS.API.CONSUMER.INFO.ORDER_EVENTS.gateway", "".into()),
+        gateway.request("JS.hub.API.CONSUMER.INFO.ORDER_EVENTS.gateway", "".into()),
     )
     .await
     .expect("the server answers within 10 s")

@@ -111,7 +111,7 @@ impl Role {
 
     /// Sends each request the server must refuse: every one is reported as a publish violation,
     /// and no answer reaches this role's inbox.
-    pub async fn deny_requests(&self, requests: &[(&str, Value)]) {
+    pub async fn deny_requests<S: AsRef<str>>(&self, requests: &[(S, Value)]) {
         let probe = format!("{}.denied.{}", self.inbox, uuid::Uuid::now_v7().simple());
         let mut replies = self
             .client
@@ -120,18 +120,23 @@ impl Role {
             .expect("subscribe own inbox");
         let before: Vec<usize> = requests
             .iter()
-            .map(|(s, _)| self.count(Op::Publish, s))
+            .map(|(s, _)| self.count(Op::Publish, s.as_ref()))
             .collect();
         for (i, (subject, body)) in requests.iter().enumerate() {
             let payload = serde_json::to_vec(body).expect("json");
             self.client
-                .publish_with_reply(subject.to_string(), format!("{probe}.{i}"), payload.into())
+                .publish_with_reply(
+                    subject.as_ref().to_owned(),
+                    format!("{probe}.{i}"),
+                    payload.into(),
+                )
                 .await
                 .expect("publish");
         }
         self.client.flush().await.expect("flush");
         for ((subject, _), seen) in requests.iter().zip(before) {
-            self.expect_violation(Op::Publish, subject, seen + 1).await;
+            self.expect_violation(Op::Publish, subject.as_ref(), seen + 1)
+                .await;
         }
         if let Ok(Some(m)) = tokio::time::timeout(QUIET, replies.next()).await {
             panic!(
@@ -183,6 +188,20 @@ impl Role {
     }
 }
 
+/// Each request as given and, for a `$JS.API.…` subject, also as `JS.hub.API.…`: the role's own
+/// account has no JetStream, and the prefixed form reaches the hub account's only where an import
+/// allows it.
+pub fn with_prefixed(requests: &[(&str, Value)]) -> Vec<(String, Value)> {
+    let mut out = Vec::with_capacity(requests.len() * 2);
+    for (subject, body) in requests {
+        out.push((subject.to_string(), body.clone()));
+        if let Some(rest) = subject.strip_prefix("$JS.API.") {
+            out.push((format!("JS.hub.API.{rest}"), body.clone()));
+        }
+    }
+    out
+}
+
 /// Asserts that none of `subs` receives a message within [`QUIET`].
 pub async fn assert_silent(subs: &mut [Subscriber], why: &str) {
     let all = futures::stream::select_all(subs.iter_mut());
@@ -211,7 +230,12 @@ pub struct Probe<'a>(pub &'a Client);
 impl Probe<'_> {
     /// Messages stored in the stream.
     pub async fn messages(&self) -> u64 {
-        let info = js_api(self.0, &format!("$JS.API.STREAM.INFO.{STREAM}"), json!({})).await;
+        let info = js_api(
+            self.0,
+            &format!("JS.hub.API.STREAM.INFO.{STREAM}"),
+            json!({}),
+        )
+        .await;
         info["state"]["messages"]
             .as_u64()
             .unwrap_or_else(|| panic!("stream info: {info}"))
@@ -231,7 +255,7 @@ impl Probe<'_> {
     pub async fn consumer(&self, name: &str) -> Value {
         let info = js_api(
             self.0,
-            &format!("$JS.API.CONSUMER.INFO.{STREAM}.{name}"),
+            &format!("JS.hub.API.CONSUMER.INFO.{STREAM}.{name}"),
             json!({}),
         )
         .await;
@@ -252,7 +276,7 @@ impl Probe<'_> {
     pub async fn consumer_names(&self) -> Vec<String> {
         let names = js_api(
             self.0,
-            &format!("$JS.API.CONSUMER.NAMES.{STREAM}"),
+            &format!("JS.hub.API.CONSUMER.NAMES.{STREAM}"),
             json!({}),
         )
         .await;

@@ -95,7 +95,7 @@ async fn partners_read_only_their_own_stored_events() {
     // Through JetStream: globex's consumer, its info, its acks, and the stream's info (which
     // would list every subject, hence every partner, user and order id).
     let before = probe.consumer_state("partner-globex-hotels").await;
-    acme.deny_requests(&[
+    acme.deny_requests(&with_prefixed(&[
         (
             "$JS.API.CONSUMER.MSG.NEXT.ORDER_EVENTS.partner-globex-hotels",
             pull_request(),
@@ -114,7 +114,7 @@ async fn partners_read_only_their_own_stored_events() {
         ),
         ("$JS.API.STREAM.NAMES", json!({})),
         ("$JS.API.CONSUMER.NAMES.ORDER_EVENTS", json!({})),
-    ])
+    ]))
     .await;
 
     // A new order for globex reaches none of acme's subscriptions.
@@ -176,7 +176,7 @@ async fn no_client_role_manages_consumers_or_the_stream() {
         ("operator", "partner-acme-air"),
     ] {
         let role = Role::connect(&hub.nats, user).await;
-        role.deny_requests(&[
+        role.deny_requests(&with_prefixed(&[
             // Create a durable of its own that reads everything.
             ("$JS.API.CONSUMER.CREATE.ORDER_EVENTS.snoop", consumer_config("snoop")),
             ("$JS.API.CONSUMER.CREATE.ORDER_EVENTS.snoop.orders.events.>", consumer_config("snoop")),
@@ -194,7 +194,7 @@ async fn no_client_role_manages_consumers_or_the_stream() {
             ("$JS.API.STREAM.UPDATE.ORDER_EVENTS", json!({"name": STREAM, "subjects": ["orders.events.>"], "max_msgs": 1})),
             ("$JS.API.STREAM.MSG.DELETE.ORDER_EVENTS", json!({"seq": 1})),
             ("$JS.API.STREAM.CREATE.COPY", json!({"name": "COPY", "sources": [{"name": STREAM}]})),
-        ])
+        ]))
         .await;
     }
 
@@ -204,7 +204,7 @@ async fn no_client_role_manages_consumers_or_the_stream() {
     assert_eq!(probe.messages().await, 1);
     let info = js_api(
         &operator_client,
-        "$JS.API.STREAM.INFO.ORDER_EVENTS",
+        "JS.hub.API.STREAM.INFO.ORDER_EVENTS",
         json!({}),
     )
     .await;
@@ -241,7 +241,7 @@ async fn only_the_operator_reads_stream_messages_directly() {
         "aux",
     ] {
         let role = Role::connect(&hub.nats, user).await;
-        role.deny_requests(&[
+        role.deny_requests(&with_prefixed(&[
             ("$JS.API.DIRECT.GET.ORDER_EVENTS", json!({"seq": 1})),
             (
                 &format!("$JS.API.DIRECT.GET.ORDER_EVENTS.{subject}"),
@@ -252,20 +252,23 @@ async fn only_the_operator_reads_stream_messages_directly() {
                 "$JS.API.STREAM.MSG.GET.ORDER_EVENTS",
                 json!({"last_by_subj": subject}),
             ),
-        ])
+        ]))
         .await;
     }
     // The operator's read path is the direct get; the API get is refused to it as well.
     operator
-        .deny_requests(&[("$JS.API.STREAM.MSG.GET.ORDER_EVENTS", json!({"seq": 1}))])
+        .deny_requests(&with_prefixed(&[(
+            "$JS.API.STREAM.MSG.GET.ORDER_EVENTS",
+            json!({"seq": 1}),
+        )]))
         .await;
     for (api, body) in [
         (
-            "$JS.API.DIRECT.GET.ORDER_EVENTS".to_owned(),
+            "JS.hub.API.DIRECT.GET.ORDER_EVENTS".to_owned(),
             json!({"seq": 1}),
         ),
         (
-            format!("$JS.API.DIRECT.GET.ORDER_EVENTS.{subject}"),
+            format!("JS.hub.API.DIRECT.GET.ORDER_EVENTS.{subject}"),
             json!({}),
         ),
     ] {
@@ -455,7 +458,7 @@ async fn the_gateway_cannot_act_as_a_partner_an_aux_system_or_an_operator() {
         "data": {"order_id": id, "user_id": "u-1", "partner_id": "acme-air", "version": 3, "outcome": "confirmed"}});
 
     gateway
-        .deny_requests(&[
+        .deny_requests(&with_prefixed(&[
             ("orders.partner.acme-air.get", json!({"order_id": id})),
             (
                 "orders.partner.acme-air.result",
@@ -481,7 +484,7 @@ async fn the_gateway_cannot_act_as_a_partner_an_aux_system_or_an_operator() {
                 pull_request(),
             ),
             ("$SRV.STATS.orderhub", json!({})),
-        ])
+        ]))
         .await;
     let mut subs = vec![
         gateway.deny_subscribe("orders.events.stored.>").await,
@@ -517,7 +520,7 @@ async fn the_operator_reads_but_cannot_write() {
     let acme_before = probe.consumer_state("partner-acme-air").await;
 
     operator
-        .deny_requests(&[
+        .deny_requests(&with_prefixed(&[
             ("orders.submit", order("u-op", "op-1", "acme-air")),
             ("orders.partner.acme-air.get", json!({"order_id": id})),
             (
@@ -552,7 +555,7 @@ async fn the_operator_reads_but_cannot_write() {
             ("$JS.API.STREAM.PURGE.ORDER_EVENTS", json!({})),
             ("$JS.API.STREAM.DELETE.ORDER_EVENTS", json!({})),
             ("$JS.API.CONSUMER.DELETE.ORDER_EVENTS.gateway", json!({})),
-        ])
+        ]))
         .await;
 
     assert!(
@@ -589,7 +592,7 @@ async fn aux_only_records() {
     ] {
         subs.push(aux.deny_subscribe(s).await);
     }
-    aux.deny_requests(&[
+    aux.deny_requests(&with_prefixed(&[
         ("orders.submit", order("u-aux", "aux-1", "acme-air")),
         ("orders.query", json!({"order_id": id, "user_id": "u-1"})),
         ("orders.partner.acme-air.get", json!({"order_id": id})),
@@ -606,7 +609,7 @@ async fn aux_only_records() {
             "$JS.API.CONSUMER.MSG.NEXT.ORDER_EVENTS.aux-invoice",
             pull_request(),
         ),
-    ])
+    ]))
     .await;
     submit(&gateway, "u-1", "k-2", "acme-air").await;
     assert_silent(&mut subs, "aux must not see stored events or requests").await;
@@ -693,7 +696,7 @@ async fn no_role_forges_events_or_calls_another_roles_endpoints() {
         states.push(probe.consumer_state(&name).await);
     }
     let mut watch = operator.subscribe("orders.>").await.expect("watch");
-    server_round_trip(&operator, "$JS.API.INFO").await;
+    server_round_trip(&operator, "JS.hub.API.INFO").await;
 
     let mut attempted: Vec<String> = Vec::new();
     for user in [
@@ -808,46 +811,43 @@ async fn no_role_forges_events_or_calls_another_roles_endpoints() {
 }
 
 #[tokio::test]
-async fn replies_go_only_to_inboxes() {
-    // Subject permissions do not limit the reply subject a requester names, and the hub's answer
-    // travels by allow_responses: the hub itself must refuse to answer onto a stream subject.
+async fn the_hub_answers_no_reply_subject_under_orders() {
+    // Requests of other roles cross accounts and reach the hub with `_R_.…` reply subjects (see
+    // accounts.rs). Inside the hub's own account a reply subject is whatever the sender names,
+    // and `allow_responses` would let the answer through: the hub itself refuses to answer onto
+    // any subject but an inbox or `_R_.…`, so not even a hub connection can steer an answer
+    // into the stream.
     let hub = TestHub::start().await;
     let operator = hub.client("operator").await;
     let probe = Probe(&operator);
-    let gateway = Role::connect(&hub.nats, "gateway").await;
-    let id = order_stored(&gateway.client, &probe, "u-1", "k-1", "acme-air", 1).await;
-    let mut watch = operator
-        .subscribe("orders.events.>")
-        .await
-        .expect("watch events");
-    operator.flush().await.expect("flush");
+    let gateway = hub.client("gateway").await;
+    let id = order_stored(&gateway, &probe, "u-1", "k-1", "acme-air", 1).await;
+    let peer = hub.client("hub").await;
+    let mut watch = peer.subscribe("orders.events.>").await.expect("watch");
+    peer.flush().await.expect("flush");
     for (subject, body) in [
         ("orders.query", json!({"order_id": id, "user_id": "u-1"})),
         ("orders.submit", order("u-2", "k-1", "acme-air")),
+        ("$SRV.PING", json!({})),
     ] {
         let body = serde_json::to_vec(&body).unwrap();
         let reply = format!("orders.events.result.u-1.{}", uuid::Uuid::now_v7());
-        gateway
-            .client
-            .publish_with_reply(subject, reply, body.clone().into())
+        peer.publish_with_reply(subject, reply, body.clone().into())
             .await
             .expect("publish");
-        gateway
-            .client
-            .publish(subject, body.into())
+        peer.publish(subject, body.into())
             .await
             .expect("publish without reply");
     }
-    gateway.client.flush().await.expect("flush");
+    peer.flush().await.expect("flush");
     assert_silent(
         std::slice::from_mut(&mut watch),
-        "the hub must not write into the event stream",
+        "the hub must not answer into the event stream",
     )
     .await;
     assert_eq!(probe.messages().await, 1);
     // The submit without an inbox was not handled at all.
-    assert!(orders_of(&gateway.client, "u-2").await.is_empty());
-    gateway.assert_no_violations();
+    assert!(orders_of(&gateway, "u-2").await.is_empty());
 }
 
 #[tokio::test]
@@ -879,10 +879,13 @@ async fn every_role_can_do_all_it_must() {
         .await
         .expect("operator subscribes");
     for (c, api) in [
-        (&gateway, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.gateway"),
-        (&acme, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.partner-acme-air"),
-        (&aux, "$JS.API.CONSUMER.INFO.ORDER_EVENTS.aux-audit"),
-        (&operator, "$JS.API.INFO"),
+        (&gateway, "JS.hub.API.CONSUMER.INFO.ORDER_EVENTS.gateway"),
+        (
+            &acme,
+            "JS.hub.API.CONSUMER.INFO.ORDER_EVENTS.partner-acme-air",
+        ),
+        (&aux, "JS.hub.API.CONSUMER.INFO.ORDER_EVENTS.aux-audit"),
+        (&operator, "JS.hub.API.INFO"),
     ] {
         server_round_trip(&c.client, api).await;
     }
@@ -970,41 +973,23 @@ async fn every_role_can_do_all_it_must() {
     .assert_ok();
 
     // Operator: watches everything, queries, status, service discovery, stream and consumers.
-    // Its `orders.>` subscription carried every request and event above and nothing else, first
-    // the gateway's submit with the very body sent.
-    let first = next(&mut everything).await;
-    assert_eq!(first.subject.as_str(), "orders.submit");
-    assert_eq!(
-        serde_json::from_slice::<Value>(&first.payload).expect("JSON"),
-        order("u-1", "k-1", "acme-air")
-    );
-    let mut watched = vec![first.subject.to_string()];
+    // Its `orders.>` subscription carries every event and the hub's own traffic; the other
+    // roles' requests reach the hub through service imports, which the server does not pass on
+    // to the operator's stream import.
     let want = [
-        "orders.submit".to_owned(),
-        "orders.query".to_owned(),
         format!("orders.events.stored.acme-air.{id}"),
-        "orders.partner.acme-air.get".to_owned(),
-        "orders.partner.acme-air.result".to_owned(),
         format!("orders.events.result.u-1.{id}"),
-        "orders.aux.audit.record".to_owned(),
         // With audit's record every configured system has one: the order settles.
         format!("orders.events.settled.u-1.{id}"),
     ];
+    let mut watched = Vec::new();
     while watched.len() < want.len() {
         let m = next(&mut everything).await;
-        if m.subject.starts_with("orders.events.") {
-            let ev: Value = serde_json::from_slice(&m.payload).expect("an event");
-            assert_eq!(ev["data"]["order_id"], id.as_str(), "{}", m.subject);
-        }
+        let ev: Value = serde_json::from_slice(&m.payload).expect("an event");
+        assert_eq!(ev["data"]["order_id"], id.as_str(), "{}", m.subject);
         watched.push(m.subject.to_string());
     }
-    // The stored event races the query that followed the submit, and the settled event the
-    // record's reply: compare them as sets.
-    let mut sorted = watched.clone();
-    sorted.sort();
-    let mut want_sorted = want.to_vec();
-    want_sorted.sort();
-    assert_eq!(sorted, want_sorted, "seen in this order: {watched:?}");
+    assert_eq!(watched, want, "the events, in their order");
     assert_silent(
         std::slice::from_mut(&mut everything),
         "the operator saw all there was",
@@ -1034,10 +1019,10 @@ async fn every_role_can_do_all_it_must() {
     }
     let probe = Probe(&operator.client);
     for api in [
-        "$JS.API.INFO",
-        "$JS.API.STREAM.LIST",
-        "$JS.API.STREAM.NAMES",
-        "$JS.API.CONSUMER.LIST.ORDER_EVENTS",
+        "JS.hub.API.INFO",
+        "JS.hub.API.STREAM.LIST",
+        "JS.hub.API.STREAM.NAMES",
+        "JS.hub.API.CONSUMER.LIST.ORDER_EVENTS",
     ] {
         let v = js_api(&operator.client, api, json!({})).await;
         assert!(v.get("error").is_none(), "{api}: {v}");
@@ -1050,7 +1035,7 @@ async fn every_role_can_do_all_it_must() {
     let direct = operator
         .client
         .request(
-            "$JS.API.DIRECT.GET.ORDER_EVENTS",
+            "JS.hub.API.DIRECT.GET.ORDER_EVENTS",
             br#"{"seq":2}"#.to_vec().into(),
         )
         .await

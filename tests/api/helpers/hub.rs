@@ -53,7 +53,12 @@ impl TestHub {
     /// A hub on SQLite; `tweak` adjusts the settings first.
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Self {
         init_logs();
-        let nats = TestNats::start().await;
+        Self::start_on(TestNats::start().await, tweak).await
+    }
+
+    /// A hub on SQLite, on a server of the test's own.
+    pub async fn start_on(nats: TestNats, tweak: impl FnOnce(&mut Settings)) -> Self {
+        init_logs();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = settings_for(&nats, &dir);
         tweak(&mut settings);

@@ -146,9 +146,10 @@ where
     }
 }
 
-/// A durable consumer of `ORDER_EVENTS`, bound without STREAM.INFO (roles may not read it).
+/// A durable consumer of `ORDER_EVENTS`, bound through the hub account's JetStream API prefix
+/// without STREAM.INFO (roles may not read it).
 pub async fn durable(client: &Client, name: &str) -> PullConsumer {
-    jetstream::new(client.clone())
+    orderhub::startup::role_jetstream(client)
         .get_consumer_from_stream::<pull::Config, _, _>(name, STREAM)
         .await
         .unwrap_or_else(|e| panic!("consumer {name}: {e}"))

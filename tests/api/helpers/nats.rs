@@ -19,6 +19,17 @@ impl TestNats {
         Self { server, _dir: dir }
     }
 
+    /// A server from another configuration text (same roles and `<user>-dev` passwords).
+    pub async fn start_with_conf(conf: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("nats.conf");
+        std::fs::write(&path, conf).expect("write nats.conf");
+        let server = NatsServer::start_from(&path, None, &dir.path().join("js"))
+            .await
+            .expect("nats-server starts from the test's configuration");
+        Self { server, _dir: dir }
+    }
+
     pub fn url(&self, user: &str) -> String {
         format!("nats://{user}:{user}-dev@127.0.0.1:{}", self.server.port)
     }

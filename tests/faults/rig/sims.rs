@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
-use async_nats::jetstream::{self, consumer::pull};
+use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -67,7 +67,7 @@ fn consume(client: Client, consumer: &str, seen: SeenRef, handle: Handler) -> Si
             use async_nats::jetstream::consumer::pull::MessagesErrorKind;
             let slots = Arc::new(Semaphore::new(64));
             loop {
-                let bound = jetstream::new(client.clone())
+                let bound = orderhub::startup::role_jetstream(&client)
                     .get_consumer_from_stream::<pull::Config, _, _>(&name, STREAM)
                     .await;
                 let messages = match bound {
