@@ -604,9 +604,17 @@ async fn external_aux_record_is_stored_and_queried(hub: TestHub) {
     assert_eq!(audit[0]["status"], "reviewed");
     assert_eq!(audit[0]["data"], json!({}));
 
-    // The built-in systems' records are the hub's alone.
+    // The built-in systems' records are the hub's alone: the audit system's account cannot even
+    // reach their subjects, and the hub refuses them to any connection that can.
+    let aux_role = crate::roles::Role::connect(&hub.nats, "aux").await;
+    aux_role
+        .deny_requests(&[(
+            "orders.aux.invoice.record",
+            json!({"order_id": id, "status": "forged"}),
+        )])
+        .await;
     request(
-        &aux,
+        &hub.client("hub").await,
         "orders.aux.invoice.record",
         json!({"order_id": id, "status": "forged"}),
     )
@@ -800,7 +808,7 @@ async fn an_event_of_an_order_the_read_node_lacks_is_retried_then_dropped() {
         .await
         .expect("stored in the stream");
     for system in ["invoice", "loyalty"] {
-        let consumer = durable(&hub.client("hub").await, &format!("aux-{system}")).await;
+        let consumer = hub_durable(&hub.client("hub").await, &format!("aux-{system}")).await;
         let info = eventually(
             Duration::from_secs(60),
             "the built-in system gives the event up",

@@ -1,8 +1,11 @@
-//! Isolation (DESIGN.md §3 "Roles"): every forbidden action of every role is refused by the
-//! server — the client sees the permissions violation — and leaves no trace: no order, result,
-//! aux record or event, and every other consumer's counters as they were. The last tests prove
-//! the opposite: each role can still do all it must, so a role locked out by a careless edit of
-//! `nats.conf` fails here too.
+//! Isolation (`docs/protocol.md`, "Roles and accounts"): every forbidden action of every role is
+//! refused by the server — the client sees the permissions violation — and leaves no trace: no
+//! order, result, aux record or event, and every other consumer's counters as they were. Each
+//! role lives in an account of its own (`nats.conf`) and reaches the hub's JetStream as
+//! `JS.hub.API.…`; forbidden JetStream requests are tried under both names. The last tests prove
+//! the opposite: each role can still do all it must, so a role locked out by a careless change of
+//! the layout fails here too. `accounts.rs` shows that no reply subject a role names lands in the
+//! stream.
 
 use std::time::Duration;
 

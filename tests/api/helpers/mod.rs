@@ -155,6 +155,14 @@ pub async fn durable(client: &Client, name: &str) -> PullConsumer {
         .unwrap_or_else(|e| panic!("consumer {name}: {e}"))
 }
 
+/// A durable consumer of `ORDER_EVENTS` as the hub's own account reaches it (no prefix).
+pub async fn hub_durable(hub_client: &Client, name: &str) -> PullConsumer {
+    jetstream::new(hub_client.clone())
+        .get_consumer_from_stream::<pull::Config, _, _>(name, STREAM)
+        .await
+        .unwrap_or_else(|e| panic!("consumer {name}: {e}"))
+}
+
 /// Pulls up to `n` messages (acknowledging them) within `timeout`.
 pub async fn pull(consumer: &PullConsumer, n: usize, timeout: Duration) -> Vec<jetstream::Message> {
     let deadline = Instant::now() + timeout;
