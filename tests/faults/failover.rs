@@ -87,6 +87,7 @@ async fn failover_drill(ack_after: &'static str, rate: f64) -> usize {
             &kept,
             Expect {
                 aux: replicated,
+                results: replicated,
                 settle: Duration::from_secs(120),
             },
         )
@@ -147,11 +148,15 @@ async fn failover_with_ack_after_replica_loses_no_acknowledged_order() {
 }
 
 #[tokio::test]
+#[ignore = "slow: a second pair and another minute of load; scripts/test runs it with ORDERHUB_SLOW_TESTS=1"]
 async fn failover_with_ack_after_primary_counts_lost_orders() {
-    // A second pair and another minute of load: runs with ORDERHUB_SLOW_TESTS=1 only.
-    if !slow_tests_enabled("failover_with_ack_after_primary_counts_lost_orders") {
-        return;
-    }
-    // No assertion on the number: what ack_after = primary costs is what this measures.
-    failover_drill("primary", rate(60.0)).await;
+    // What ack_after = primary costs is what this measures. The receiver is stalled for 1.5 s
+    // before the crash, so the orders acknowledged in that window exist on the lost primary
+    // only: a drill that lost none would not have tested anything, nor would the zero of the
+    // replica mode mean anything.
+    let lost = failover_drill("primary", rate(60.0)).await;
+    assert!(
+        lost > 0,
+        "ack_after = primary: the orders acknowledged while the receiver stalled are lost"
+    );
 }

@@ -34,6 +34,7 @@ async fn partner_offline(offline: Duration, timeout: Duration, rate: f64) {
             &report.acked,
             Expect {
                 aux: true,
+                results: true,
                 settle: Duration::from_secs(120) + timeout,
             },
         )
@@ -128,10 +129,7 @@ async fn partner_offline_10s_then_back() {
 }
 
 #[tokio::test]
+#[ignore = "slow: a minute offline plus the catch-up; scripts/test runs it with ORDERHUB_SLOW_TESTS=1"]
 async fn partner_offline_60s_then_back() {
-    // A minute offline plus the catch-up: runs with ORDERHUB_SLOW_TESTS=1 only.
-    if !slow_tests_enabled("partner_offline_60s_then_back") {
-        return;
-    }
     partner_offline(Duration::from_secs(60), Duration::from_secs(10), rate(50.0)).await;
 }

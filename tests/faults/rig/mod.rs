@@ -22,15 +22,6 @@ pub use verify::*;
 
 use crate::helpers::*;
 
-/// The slow variants take minutes each on two cores; `ORDERHUB_SLOW_TESTS=1` runs them.
-pub fn slow_tests_enabled(test: &str) -> bool {
-    let on = std::env::var("ORDERHUB_SLOW_TESTS").is_ok_and(|v| v == "1");
-    if !on {
-        println!("{test}: skipped (a slow test: set ORDERHUB_SLOW_TESTS=1 to run it)");
-    }
-    on
-}
-
 /// Orders a second of a test's load: its own default, or `ORDERHUB_FAULT_RATE`.
 pub fn rate(default: f64) -> f64 {
     std::env::var("ORDERHUB_FAULT_RATE")
@@ -114,8 +105,15 @@ impl Rig {
         faults: &[(&str, Instant)],
     ) {
         let report = load.stop().await;
-        self.verify(&report.acked, Expect { aux: true, settle })
-            .await;
+        self.verify(
+            &report.acked,
+            Expect {
+                aux: true,
+                results: true,
+                settle,
+            },
+        )
+        .await;
         report_baseline(window, &report, &self.sims);
         for (i, (name, at)) in faults.iter().enumerate() {
             let until = faults.get(i + 1).map_or(report.ended, |(_, next)| *next);

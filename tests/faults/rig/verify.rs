@@ -11,10 +11,16 @@ use serde_json::{Value, json};
 use super::*;
 use crate::helpers::*;
 
+/// How long [`lost_orders`] may take to get a sure answer for every order.
+const LOST_ORDERS_DEADLINE: Duration = Duration::from_secs(120);
+
 /// What the final checks expect.
 pub struct Expect {
     /// Wait for every auxiliary record and the settled event too.
     pub aux: bool,
+    /// Every result a partner was answered `result_stored` (or `late_result_stored`) ends as the
+    /// order's result (late result) with the outcome it sent: not lost, not the hub's `timeout`.
+    pub results: bool,
     /// How long the orders may take to reach their final state after the load ended.
     pub settle: Duration,
 }
@@ -35,8 +41,10 @@ pub struct Verified {
     pub stream: HashMap<String, StreamOrder>,
 }
 
-/// Orders the client saw accepted that the database no longer has (`not_found`).
+/// Orders the client saw accepted that the database no longer has (`not_found`). Each is asked
+/// until a hub answers it for sure, for at most [`LOST_ORDERS_DEADLINE`] in all.
 pub async fn lost_orders(gateway: &Client, acked: &[Acked]) -> Vec<Acked> {
+    let deadline = Instant::now() + LOST_ORDERS_DEADLINE;
     let found = futures::stream::iter(acked.iter().cloned())
         .map(|a| {
             let gateway = gateway.clone();
@@ -47,7 +55,15 @@ pub async fn lost_orders(gateway: &Client, acked: &[Acked]) -> Vec<Acked> {
                         Some("not_found") => return Some(a),
                         None => return None,
                         // The hubs are still coming up on the promoted node.
-                        Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                        Some(code) => {
+                            assert!(
+                                Instant::now() < deadline,
+                                "order {} still answered {code} {:?} after the load",
+                                a.order_id,
+                                LOST_ORDERS_DEADLINE
+                            );
+                            tokio::time::sleep(Duration::from_millis(200)).await
+                        }
                     }
                 }
             }
@@ -178,6 +194,44 @@ pub async fn verify(
         .collect::<Vec<_>>()
         .await;
     queries.extend(answers);
+
+    // Every result a partner was acknowledged is kept with the outcome it sent (the simulated
+    // partners confirm every order): a `result_stored` answer whose order ends as `timeout`, or
+    // without a result, is a lost write. Orders the load never saw accepted are traced.
+    if expect.results {
+        let operator = bus.client("operator").await;
+        let mut acknowledged = 0;
+        let mut not_kept = Vec::new();
+        for (partner, sim) in &sims.partners {
+            let (stored, late) = {
+                let seen = sim.seen.lock().unwrap();
+                (seen.stored.clone(), seen.late.clone())
+            };
+            for (ids, field) in [(stored, "result"), (late, "late_result")] {
+                for id in ids {
+                    acknowledged += 1;
+                    let body = match queries.get(&id) {
+                        Some(b) => b.clone(),
+                        None => {
+                            request(&operator, "orders.admin.trace", json!({"order_id": id}))
+                                .await
+                                .body
+                        }
+                    };
+                    if body[field]["outcome"] != "confirmed" {
+                        not_kept.push(format!("{partner} {id}: {field} {}", body[field]));
+                    }
+                }
+            }
+        }
+        assert!(
+            not_kept.is_empty(),
+            "{} of {acknowledged} results acknowledged to partners were not kept: {:?}",
+            not_kept.len(),
+            &not_kept[..not_kept.len().min(5)]
+        );
+        println!("results: all {acknowledged} results acknowledged to partners kept");
+    }
 
     // The stream: each order's events exactly once.
     let acked_ids: HashSet<&str> = acked.iter().map(|a| a.order_id.as_str()).collect();
