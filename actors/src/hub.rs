@@ -287,7 +287,17 @@ impl Hub {
             return Err(ApiError::unknown_partner(&request.partner_id));
         }
         if let Some(why) = self.ctx.partners.saturated(&request.partner_id) {
-            return Err(ApiError::unavailable(why));
+            // A retry of an order already taken is answered as before (`duplicate` or
+            // `conflict`): it adds nothing to the partner's pending orders.
+            let retry = self
+                .ctx
+                .db
+                .key_used(&request.user_id, &request.request_id)
+                .await
+                .unwrap_or(false);
+            if !retry {
+                return Err(ApiError::unavailable(why));
+            }
         }
         let order_id = uuid::Uuid::now_v7().to_string();
         let span = tracing::debug_span!("order", order_id = %order_id);

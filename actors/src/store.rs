@@ -312,6 +312,19 @@ impl Db {
         }))
     }
 
+    /// Whether the primary holds an order under `(user_id, request_id)`: a retried submit is
+    /// answered as one even while its partner is at `max_pending`.
+    pub async fn key_used(&self, user_id: &str, request_id: &str) -> Result<bool, StoreError> {
+        let found = by_key(
+            orders::Entity::find()
+                .filter(orders::Column::UserId.eq(user_id))
+                .filter(orders::Column::RequestId.eq(request_id)),
+            &self.primary,
+        )
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// An order's transitions, oldest first, and its outbox events, oldest first (primary).
     pub async fn story(
         &self,

@@ -545,15 +545,16 @@ async fn a_saturated_partner_is_refused_while_others_are_accepted() {
         for p in &mut s.partners {
             if p.id == "globex-hotels" {
                 p.max_pending = 3;
-                p.result_timeout = Duration::from_secs(1);
+                p.result_timeout = Duration::from_secs(5);
             }
         }
     })
     .await;
     let gateway = hub.client("gateway").await;
     let operator = hub.client("operator").await;
+    let mut ids = Vec::new();
     for i in 0..3 {
-        submit(&gateway, "u-a", &format!("a-{i}"), "globex-hotels").await;
+        ids.push(submit(&gateway, "u-a", &format!("a-{i}"), "globex-hotels").await);
     }
     let refused = request(
         &gateway,
@@ -564,6 +565,31 @@ async fn a_saturated_partner_is_refused_while_others_are_accepted() {
     refused.assert_error("unavailable", 503);
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("globex-hotels"), "{message}");
+    // A retry of an order already taken gets its answer, saturated or not: the same order as a
+    // duplicate, or a conflict for another body under its key.
+    let again = request(
+        &gateway,
+        "orders.submit",
+        order("u-a", "a-0", "globex-hotels"),
+    )
+    .await;
+    assert_eq!(
+        again.assert_ok(),
+        &json!({"order_id": ids[0], "status": "accepted", "duplicate": true})
+    );
+    let mut other = order("u-a", "a-1", "globex-hotels");
+    other["amount_minor"] = json!(1);
+    request(&gateway, "orders.submit", other)
+        .await
+        .assert_error("conflict", 409);
+    // Still saturated after those answers: a new key is refused again.
+    request(
+        &gateway,
+        "orders.submit",
+        order("u-a", "a-4", "globex-hotels"),
+    )
+    .await
+    .assert_error("unavailable", 503);
     assert_eq!(
         status(&operator).await["partners_pending"]["globex-hotels"],
         3
