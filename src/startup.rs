@@ -334,7 +334,31 @@ impl App {
                 queue_group: "orderhub".into(),
                 metadata: Default::default(),
             },
-            Kind::ALL.iter().map(|k| k.config(&subjects)).collect(),
+            Kind::ALL
+                .iter()
+                .map(|k| {
+                    // `nats micro info orderhub` shows each endpoint's JSON Schemas (docs/schemas/).
+                    let mut endpoint = k.config(&subjects);
+                    let name = match k {
+                        Kind::Submit => "submit",
+                        Kind::Query => "query",
+                        Kind::PartnerGet => "partner-get",
+                        Kind::PartnerResult => "partner-result",
+                        Kind::AuxRecord => "aux-record",
+                        Kind::Status => "status",
+                        Kind::Trace => "trace",
+                    };
+                    for (key, file) in [
+                        ("request_schema", format!("{name}.request.json")),
+                        ("reply_schema", format!("{name}.reply.json")),
+                        ("error_schema", "error.reply.json".to_owned()),
+                    ] {
+                        endpoint.metadata.insert(key.into(), format!("docs/schemas/{file}"));
+                    }
+                    endpoint.metadata.insert("asyncapi".into(), "docs/asyncapi.yaml".into());
+                    endpoint
+                })
+                .collect(),
         )
         .await
         .context("starting the orderhub service")?;

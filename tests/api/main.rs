@@ -3,6 +3,7 @@
 
 mod accounts;
 mod bench;
+mod examples;
 mod flood;
 mod flow;
 mod helpers;
@@ -11,6 +12,7 @@ mod login;
 mod replica;
 mod restart;
 mod roles;
+mod schemas;
 mod security;
 mod story;
 mod supervision;
