@@ -20,7 +20,7 @@ use crate::roles::{Probe, js_api};
 
 /// What a case must be answered with.
 #[derive(Clone, Copy, Debug)]
-enum Want {
+pub(crate) enum Want {
     Ok,
     Error(&'static str, u16),
 }
@@ -29,17 +29,18 @@ const INVALID: Want = Want::Error("invalid_request", 400);
 const NOT_FOUND: Want = Want::Error("not_found", 404);
 const UNKNOWN_PARTNER: Want = Want::Error("unknown_partner", 422);
 
-struct Case {
-    name: String,
-    user: &'static str,
-    subject: String,
-    body: Vec<u8>,
-    want: Want,
+/// One request, as `user` sends it, and the answer it must get.
+pub(crate) struct Case {
+    pub(crate) name: String,
+    pub(crate) user: &'static str,
+    pub(crate) subject: String,
+    pub(crate) body: Vec<u8>,
+    pub(crate) want: Want,
 }
 
 /// The cases, built endpoint by endpoint.
 #[derive(Default)]
-struct Table(Vec<Case>);
+pub(crate) struct Table(pub(crate) Vec<Case>);
 
 impl Table {
     fn add(
@@ -141,7 +142,9 @@ fn raw_field(base: &Value, field: &str, raw: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn table(real_order: &str, max_body: usize) -> Table {
+/// Every hostile case; `real_order` is an order of `u-real` at acme-air, `max_body` the hub's
+/// `limits.max_body_bytes`. `schemas.rs` checks each against the request schemas as well.
+pub(crate) fn table(real_order: &str, max_body: usize) -> Table {
     let mut t = Table::default();
     let ghost = uuid::Uuid::now_v7().to_string();
     let v4 = "67e55044-10b1-426f-9247-bb680e5fe0c8";
@@ -513,11 +516,14 @@ fn table(real_order: &str, max_body: usize) -> Table {
         json!({"user_id": "u-re\u{430}l"}),
         INVALID,
     );
+    t.query("query user_id a number", json!({"user_id": 7}), INVALID);
+    t.query("query user_id empty", json!({"user_id": ""}), INVALID);
     for (name, value, want) in [
         ("limit 0", json!(0), INVALID),
         ("limit 101", json!(101), INVALID),
         ("limit -1", json!(-1), INVALID),
         ("limit 1.5", json!(1.5), INVALID),
+        ("limit 5.0", json!(5.0), INVALID),
         ("limit \"20\"", json!("20"), INVALID),
         ("limit 10^20", json!(1e20), INVALID),
         ("limit 1", json!(1), Want::Ok),

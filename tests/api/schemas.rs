@@ -709,567 +709,155 @@ enum Beyond {
 }
 
 impl Beyond {
-    fn phrase(self) -> Option<&'static str> {
+    fn phrase(self) -> &'static str {
         match self {
-            Beyond::NotJson => None,
-            Beyond::DuplicateKey => Some("a key repeated within one object"),
-            Beyond::BodySize => Some("limits.max_body_bytes"),
-            Beyond::IntegerNotation => Some("with a fraction or an exponent"),
-            Beyond::ObjectBytes => Some("over 65,536 bytes as compact JSON"),
+            Beyond::NotJson => "not UTF-8 or not JSON",
+            Beyond::DuplicateKey => "a key repeated within one object",
+            Beyond::BodySize => "limits.max_body_bytes",
+            Beyond::IntegerNotation => "with a fraction or an exponent",
+            Beyond::ObjectBytes => "over 65,536 bytes as compact JSON",
         }
     }
 }
 
-struct Case {
-    name: String,
-    user: &'static str,
-    subject: String,
-    endpoint: &'static str,
-    body: Vec<u8>,
-    beyond: Option<Beyond>,
-}
-
-#[derive(Default)]
-struct Table(Vec<Case>);
-
-impl Table {
-    fn raw(
-        &mut self,
-        name: impl Into<String>,
-        endpoint: &'static str,
-        body: Vec<u8>,
-        beyond: Option<Beyond>,
-    ) {
-        let (user, subject) = match endpoint {
-            "submit" => ("gateway", "orders.submit"),
-            "query" => ("gateway", "orders.query"),
-            "partner-get" => ("partner-acme-air", "orders.partner.acme-air.get"),
-            "partner-result" => ("partner-acme-air", "orders.partner.acme-air.result"),
-            _ => ("aux", "orders.aux.audit.record"),
-        };
-        self.0.push(Case {
-            name: name.into(),
-            user,
-            subject: subject.into(),
-            endpoint,
-            body,
-            beyond,
-        });
-    }
-    fn json(&mut self, name: impl Into<String>, endpoint: &'static str, body: Value) {
-        self.raw(name, endpoint, serde_json::to_vec(&body).unwrap(), None);
-    }
-    fn beyond(
-        &mut self,
-        name: impl Into<String>,
-        endpoint: &'static str,
-        body: Value,
-        why: Beyond,
-    ) {
-        self.raw(
-            name,
-            endpoint,
-            serde_json::to_vec(&body).unwrap(),
-            Some(why),
-        );
-    }
-}
-
-fn with(base: &Value, field: &str, value: Value) -> Value {
-    let mut v = base.clone();
-    v[field] = value;
-    v
-}
-
-fn without(base: &Value, field: &str) -> Value {
-    let mut v = base.clone();
-    v.as_object_mut().unwrap().remove(field);
-    v
-}
-
-/// An object of exactly `n` bytes as compact JSON.
-fn object_of(n: usize) -> Value {
-    json!({"k": "x".repeat(n - 8)})
-}
-
-/// A value for a case name.
-fn short(v: &Value) -> String {
-    v.to_string().chars().take(40).collect()
-}
-
-fn raw_field(base: &Value, field: &str, raw: &str) -> Vec<u8> {
-    let text = serde_json::to_string(&with(base, field, json!("@@MARK@@"))).unwrap();
-    text.replace("\"@@MARK@@\"", raw).into_bytes()
-}
-
-/// The inputs of `hostile.rs`, by endpoint (the hub's answer to each is asked, not assumed).
-fn hostile(real: &str, max_body: usize) -> Table {
+/// The cases of `hostile.rs` (by name) the hub refuses for a reason JSON Schema cannot express.
+/// Every other case is refused by both the hub and its request schema, or by neither.
+const BEYOND: &[(&str, Beyond)] = {
     use Beyond::*;
-    let mut t = Table::default();
-    let ghost = uuid::Uuid::now_v7().to_string();
-    let v4 = "67e55044-10b1-426f-9247-bb680e5fe0c8";
-    let good = order("u-hostile", "h-1", "acme-air");
-    let edge = order("u-hostile", "h-edge", "no-such-partner");
-    let text = serde_json::to_string(&good).unwrap();
-    let good_bytes = text.clone().into_bytes();
+    &[
+        ("not JSON", NotJson),
+        ("empty body", NotJson),
+        ("whitespace body", NotJson),
+        ("truncated JSON", NotJson),
+        ("trailing garbage", NotJson),
+        ("two objects", NotJson),
+        ("byte order mark", NotJson),
+        ("a comment", NotJson),
+        ("single quotes", NotJson),
+        ("invalid UTF-8 in a string", NotJson),
+        ("invalid UTF-8 as the whole body", NotJson),
+        ("payload nested 200 deep", NotJson),
+        ("10,000 open brackets", NotJson),
+        ("a 1 MiB body", NotJson),
+        ("NaN literal", NotJson),
+        ("Infinity literal", NotJson),
+        ("amount 1e400", NotJson),
+        ("lone surrogate in product", NotJson),
+        ("query not JSON", NotJson),
+        ("get not JSON", NotJson),
+        ("aux not JSON", NotJson),
+        ("duplicate top-level key", DuplicateKey),
+        ("duplicate key in payload", DuplicateKey),
+        ("result with outcome twice", DuplicateKey),
+        ("body of max_body_bytes + 1", BodySize),
+        ("amount 1e15 (a float)", IntegerNotation),
+        ("query limit 5.0", IntegerNotation),
+        ("payload 65,537 bytes", ObjectBytes),
+        ("result detail 65,537 bytes", ObjectBytes),
+        ("aux data 65,537 bytes", ObjectBytes),
+    ]
+};
 
-    // ---- orders.submit: what is not a JSON object, or not one serde_json reads -------------------
-    for (name, body) in [
-        ("not JSON", b"not json".to_vec()),
-        ("empty body", Vec::new()),
-        ("whitespace body", b" \n\t ".to_vec()),
-        ("truncated JSON", good_bytes[..40].to_vec()),
-        (
-            "trailing garbage",
-            [good_bytes.clone(), b" x".to_vec()].concat(),
-        ),
-        (
-            "two objects",
-            [good_bytes.clone(), good_bytes.clone()].concat(),
-        ),
-        (
-            "byte order mark",
-            [b"\xEF\xBB\xBF".to_vec(), good_bytes.clone()].concat(),
-        ),
-        ("a comment", format!("/* hi */{text}").into_bytes()),
-        ("single quotes", b"{'user_id':'u-1'}".to_vec()),
-        (
-            "invalid UTF-8 in a string",
-            text.replace("flight", "fl\u{1}ght")
-                .into_bytes()
-                .into_iter()
-                .map(|b| if b == 1 { 0xff } else { b })
-                .collect(),
-        ),
-        (
-            "invalid UTF-8 as the whole body",
-            vec![0xc3, 0x28, 0xa0, 0xa1, 0xff, 0xfe],
-        ),
-        (
-            "10,000 open brackets",
-            format!("{{\"payload\":{}", "[".repeat(10_000)).into_bytes(),
-        ),
-        ("a 1 MiB body", vec![b' '; 1 << 20]),
-        ("NaN literal", raw_field(&good, "amount_minor", "NaN")),
-        (
-            "Infinity literal",
-            raw_field(&good, "amount_minor", "Infinity"),
-        ),
-        ("amount 1e400", raw_field(&good, "amount_minor", "1e400")),
-        (
-            "lone surrogate in product",
-            raw_field(&good, "product", "\"\\ud800\""),
-        ),
-    ] {
-        t.raw(name, "submit", body, Some(NotJson));
+/// The endpoint a subject addresses (its schemas are `<endpoint>.request.json` and
+/// `<endpoint>.reply.json`) and the subject's token (`partner_id`, `system`), if it has one.
+fn endpoint_of(subject: &str) -> (&'static str, Option<&str>) {
+    match subject.split('.').collect::<Vec<_>>()[..] {
+        ["orders", "submit"] => ("submit", None),
+        ["orders", "query"] => ("query", None),
+        ["orders", "partner", partner, "get"] => ("partner-get", Some(partner)),
+        ["orders", "partner", partner, "result"] => ("partner-result", Some(partner)),
+        ["orders", "aux", system, "record"] => ("aux-record", Some(system)),
+        _ => panic!("{subject}: no endpoint of the hub"),
     }
-    for (name, body) in [
-        ("null body", json!(null)),
-        ("array body", json!([])),
-        ("string body", json!("orders")),
-        ("number body", json!(42)),
-        ("the good body inside an array", json!([good])),
-    ] {
-        t.json(name, "submit", body);
-    }
-    t.raw(
-        "duplicate top-level key",
-        "submit",
-        text.replacen('{', "{\"user_id\":\"u-other\",", 1)
-            .into_bytes(),
-        Some(DuplicateKey),
-    );
-    t.raw(
-        "duplicate key in payload",
-        "submit",
-        text.replace("{\"seat\":\"12A\"}", "{\"seat\":\"12A\",\"seat\":\"1C\"}")
-            .into_bytes(),
-        Some(DuplicateKey),
-    );
-    let nest = |base: &Value, depth: usize| {
-        let head = serde_json::to_string(&without(base, "payload")).unwrap();
-        format!(
-            "{},\"payload\":{{\"deep\":{}1{}}}}}",
-            &head[..head.len() - 1],
-            "[".repeat(depth),
-            "]".repeat(depth)
-        )
-        .into_bytes()
-    };
-    t.raw("payload nested 127 deep", "submit", nest(&edge, 125), None);
-    t.raw(
-        "payload nested 200 deep",
-        "submit",
-        nest(&good, 200),
-        Some(NotJson),
-    );
-    let mut at_limit = serde_json::to_vec(&edge).unwrap();
-    at_limit.resize(max_body, b' ');
-    t.raw("body of max_body_bytes", "submit", at_limit.clone(), None);
-    at_limit.push(b' ');
-    t.raw(
-        "body of max_body_bytes + 1",
-        "submit",
-        at_limit,
-        Some(BodySize),
-    );
-    t.raw(
-        "amount 2^64",
-        "submit",
-        raw_field(&edge, "amount_minor", "18446744073709551616"),
-        None,
-    );
-    t.json(
-        "U+0000 in product",
-        "submit",
-        with(&good, "product", json!("fli\u{0}ght")),
-    );
-    t.json(
-        "U+0000 in a payload key",
-        "submit",
-        with(&good, "payload", json!({"a\u{0}": 1})),
-    );
-    for field in [
-        "request_id",
-        "user_id",
-        "partner_id",
-        "product",
-        "amount_minor",
-        "currency",
-    ] {
-        t.json(
-            format!("submit without {field}"),
-            "submit",
-            without(&good, field),
-        );
-        t.json(
-            format!("submit with {field} null"),
-            "submit",
-            with(&good, field, Value::Null),
-        );
-    }
-    for (field, value) in [
-        ("request_id", json!(123)),
-        ("request_id", json!("")),
-        ("request_id", json!("k".repeat(128))),
-        ("request_id", json!("k".repeat(129))),
-        ("request_id", json!("gw 1")),
-        ("request_id", json!("gw\t1")),
-        ("request_id", json!("gw-é")),
-        ("user_id", json!(true)),
-        ("user_id", json!("u.1")),
-        ("user_id", json!("u*")),
-        ("user_id", json!("*")),
-        ("user_id", json!("u>")),
-        ("user_id", json!("u 1")),
-        ("user_id", json!("u-1001-\u{430}")),
-        ("user_id", json!("\u{ff35}-1001")),
-        ("user_id", json!("")),
-        ("user_id", json!("u".repeat(64))),
-        ("user_id", json!("u".repeat(65))),
-        ("partner_id", json!(["acme-air"])),
-        ("partner_id", json!("acme.air")),
-        ("partner_id", json!(">")),
-        ("partner_id", json!("acme air")),
-        ("partner_id", json!("\u{430}cme-air")),
-        ("partner_id", json!("p".repeat(65))),
-        ("partner_id", json!("no-such-partner")),
-        ("partner_id", json!("ACME-AIR")),
-        ("product", json!({})),
-        ("product", json!("")),
-        ("product", json!("é".repeat(64))),
-        ("product", json!("p".repeat(65))),
-        ("amount_minor", json!("129900")),
-        ("amount_minor", json!("NaN")),
-        ("amount_minor", json!("Infinity")),
-        ("amount_minor", json!(1.5)),
-        ("amount_minor", json!(-1)),
-        ("amount_minor", json!(1_000_000_000_000_001i64)),
-        ("amount_minor", json!(i64::MIN)),
-        ("amount_minor", json!(u64::MAX)),
-        ("amount_minor", json!(1_000_000_000_000_000i64)),
-        ("amount_minor", json!(0)),
-        ("currency", json!("cny")),
-        ("currency", json!("CN")),
-        ("currency", json!("CNYX")),
-        ("currency", json!("\u{ff23}\u{ff2e}\u{ff39}")),
-        ("currency", json!(156)),
-        ("items", json!("MU5101")),
-        ("items", json!({"sku": "MU5101"})),
-        ("items", json!([1, 2])),
-        ("items", Value::Array(vec![json!({"sku": "x"}); 100])),
-        ("items", Value::Array(vec![json!({"sku": "x"}); 101])),
-        ("payload", json!([])),
-        ("payload", json!("{}")),
-        ("payload", object_of(65_536)),
-    ] {
-        // On a configured partner, a case that passes validation would store an order.
-        t.json(
-            format!("submit {field} {}", short(&value)),
-            "submit",
-            with(&edge, field, value),
-        );
-    }
-    t.beyond(
-        "submit amount 1e15 (a float)",
-        "submit",
-        with(&edge, "amount_minor", json!(1e15)),
-        IntegerNotation,
-    );
-    t.beyond(
-        "submit payload 65,537 bytes",
-        "submit",
-        with(&edge, "payload", object_of(65_537)),
-        ObjectBytes,
-    );
-
-    // ---- orders.query ---------------------------------------------------------------------------
-    let list = json!({"user_id": "u-real"});
-    t.json("query without user_id", "query", json!({}));
-    for user in [
-        json!(7),
-        json!("u.*"),
-        json!("u-re\u{430}l"),
-        json!("u".repeat(65)),
-        json!(""),
-    ] {
-        t.json(
-            format!("query user_id {}", short(&user)),
-            "query",
-            json!({"user_id": user}),
-        );
-    }
-    for limit in [
-        json!(0),
-        json!(101),
-        json!(-1),
-        json!(1.5),
-        json!("20"),
-        json!(1e20),
-        json!(1),
-        json!(100),
-    ] {
-        t.json(
-            format!("query limit {limit}"),
-            "query",
-            with(&list, "limit", limit),
-        );
-    }
-    t.beyond(
-        "query limit 5.0",
-        "query",
-        with(&list, "limit", json!(5.0)),
-        IntegerNotation,
-    );
-    for before in [
-        json!("not-an-id"),
-        json!(real.to_uppercase()),
-        json!(v4),
-        json!(123),
-        json!(format!("{{{real}}}")),
-    ] {
-        t.json(
-            format!("query before {}", short(&before)),
-            "query",
-            with(&list, "before", before),
-        );
-    }
-    for id in [
-        json!(real.to_uppercase()),
-        json!(v4),
-        json!(""),
-        json!(real),
-        json!(ghost),
-    ] {
-        t.json(
-            format!("query order_id {}", short(&id)),
-            "query",
-            json!({"user_id": "u-hostile", "order_id": id}),
-        );
-    }
-
-    // ---- orders.partner.<id>.get ----------------------------------------------------------------
-    t.raw(
-        "get not JSON",
-        "partner-get",
-        b"order".to_vec(),
-        Some(NotJson),
-    );
-    t.json("get without order_id", "partner-get", json!({}));
-    for id in [
-        json!(7),
-        json!(real.to_uppercase()),
-        json!(v4),
-        json!(real.replace('-', "")),
-        json!(format!("urn:uuid:{real}")),
-        json!(format!("{real} ")),
-        json!(ghost),
-    ] {
-        t.json(
-            format!("get order_id {}", short(&id)),
-            "partner-get",
-            json!({"order_id": id}),
-        );
-    }
-
-    // ---- orders.partner.<id>.result -------------------------------------------------------------
-    let res = json!({"order_id": real, "result_id": "acme-r-1", "outcome": "confirmed", "partner_ref": "PNR"});
-    let ghost_res = with(&res, "order_id", json!(ghost));
-    for field in ["order_id", "result_id", "outcome"] {
-        t.json(
-            format!("result without {field}"),
-            "partner-result",
-            without(&res, field),
-        );
-    }
-    for (field, value) in [
-        ("outcome", json!("timeout")),
-        ("outcome", json!("CONFIRMED")),
-        ("outcome", json!(1)),
-        ("result_id", json!("")),
-        ("result_id", json!("r".repeat(129))),
-        ("result_id", json!("r 1")),
-        ("partner_ref", json!(5)),
-        ("partner_ref", json!("p".repeat(129))),
-        ("detail", json!([])),
-        ("detail", json!({"note": "a\u{0}b"})),
-        ("order_id", json!(real.to_uppercase())),
-    ] {
-        t.json(
-            format!("result {field} {}", short(&value)),
-            "partner-result",
-            with(&res, field, value),
-        );
-    }
-    t.beyond(
-        "result detail 65,537 bytes",
-        "partner-result",
-        with(&res, "detail", object_of(65_537)),
-        ObjectBytes,
-    );
-    t.raw(
-        "result with outcome twice",
-        "partner-result",
-        serde_json::to_string(&res)
-            .unwrap()
-            .replacen('{', "{\"outcome\":\"rejected\",", 1)
-            .into_bytes(),
-        Some(DuplicateKey),
-    );
-    for (field, value) in [
-        ("partner_ref", json!("p".repeat(128))),
-        ("detail", object_of(65_536)),
-        ("result_id", json!("r".repeat(128))),
-    ] {
-        t.json(
-            format!("result {field} at its limit (unknown order)"),
-            "partner-result",
-            with(&ghost_res, field, value),
-        );
-    }
-
-    // ---- orders.aux.<system>.record ---------------------------------------------------------------
-    let rec = json!({"order_id": real, "status": "done", "data": {"by": "audit"}});
-    let ghost_rec = with(&rec, "order_id", json!(ghost));
-    t.raw(
-        "aux not JSON",
-        "aux-record",
-        b"{\"order_id\":".to_vec(),
-        Some(NotJson),
-    );
-    t.json(
-        "aux without order_id",
-        "aux-record",
-        without(&rec, "order_id"),
-    );
-    t.json("aux without status", "aux-record", without(&rec, "status"));
-    for (field, value) in [
-        ("status", json!("")),
-        ("status", json!(5)),
-        ("status", json!("s".repeat(33))),
-        ("data", json!([1])),
-        ("order_id", json!(v4)),
-    ] {
-        t.json(
-            format!("aux {field} {}", short(&value)),
-            "aux-record",
-            with(&rec, field, value),
-        );
-    }
-    t.beyond(
-        "aux data 65,537 bytes",
-        "aux-record",
-        with(&rec, "data", object_of(65_537)),
-        ObjectBytes,
-    );
-    t.json(
-        "aux status 32 characters (unknown order)",
-        "aux-record",
-        with(&ghost_rec, "status", json!("s".repeat(32))),
-    );
-    t.json(
-        "aux data 65,536 bytes (unknown order)",
-        "aux-record",
-        with(&ghost_rec, "data", object_of(65_536)),
-    );
-    t
 }
 
 #[tokio::test]
 async fn the_hub_and_the_schemas_refuse_the_same_hostile_inputs() {
     let hub = TestHub::start().await;
     let contract = Contract::load();
-    let mut clients = std::collections::HashMap::new();
-    for user in ["gateway", "partner-acme-air", "aux", "hub"] {
-        clients.insert(user, hub.client(user).await);
-    }
-    let real = submit(&clients["gateway"], "u-real", "real-1", "acme-air").await;
-    let cases = hostile(&real, hub.settings.limits.max_body_bytes).0;
+    let gateway = hub.client("gateway").await;
+    let real = submit(&gateway, "u-real", "real-1", "acme-air").await;
+    let cases = crate::hostile::table(&real, hub.settings.limits.max_body_bytes).0;
     assert!(cases.len() >= 150, "{} cases", cases.len());
+    let mut clients = BTreeMap::from([("gateway", gateway)]);
+    for case in &cases {
+        if !clients.contains_key(case.user) {
+            clients.insert(case.user, hub.client(case.user).await);
+        }
+    }
+    let beyond_of: BTreeMap<&str, Beyond> = BEYOND.iter().copied().collect();
+    assert_eq!(
+        beyond_of.len(),
+        BEYOND.len(),
+        "a case named twice in BEYOND"
+    );
+    for name in beyond_of.keys() {
+        assert!(
+            cases.iter().any(|c| c.name == *name),
+            "BEYOND names {name:?}, which is no case of hostile.rs"
+        );
+    }
+
     let (mut refused_by_both, mut beyond, mut passed_by_both) = (0, 0, 0);
     for case in &cases {
+        let name = &case.name;
         let reply = request_raw(&clients[case.user], &case.subject, case.body.clone()).await;
         let hub_refused = reply.error_code() == Some("invalid_request");
-        let schema = format!("{}.request.json", case.endpoint);
-        let parsed = serde_json::from_slice::<Value>(&case.body).ok();
-        let verdict = parsed.as_ref().map(|v| contract.check(&schema, v));
-        match case.beyond {
-            None => {
-                let verdict =
-                    verdict.unwrap_or_else(|| panic!("{}: not JSON but not marked", case.name));
-                assert_eq!(
-                    verdict.is_err(),
-                    hub_refused,
-                    "{}: the hub answered {:?}, the schema {verdict:?}",
-                    case.name,
-                    reply.body
-                );
-                if hub_refused {
-                    refused_by_both += 1
-                } else {
-                    passed_by_both += 1
-                }
+        let (endpoint, token) = endpoint_of(&case.subject);
+        let schema = format!("{endpoint}.request.json");
+        // The schema's verdict on the body and, for a wildcard subject, the channel parameter's
+        // on the token (common.json `token`); `None` when the body is not JSON.
+        let verdict = serde_json::from_slice::<Value>(&case.body).ok().map(|v| {
+            let mut errors: Vec<String> = contract.check(&schema, &v).err().into_iter().collect();
+            if let Some(token) = token.filter(|t| !contract.token_ok(t)) {
+                errors.push(format!(
+                    "subject token {token:?} is not a common.json token"
+                ));
             }
-            Some(why) => {
+            if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(errors.join("\n"))
+            }
+        });
+        match (beyond_of.get(name.as_str()), verdict) {
+            (None, None) => panic!(
+                "{name}: not JSON, so {schema} never sees it; classify it in BEYOND as NotJson"
+            ),
+            (None, Some(Ok(()))) if hub_refused => panic!(
+                "{name}: the hub refuses it ({:?}) but {schema} accepts it; tighten the schema, \
+                 or classify the case in BEYOND if JSON Schema cannot express the refusal",
+                reply.body
+            ),
+            (None, Some(Err(e))) if !hub_refused => panic!(
+                "{name}: the hub lets it through validation ({:?}) but {schema} refuses it:\n{e}",
+                reply.body
+            ),
+            (None, Some(Ok(()))) => passed_by_both += 1,
+            (None, Some(Err(_))) => refused_by_both += 1,
+            (Some(why), verdict) => {
                 assert!(
                     hub_refused,
-                    "{}: the hub answered {:?}",
-                    case.name, reply.body
+                    "{name}: classified {why:?} in BEYOND, yet the hub answered {:?}",
+                    reply.body
                 );
-                if let Some(phrase) = why.phrase() {
-                    assert!(
-                        contract.description(&schema).contains(phrase),
-                        "{schema} does not say that JSON Schema cannot express: {phrase}"
-                    );
-                    // Marked beyond, and truly so: the schema alone lets it through.
-                    assert_eq!(verdict.map(|v| v.is_ok()), Some(true), "{}", case.name);
-                } else {
-                    assert!(parsed.is_none(), "{}: JSON after all", case.name);
-                    assert!(
-                        contract
-                            .description(&schema)
-                            .contains("not UTF-8 or not JSON")
-                    );
+                assert!(
+                    contract.description(&schema).contains(why.phrase()),
+                    "{schema} does not say that JSON Schema cannot express: {}",
+                    why.phrase()
+                );
+                // Classified beyond, and truly so: the schema alone lets it through.
+                match (why, verdict) {
+                    (Beyond::NotJson, None) => {}
+                    (Beyond::NotJson, Some(_)) => {
+                        panic!("{name}: classified NotJson in BEYOND, but JSON after all")
+                    }
+                    (_, None) => panic!("{name}: classified {why:?} in BEYOND, but not JSON"),
+                    (_, Some(Ok(()))) => {}
+                    (_, Some(Err(e))) => panic!(
+                        "{name}: classified {why:?} in BEYOND, but {schema} refuses it anyway; \
+                         take it out of BEYOND:\n{e}"
+                    ),
                 }
                 beyond += 1;
             }
@@ -1279,36 +867,4 @@ async fn the_hub_and_the_schemas_refuse_the_same_hostile_inputs() {
         "{refused_by_both} refused by both, {passed_by_both} passed by both, {beyond} beyond JSON Schema"
     );
     assert!(refused_by_both >= 100 && passed_by_both >= 15 && beyond >= 20);
-
-    // Tokens in wildcard subjects: the channel parameters' pattern (common.json `token`).
-    let get = serde_json::to_vec(&json!({"order_id": real})).unwrap();
-    for (token, subject) in [
-        (
-            "\u{430}cme-air",
-            "orders.partner.\u{430}cme-air.get".to_owned(),
-        ),
-        ("acme*air", "orders.partner.acme*air.get".to_owned()),
-        ("acme+air", "orders.partner.acme+air.get".to_owned()),
-        (
-            &*"p".repeat(65),
-            format!("orders.partner.{}.get", "p".repeat(65)),
-        ),
-        (
-            "\u{ff41}cme-air",
-            "orders.partner.\u{ff41}cme-air.get".to_owned(),
-        ),
-        (
-            "no-such-partner",
-            "orders.partner.no-such-partner.get".to_owned(),
-        ),
-        ("acme-air", "orders.partner.acme-air.get".to_owned()),
-    ] {
-        let reply = request_raw(&clients["hub"], &subject, get.clone()).await;
-        assert_eq!(
-            reply.error_code() == Some("invalid_request"),
-            !contract.token_ok(token),
-            "{subject}: {:?}",
-            reply.body
-        );
-    }
 }
