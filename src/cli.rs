@@ -66,6 +66,7 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let db = actors::store::Db::connect(&actors::store::DbUrls {
         primary: settings.database.primary_url.clone(),
         replica: String::new(),
+        max_read_lag_bytes: settings.database.max_read_lag_bytes,
         aux: settings.database.aux_url.clone(),
         aux_standby: None,
     })
@@ -97,7 +98,11 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
     );
     println!("actors live   {}", status.actors_live);
     println!("in flight     {}", status.in_flight);
-    println!("outbox        {} pending", opt(status.outbox_pending));
+    println!(
+        "outbox        {} pending, oldest {} ms",
+        opt(status.outbox_pending),
+        opt(status.outbox_oldest_ms)
+    );
     println!(
         "replica       {} — available: {}, lag {} bytes / {} ms, confirmed {}, {} events waiting{}",
         r.mode,
@@ -111,6 +116,23 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
             .map(|s| format!(" ({s})"))
             .unwrap_or_default()
     );
+    for n in &r.nodes {
+        println!(
+            "read node     {} — {}, lag {} bytes, replayed {}{}",
+            n.node,
+            if n.in_read_set {
+                "in the read set"
+            } else {
+                "out of the read set"
+            },
+            opt(n.lag_bytes),
+            n.replay_lsn.as_deref().unwrap_or("-"),
+            n.reason
+                .as_deref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default()
+        );
+    }
     println!("nats          connected: {}", status.nats.connected);
     let pending: Vec<String> = status
         .partners_pending
@@ -131,6 +153,15 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
         } else {
             restarts.join(", ")
         }
+    );
+    println!(
+        "primary       {} — synchronous standby: {}, failovers seen: {}",
+        status.database.primary.as_deref().unwrap_or("unknown"),
+        status
+            .database
+            .sync_standby
+            .map_or("unknown".into(), |v| v.to_string()),
+        status.database.failovers
     );
     println!(
         "databases     primary ok: {}, aux ok: {}",

@@ -262,6 +262,7 @@ impl Handlers {
             actors_live: hub.actors_live,
             in_flight: self.in_flight() as u64,
             outbox_pending: hub.outbox_pending,
+            outbox_oldest_ms: hub.outbox_oldest_ms,
             replica: hub.replica,
             nats: NatsStatus {
                 connected: self.client.connection_state()

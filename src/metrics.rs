@@ -60,6 +60,19 @@ async fn refresh(h: &Handlers) {
     if let Some(n) = s.outbox_pending {
         metrics::gauge!("orderhub_outbox_pending").set(n as f64);
     }
+    metrics::gauge!("orderhub_outbox_oldest_seconds")
+        .set(s.outbox_oldest_ms.unwrap_or(0) as f64 / 1e3);
+    if let Some(sync) = s.database.sync_standby {
+        metrics::gauge!("orderhub_sync_standby").set(if sync { 1.0 } else { 0.0 });
+    }
+    for node in &s.replica.nodes {
+        let name = node.node.clone();
+        metrics::gauge!("orderhub_read_node_in_set", "node" => name.clone())
+            .set(if node.in_read_set { 1.0 } else { 0.0 });
+        if let Some(b) = node.lag_bytes {
+            metrics::gauge!("orderhub_read_node_lag_bytes", "node" => name).set(b as f64);
+        }
+    }
     metrics::gauge!("orderhub_replica_events_waiting").set(s.replica.events_waiting as f64);
     if let Some(b) = s.replica.lag_bytes {
         metrics::gauge!("orderhub_replica_lag_bytes").set(b as f64);

@@ -78,6 +78,10 @@ pub struct DatabaseSettings {
     /// `replica_url`); `primary`: once the primary committed it.
     #[serde(default = "ack_after")]
     pub ack_after: AckAfter,
+    /// A read node lagging the primary by more than this many bytes of WAL leaves the read set
+    /// (until it has caught up), so events keep flowing without it.
+    #[serde(default = "read_lag")]
+    pub max_read_lag_bytes: u64,
 }
 
 /// When a write is acknowledged.
@@ -98,12 +102,20 @@ impl DatabaseSettings {
         use crate::urls::{on_server_of, server_of};
         let same_server = server_of(&self.primary_url).is_some()
             && server_of(&self.primary_url) == server_of(&self.aux_url);
-        let aux_standby = (same_server && server_of(&self.replica_url).is_some())
-            .then(|| on_server_of(&self.aux_url, &self.replica_url))
+        // The first read node serves the auxiliary database's copy.
+        let first_replica = self
+            .replica_url
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let aux_standby = (same_server && server_of(first_replica).is_some())
+            .then(|| on_server_of(&self.aux_url, first_replica))
             .flatten();
         actors::store::DbUrls {
             primary: self.primary_url.clone(),
             replica: self.replica_url.clone(),
+            max_read_lag_bytes: self.max_read_lag_bytes,
             aux: self.aux_url.clone(),
             aux_standby,
         }
@@ -156,6 +168,9 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
 }
 
+fn read_lag() -> u64 {
+    16 * 1024 * 1024
+}
 fn ack_after() -> AckAfter {
     AckAfter::Replica
 }

@@ -66,6 +66,8 @@ pub enum StartError {
 pub struct HubStatus {
     pub actors_live: u64,
     pub outbox_pending: Option<u64>,
+    /// How old the oldest unpublished outbox row is, in ms.
+    pub outbox_oldest_ms: Option<u64>,
     pub replica: ReplicaStatus,
     pub database: DatabaseStatus,
     pub restarts: BTreeMap<String, u64>,
@@ -166,6 +168,7 @@ impl Hub {
         }
         for (i, link) in writer_links.into_iter().enumerate() {
             let ack_after_replica = config.ack_after_replica;
+            let guard = config.db.primary_guard.clone();
             let (primary, partners, committed, settle) = (
                 config.db.primary.clone(),
                 partners.clone(),
@@ -179,6 +182,7 @@ impl Hub {
                 || Writer,
                 move || WriterArgs {
                     primary: primary.clone(),
+                    guard: guard.clone(),
                     partners: partners.clone(),
                     committed: committed.clone(),
                     settle: settle.clone(),
@@ -365,19 +369,28 @@ impl Hub {
     /// The actors' part of `orders.admin.status`.
     pub async fn status(&self) -> HubStatus {
         let db = &self.ctx.db;
-        let (replica, outbox_pending, primary_ok, aux_ok) = tokio::join!(
+        let (mut replica, outbox_pending, outbox_oldest, primary_ok, aux_ok, sync_standby) = tokio::join!(
             self.replica_status(),
             db.outbox_pending(),
+            db.outbox_oldest_ms(),
             Db::ping(&db.primary),
             Db::ping(&db.aux),
+            db.sync_standby(),
         );
+        if db.separate_replica {
+            replica.nodes = db.reads.status();
+        }
         HubStatus {
             actors_live: self.ctx.metrics.actors_live(),
             outbox_pending: outbox_pending.ok(),
+            outbox_oldest_ms: outbox_oldest.ok().flatten(),
             replica,
             database: DatabaseStatus {
                 primary_ok: Some(primary_ok),
                 aux_ok: Some(aux_ok),
+                primary: db.primary_watch.current(),
+                sync_standby,
+                failovers: db.primary_watch.failovers(),
             },
             restarts: self.restarts.snapshot(),
             pending: self.ctx.partners.pending_all(),
@@ -405,6 +418,7 @@ impl Hub {
                 confirmed_lsn: None,
                 events_waiting: 0,
                 reason: Some("the replication actor did not answer".into()),
+                nodes: Vec::new(),
             },
         }
     }

@@ -6,7 +6,8 @@
 //!
 //! - [`protocol`]: the wire contract, once: subjects, request validation, replies, events, errors.
 //! - [`wal`]: Postgres WAL positions ([`wal::Lsn`]) and the probes of both nodes.
-//! - [`store`]: the three databases (primary, read node, auxiliary) and every read.
+//! - [`readset`]: the read nodes, and which of them serve reads and bound each event's fence.
+//! - [`store`]: the databases (primary, read set, auxiliary) and every read.
 //! - [`outbox`]: [`outbox::PendingEvent`], an event committed with its state change, and the
 //!   messages that carry events from stage to stage.
 //! - [`link`]: restart-proof handles on supervised actors.
@@ -45,6 +46,7 @@ pub mod partners;
 pub mod pipeline;
 pub mod protocol;
 pub mod reads;
+pub mod readset;
 pub mod relay;
 pub mod replication;
 pub mod settle;

@@ -1,10 +1,18 @@
-//! The databases: the primary (written only by the writer actors), the read node
-//! (replica, or a read-only pool on the SQLite file), and the auxiliary database; plus every read
-//! the endpoints and subscribers make.
+//! The databases: the primary (written only by the writer actors), the read nodes (the
+//! [`ReadSet`] of standbys, or a read-only pool on the SQLite file), and the auxiliary database;
+//! plus every read the endpoints and subscribers make.
+//!
+//! The primary may move (an HA manager promotes a standby, and the primary URL routes to the new
+//! leader): a connection is refused if the server it reaches is in recovery, and after a write
+//! failed as a standby's would (read-only, shut down, connection lost), each pooled connection is
+//! checked again before use for a while, so no connection keeps writing to a node that is no
+//! longer the primary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::readset::ReadSet;
 
 use entities::{aux_records, order_late_results, order_results, order_transitions, orders, outbox};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
@@ -35,8 +43,11 @@ impl From<DbErr> for StoreError {
 #[derive(Clone, Debug)]
 pub struct DbUrls {
     pub primary: String,
-    /// Empty: the read node is a read-only pool on the primary (SQLite) or the primary itself.
+    /// The read nodes, comma-separated. Empty: the read node is a read-only pool on the primary
+    /// (SQLite) or the primary itself.
     pub replica: String,
+    /// A read node lagging the primary by more than this leaves the read set.
+    pub max_read_lag_bytes: u64,
     pub aux: String,
     /// The auxiliary database as the streaming replica serves it, when it has a copy.
     pub aux_standby: Option<String>,
@@ -46,7 +57,8 @@ pub struct DbUrls {
 #[derive(Clone, Debug)]
 pub struct Db {
     pub primary: DatabaseConnection,
-    pub replica: DatabaseConnection,
+    /// The read nodes; [`Db::reader`] picks one of the read set.
+    pub reads: Arc<ReadSet>,
     pub aux: DatabaseConnection,
     /// The auxiliary database as the streaming replica serves it, when the auxiliary database
     /// lives on the primary's server (physical replication carries every database of a server):
@@ -60,8 +72,112 @@ pub struct Db {
     /// external system answered `recorded`) only once `aux_standby` has replayed it, so a
     /// failover loses no auxiliary record either.
     pub aux_ack_after_replica: bool,
+    /// Checks the primary's pooled connections after a write failed as on a demoted primary.
+    pub primary_guard: PrimaryGuard,
+    /// Which node the primary URL reaches, and how often that changed.
+    pub primary_watch: Arc<PrimaryWatch>,
 }
 
+/// After a write failed as a standby's would, the primary's pooled connections are checked for
+/// recovery before use for a while ([`SUSPECT_FOR`]).
+#[derive(Clone, Debug, Default)]
+pub struct PrimaryGuard(Arc<AtomicU64>);
+
+impl PrimaryGuard {
+    /// A write failed with `e`: when it looks like the primary moved, start checking.
+    pub fn note(&self, e: &DbErr) {
+        if primary_may_have_moved(e) {
+            let now = now_ms();
+            if self
+                .0
+                .swap(now + SUSPECT_FOR.as_millis() as u64, Ordering::Relaxed)
+                < now
+            {
+                tracing::warn!(error = %e, "a write failed as if the primary moved: checking its connections");
+            }
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > now_ms()
+    }
+}
+
+/// The node the primary URL reached at each probe: a change is a failover (or switchover).
+#[derive(Debug, Default)]
+pub struct PrimaryWatch {
+    node: std::sync::Mutex<Option<String>>,
+    failovers: AtomicU64,
+}
+
+impl PrimaryWatch {
+    /// The primary answered from `node`.
+    pub fn saw(&self, node: &str) {
+        let Ok(mut current) = self.node.lock() else {
+            return;
+        };
+        if current.as_deref() == Some(node) {
+            return;
+        }
+        if let Some(old) = current.replace(node.to_owned()) {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("orderhub_failovers_total").increment(1);
+            tracing::warn!(from = %old, to = %node, "the primary moved");
+        }
+    }
+
+    /// The node the primary URL reached last, if known.
+    pub fn current(&self) -> Option<String> {
+        self.node.lock().ok().and_then(|n| n.clone())
+    }
+
+    /// How often the primary moved since the hub started.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+}
+
+/// How long after a write failed as on a demoted primary its pooled connections are checked.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// `host:port` of a Postgres URL, as status names a node.
+fn node_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+}
+
+/// The SQLSTATE of a failed statement, when the database sent one.
+fn sqlstate(e: &DbErr) -> Option<String> {
+    match e {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(err))
+        | DbErr::Conn(sea_orm::RuntimeErr::SqlxError(err)) => err
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+/// Whether a failed write looks like the primary moved: a read-only transaction (the node is a
+/// standby now), an administrator's shutdown, a server that cannot take connections, or a lost
+/// connection (class 08, or no SQLSTATE at all on a Postgres connection error).
+pub fn primary_may_have_moved(e: &DbErr) -> bool {
+    match sqlstate(e) {
+        Some(code) => {
+            matches!(code.as_str(), "25006" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }
+        None => matches!(e, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)),
+    }
+}
 /// How long a request may wait for a connection or a statement before it is answered `unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// The same on Postgres, where a server that is down refuses at once but sqlx keeps retrying until
@@ -76,6 +192,46 @@ const AUX_DOWN_FOR: Duration = Duration::from_secs(2);
 const AUX_CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 /// Auxiliary records per statement (five bound values each).
 const AUX_CHUNK: usize = 1000;
+
+/// The primary's pool on Postgres: a new connection that reaches a server in recovery is
+/// refused, and while `guard` is active each pooled connection is checked the same way
+/// before use (one that is not a primary any more, or does not answer, is closed).
+fn primary_options(url: &str, max: u32, guard: PrimaryGuard) -> ConnectOptions {
+    let mut opt = options(url, max, false);
+    if !url.starts_with("postgres") {
+        return opt;
+    }
+    opt.map_sqlx_postgres_pool_opts(move |pool| {
+        let guard = guard.clone();
+        pool.after_connect(|conn, _| {
+            Box::pin(async move {
+                if in_recovery(conn).await? {
+                    return Err(sea_orm::sqlx::Error::Configuration(
+                        "the primary URL reached a standby (in recovery); the primary has moved"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            })
+        })
+        .before_acquire(move |conn, _| {
+            let check = guard.active();
+            Box::pin(async move {
+                if !check {
+                    return Ok(true);
+                }
+                Ok(matches!(in_recovery(conn).await, Ok(false)))
+            })
+        })
+    });
+    opt
+}
+
+async fn in_recovery(conn: &mut sea_orm::sqlx::PgConnection) -> Result<bool, sea_orm::sqlx::Error> {
+    sea_orm::sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()")
+        .fetch_one(conn)
+        .await
+}
 
 fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
     let mut opt = ConnectOptions::new(url.to_owned());
@@ -124,23 +280,38 @@ impl Db {
         ensure_sqlite_dir(&urls.primary);
         ensure_sqlite_dir(&urls.aux);
         let sqlite = urls.primary.starts_with("sqlite:");
+        let guard = PrimaryGuard::default();
         // SQLite has one writer at a time: the writer actor holds the only write connection.
-        let primary =
-            Database::connect(options(&urls.primary, if sqlite { 2 } else { 16 }, false)).await?;
-        let (replica, separate_replica) = if urls.replica.is_empty() {
-            if sqlite {
-                (
-                    Database::connect(options(&urls.primary, 8, true)).await?,
-                    false,
-                )
+        let primary = Database::connect(primary_options(
+            &urls.primary,
+            if sqlite { 2 } else { 16 },
+            guard.clone(),
+        ))
+        .await?;
+        let replicas: Vec<&str> = urls
+            .replica
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let (nodes, separate_replica) = if replicas.is_empty() {
+            let node = if sqlite {
+                Database::connect(options(&urls.primary, 8, true)).await?
             } else {
-                (primary.clone(), false)
-            }
+                primary.clone()
+            };
+            (vec![(node_name(&urls.primary), node)], false)
         } else {
-            let mut o = options(&urls.replica, 16, !urls.replica.starts_with("postgres"));
-            o.connect_lazy(true);
-            (Database::connect(o).await?, true)
+            let per_node = (16 / replicas.len() as u32).max(4);
+            let mut nodes = Vec::with_capacity(replicas.len());
+            for url in replicas {
+                let mut o = options(url, per_node, !url.starts_with("postgres"));
+                o.connect_lazy(true);
+                nodes.push((node_name(url), Database::connect(o).await?));
+            }
+            (nodes, true)
         };
+        let reads = Arc::new(ReadSet::new(nodes, urls.max_read_lag_bytes));
         let aux = Database::connect(options(
             &urls.aux,
             if urls.aux.starts_with("sqlite:") {
@@ -161,13 +332,20 @@ impl Db {
         };
         Ok(Self {
             primary,
-            replica,
+            reads,
             aux,
             aux_standby,
             separate_replica,
             aux_down_until: Arc::default(),
             aux_ack_after_replica: false,
+            primary_guard: guard,
+            primary_watch: Arc::default(),
         })
+    }
+
+    /// The pool a read goes to: a node of the read set.
+    pub fn reader(&self) -> &DatabaseConnection {
+        self.reads.pick()
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -200,26 +378,33 @@ impl Db {
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         };
+        // Any node of the read set will do: the replication actor's probes sort out the rest.
         loop {
-            match tokio::time::timeout(Duration::from_secs(1), replay_position(&self.replica)).await
-            {
-                Ok(Ok(replay)) if replay.lsn >= target => return true,
-                _ if tokio::time::Instant::now() >= deadline => return false,
-                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            for node in self.reads.nodes() {
+                if let Ok(Ok(replay)) =
+                    tokio::time::timeout(Duration::from_secs(1), replay_position(&node.conn)).await
+                    && replay.lsn >= target
+                {
+                    return true;
+                }
             }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     /// An order, read from the read node.
     pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
-        Ok(by_key(orders::Entity::find_by_id(id.to_owned()), &self.replica).await?)
+        Ok(by_key(orders::Entity::find_by_id(id.to_owned()), self.reader()).await?)
     }
 
     /// An order's result, read from the read node.
     pub async fn result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
         Ok(by_key(
             order_results::Entity::find_by_id(id.to_owned()),
-            &self.replica,
+            self.reader(),
         )
         .await?)
     }
@@ -234,7 +419,7 @@ impl Db {
         }
         let results = order_results::Entity::find()
             .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
-            .all(&self.replica)
+            .all(self.reader())
             .await?;
         self.with_orders(ids, results).await
     }
@@ -243,7 +428,7 @@ impl Db {
     pub async fn late_result(&self, id: &str) -> Result<Option<order_results::Model>, StoreError> {
         Ok(by_key(
             order_late_results::Entity::find_by_id(id.to_owned()),
-            &self.replica,
+            self.reader(),
         )
         .await?
         .map(late_as_result))
@@ -259,7 +444,7 @@ impl Db {
         }
         let late = order_late_results::Entity::find()
             .filter(order_late_results::Column::OrderId.is_in(ids.iter().cloned()))
-            .all(&self.replica)
+            .all(self.reader())
             .await?
             .into_iter()
             .map(late_as_result)
@@ -279,7 +464,7 @@ impl Db {
             .collect();
         let orders = orders::Entity::find()
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
-            .all(&self.replica)
+            .all(self.reader())
             .await?;
         Ok(orders
             .into_iter()
@@ -433,7 +618,7 @@ impl Db {
         }
         Ok(q.order_by_desc(orders::Column::Id)
             .limit(limit)
-            .all(&self.replica)
+            .all(self.reader())
             .await?)
     }
 
@@ -547,6 +732,48 @@ impl Db {
             .filter(outbox::Column::PublishedAt.is_null())
             .count(&self.primary)
             .await?)
+    }
+
+    /// How old the oldest unpublished outbox row is, in ms (primary); `None` when there is none.
+    pub async fn outbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        let oldest = outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .order_by_asc(outbox::Column::CreatedAt)
+            .limit(1)
+            .one(&self.primary)
+            .await?;
+        Ok(oldest.map(|row| {
+            (chrono::Utc::now() - row.created_at)
+                .num_milliseconds()
+                .max(0) as u64
+        }))
+    }
+
+    /// Whether a synchronous standby is attached to the primary (`pg_stat_replication`);
+    /// `None` on SQLite, when the primary does not answer, or when the hub's login may not see
+    /// the standbys' sync state (it needs `pg_read_all_stats` or to be their replication user).
+    pub async fn sync_standby(&self) -> Option<bool> {
+        if self.backend() != DbBackend::Postgres {
+            return None;
+        }
+        let row = self
+            .primary
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) FILTER (WHERE sync_state IN ('sync', 'quorum')) AS sync, \
+                 count(*) FILTER (WHERE sync_state IS NULL) AS hidden FROM pg_stat_replication",
+            ))
+            .await
+            .ok()??;
+        let sync: i64 = row.try_get("", "sync").ok()?;
+        let hidden: i64 = row.try_get("", "hidden").ok()?;
+        if sync > 0 {
+            Some(true)
+        } else if hidden > 0 {
+            None
+        } else {
+            Some(false)
+        }
     }
 
     /// Of each of these partners, the accepted orders that have no result yet (primary): one

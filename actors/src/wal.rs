@@ -47,6 +47,31 @@ pub async fn current_lsn(primary: &DatabaseConnection) -> Result<Lsn, String> {
     Lsn::parse(&text).ok_or_else(|| format!("bad LSN {text}"))
 }
 
+/// The primary's position, and the node that answered (`host:port`; `None` over a Unix socket).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrimaryPosition {
+    pub lsn: Lsn,
+    pub node: Option<String>,
+}
+
+/// [`current_lsn`] and the node the primary URL reached: when that node changes, the primary
+/// has moved (a failover or a switchover).
+pub async fn primary_position(primary: &DatabaseConnection) -> Result<PrimaryPosition, String> {
+    let row = primary
+        .query_one_raw(Statement::from_string(
+            primary.get_database_backend(),
+            "SELECT pg_current_wal_lsn()::text AS lsn, \
+             host(inet_server_addr()) || ':' || inet_server_port()::text AS node",
+        ))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no row")?;
+    let text: String = row.try_get("", "lsn").map_err(|e| e.to_string())?;
+    let node: Option<String> = row.try_get("", "node").ok().flatten();
+    let lsn = Lsn::parse(&text).ok_or_else(|| format!("bad LSN {text}"))?;
+    Ok(PrimaryPosition { lsn, node })
+}
+
 /// The replica's replay position, its replay lag in ms, and whether replay is paused.
 pub async fn replay_position(replica: &DatabaseConnection) -> Result<Replay, String> {
     let sql = "SELECT pg_last_wal_replay_lsn()::text AS lsn, \

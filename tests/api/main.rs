@@ -9,6 +9,7 @@ mod flow;
 mod helpers;
 mod hostile;
 mod login;
+mod readset;
 mod replica;
 mod restart;
 mod roles;

@@ -201,6 +201,9 @@ pub struct StatusReply {
     pub actors_live: u64,
     pub in_flight: u64,
     pub outbox_pending: Option<u64>,
+    /// How old the oldest unpublished outbox row is, in ms (`null`: none, or not known).
+    #[serde(default)]
+    pub outbox_oldest_ms: Option<u64>,
     pub replica: ReplicaStatus,
     pub nats: NatsStatus,
     pub database: DatabaseStatus,
@@ -223,6 +226,23 @@ pub struct ReplicaStatus {
     /// Why events are waiting, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Each read node: whether it is in the read set (serves reads, bounds the fence) and how
+    /// far it lags. Empty without a separate read node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<ReadNodeStatus>,
+}
+
+/// A read node as `orders.admin.status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadNodeStatus {
+    /// `host:port` of its URL.
+    pub node: String,
+    pub in_read_set: bool,
+    pub lag_bytes: Option<u64>,
+    pub replay_lsn: Option<String>,
+    /// Why it is out of the read set, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -234,4 +254,13 @@ pub struct NatsStatus {
 pub struct DatabaseStatus {
     pub primary_ok: Option<bool>,
     pub aux_ok: Option<bool>,
+    /// The node the primary URL reached at the last probe (`host:port`), if known.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// Whether a synchronous standby is attached; `null` when not known.
+    #[serde(default)]
+    pub sync_standby: Option<bool>,
+    /// How often the primary moved (failover or switchover) since this hub started.
+    #[serde(default)]
+    pub failovers: u64,
 }

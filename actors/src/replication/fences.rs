@@ -272,6 +272,11 @@ impl Fences {
         })
     }
 
+    /// The highest position the read set has confirmed: every released event is at or before it.
+    pub(super) fn confirmed(&self) -> Option<Lsn> {
+        self.last.confirmed
+    }
+
     pub(super) fn status(&self) -> ReplicaStatus {
         let waiting = self.held.len() as u64;
         if !self.separate_replica {
@@ -283,6 +288,7 @@ impl Fences {
                 confirmed_lsn: None,
                 events_waiting: waiting,
                 reason: None,
+                nodes: Vec::new(),
             };
         }
         let replay = self.last.replay;
@@ -298,6 +304,7 @@ impl Fences {
             confirmed_lsn: self.last.confirmed.map(|l| l.to_string()),
             events_waiting: waiting,
             reason: self.reason(waiting),
+            nodes: Vec::new(),
         }
     }
 

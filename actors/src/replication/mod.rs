@@ -29,7 +29,7 @@ use crate::link::Link;
 use crate::outbox::{Committed, PendingEvent, Released};
 use crate::protocol::ReplicaStatus;
 use crate::store::Db;
-use crate::wal::{current_lsn, replay_position};
+use crate::wal::{PrimaryPosition, Replay, primary_position, replay_position};
 use fences::{Batch, Fences, NextProbe, ProbeReport};
 
 /// A node that takes longer than this to answer a probe counts as unreachable.
@@ -46,10 +46,12 @@ pub enum ReplicationMsg {
     /// replica to confirm those commits.
     Committed(Committed),
     Probe,
-    /// A probe task's findings; `batch` is what it fenced (or tried to).
+    /// A probe task's findings; `batch` is what it fenced (or tried to): the primary's position
+    /// and the node it reached, and each read node's replay position.
     Probed {
         batch: Batch,
-        report: ProbeReport,
+        primary: Result<PrimaryPosition, String>,
+        nodes: Vec<Result<Replay, String>>,
     },
     /// Read the outbox for rows nobody carries; `all` takes young rows too.
     Sweep {
@@ -153,9 +155,25 @@ impl Actor for ReplicationActor {
                 state.fences.expire(Instant::now());
                 state.start_probe(&myself);
             }
-            ReplicationMsg::Probed { batch, report } => {
+            ReplicationMsg::Probed {
+                batch,
+                primary,
+                nodes,
+            } => {
                 state.probing = false;
-                let out = state.fences.apply(batch, report);
+                if let Ok(p) = &primary
+                    && let Some(node) = &p.node
+                {
+                    state.db.primary_watch.saw(node);
+                }
+                let primary = primary.map(|p| p.lsn);
+                // The read set first: the fence is the lowest replay of the nodes that stay in it.
+                let replica = state.db.reads.update(
+                    primary.as_ref().ok().copied(),
+                    &nodes,
+                    state.fences.confirmed(),
+                );
+                let out = state.fences.apply(batch, ProbeReport { primary, replica });
                 state.fences.expire(Instant::now());
                 let progress = !out.is_empty();
                 state.release(out);
@@ -192,7 +210,7 @@ impl ReplicationState {
         self.start_probe(myself);
     }
 
-    /// Takes the unfenced events and probes both nodes in a task of its own.
+    /// Takes the unfenced events and probes the primary and every read node in a task of its own.
     fn start_probe(&mut self, myself: &ActorRef<ReplicationMsg>) {
         if self.probing || !self.db.separate_replica {
             return;
@@ -200,18 +218,22 @@ impl ReplicationState {
         self.probing = true;
         let batch = self.fences.take_batch();
         let primary = self.db.primary.clone();
-        let replica = self.db.replica.clone();
+        let reads = self.db.reads.clone();
         let myself = myself.clone();
         tokio::spawn(async move {
-            // Fence and replay position are independent reads: the fence is taken after every
-            // commit of the batch, and replay is compared with it whichever answers first.
-            let (primary, replica) = tokio::join!(
-                within(current_lsn(&primary)),
-                within(replay_position(&replica)),
+            // Fence and replay positions are independent reads: the fence is taken after every
+            // commit of the batch, and each replay is compared with it whichever answers first.
+            let replays = futures::future::join_all(
+                reads
+                    .nodes()
+                    .iter()
+                    .map(|node| within(replay_position(&node.conn))),
             );
+            let (primary, nodes) = tokio::join!(within(primary_position(&primary)), replays);
             let _ = myself.cast(ReplicationMsg::Probed {
                 batch,
-                report: ProbeReport { primary, replica },
+                primary,
+                nodes,
             });
         });
     }

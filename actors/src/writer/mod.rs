@@ -22,7 +22,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::link::Link;
 use crate::outbox::{Committed, PendingEvent, Published, SettleCheck, Waiter};
 use crate::partners::Partners;
-use crate::store::StoreError;
+use crate::store::{PrimaryGuard, StoreError};
 
 /// Most ops in one transaction.
 const MAX_BATCH: usize = 512;
@@ -107,6 +107,8 @@ pub struct Writer;
 
 pub struct WriterArgs {
     pub primary: DatabaseConnection,
+    /// Told of every failed write: one on a demoted primary gets its connections checked.
+    pub guard: PrimaryGuard,
     pub partners: Arc<Partners>,
     /// Where committed events go: the replication actor.
     pub committed: Link<Committed>,
@@ -118,6 +120,7 @@ pub struct WriterArgs {
 
 pub struct WriterState {
     primary: DatabaseConnection,
+    guard: PrimaryGuard,
     partners: Arc<Partners>,
     committed: Link<Committed>,
     settle: Link<SettleCheck>,
@@ -142,6 +145,7 @@ impl Actor for Writer {
     ) -> Result<Self::State, ActorProcessingErr> {
         Ok(WriterState {
             primary: args.primary,
+            guard: args.guard,
             partners: args.partners,
             committed: args.committed,
             settle: args.settle,
@@ -217,6 +221,9 @@ impl WriterState {
             settle: &settle,
         };
         let committed = commit::commit(&self.primary, batch, &self.partners).await;
+        if let Err(e) = &committed {
+            self.guard.note(e);
+        }
         self.primary_down_at = committed
             .as_ref()
             .err()
@@ -260,6 +267,7 @@ impl WriterState {
             match commit::commit(&self.primary, batch, &self.partners).await {
                 Ok(done) => self.finish(&one, vec![caller], done),
                 Err(e) => {
+                    self.guard.note(&e);
                     if unreachable(&e) {
                         self.primary_down_at = Some(Instant::now());
                     }
