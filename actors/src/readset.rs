@@ -179,6 +179,25 @@ impl ReadSet {
         })
     }
 
+    /// Whether every node of the read set has replayed `target` (asked now); `false` when the
+    /// set is empty or a member does not answer.
+    pub async fn replayed(&self, target: Lsn) -> bool {
+        let members: Vec<&ReadNode> = self
+            .nodes
+            .iter()
+            .filter(|n| n.in_set.load(Ordering::Acquire))
+            .collect();
+        if members.is_empty() {
+            return false;
+        }
+        let probes =
+            futures::future::join_all(members.iter().map(|n| crate::wal::replay_position(&n.conn)))
+                .await;
+        probes
+            .iter()
+            .all(|p| p.as_ref().is_ok_and(|r| r.lsn >= target))
+    }
+
     /// Each node as status shows it.
     pub fn status(&self) -> Vec<ReadNodeStatus> {
         let known = |v: u64| (v != UNKNOWN).then_some(v);

@@ -686,25 +686,25 @@ impl Db {
         self.confirm_aux().await
     }
 
-    /// Waits until `aux_standby` has replayed every auxiliary write made so far, when
-    /// [`Db::aux_ack_after_replica`] asks for it.
+    /// Waits until every node of the read set has replayed every auxiliary write made so far,
+    /// when [`Db::aux_ack_after_replica`] asks for it. The auxiliary database lives on the
+    /// primary's server then (`aux_standby` is its copy), so its writes travel in the same WAL as
+    /// the orders' and the read nodes' replay positions tell.
     async fn confirm_aux(&self) -> Result<(), StoreError> {
-        use crate::wal::{current_lsn, replay_position};
-        let Some(standby) = self
-            .aux_standby
-            .as_ref()
-            .filter(|_| self.aux_ack_after_replica)
-        else {
+        use crate::wal::current_lsn;
+        if self.aux_standby.is_none() || !self.aux_ack_after_replica {
             return Ok(());
-        };
+        }
         let target = current_lsn(&self.aux)
             .await
             .map_err(|e| StoreError::Unavailable(DbErr::Custom(e)))?;
         let deadline = tokio::time::Instant::now() + AUX_CONFIRM_WITHIN;
         let mut pause = Duration::from_millis(1);
         loop {
-            match tokio::time::timeout(Duration::from_millis(500), replay_position(standby)).await {
-                Ok(Ok(replay)) if replay.lsn >= target => return Ok(()),
+            match tokio::time::timeout(Duration::from_millis(500), self.reads.replayed(target))
+                .await
+            {
+                Ok(true) => return Ok(()),
                 _ if tokio::time::Instant::now() >= deadline => {
                     return Err(StoreError::Unconfirmed);
                 }

@@ -28,3 +28,4 @@ mod failover;
 mod hubs;
 mod nats;
 mod partner;
+mod patroni;

@@ -207,6 +207,15 @@ impl HubProc {
         t.elapsed()
     }
 
+    /// The process id while this incarnation runs (`None` once it exited or was stopped).
+    pub fn running_pid(&mut self) -> Option<u32> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(None) => child.id(),
+            _ => None,
+        }
+    }
+
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();

@@ -1,6 +1,7 @@
 //! The rig of a fault test: NATS, a database, hubs, simulators, a load, and the checks after.
 
 mod bus;
+mod ha;
 mod hub;
 mod load;
 mod report;
@@ -14,6 +15,7 @@ use tempfile::TempDir;
 use tokio::sync::{Mutex, MutexGuard};
 
 pub use bus::*;
+pub use ha::*;
 pub use hub::*;
 pub use load::*;
 pub use report::*;

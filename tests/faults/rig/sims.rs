@@ -28,6 +28,9 @@ pub struct Seen {
     pub late: HashSet<String>,
     /// Order ids whose result was answered `result_stored` (a partner's acknowledged write).
     pub stored: HashSet<String>,
+    /// Order ids a partner's `get` was answered `not_found` for, after it had received the
+    /// order's stored event (also counted in `answers` as `get not_found`).
+    pub get_not_found: Vec<String>,
 }
 
 pub type SeenRef = Arc<Mutex<Seen>>;
@@ -159,7 +162,42 @@ async fn request_until_answered(
     }
 }
 
-/// A partner that confirms every order of its stored events.
+/// `orders.partner.<id>.get` for an order whose stored event the partner received, asked until
+/// the hub answers anything but `unavailable`; counted in `answers` as `get ok` or `get <code>`.
+/// A `not_found` is not asked again: the order is stored, so the read missed it.
+async fn get_order(client: &Client, partner_id: &str, order_id: &str, seen: &SeenRef) {
+    let subject = format!("orders.partner.{partner_id}.get");
+    let bytes: bytes::Bytes = serde_json::to_vec(&json!({"order_id": order_id}))
+        .expect("json")
+        .into();
+    loop {
+        let sent = tokio::time::timeout(
+            ATTEMPT_TIMEOUT,
+            client.request(subject.clone(), bytes.clone()),
+        )
+        .await;
+        if let Ok(Ok(reply)) = sent {
+            let v: Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
+            let key = match v["error"]["code"].as_str() {
+                Some("unavailable") => None,
+                Some(code) => Some(format!("get {code}")),
+                None if v["order"]["order_id"] == order_id => Some("get ok".to_owned()),
+                None => Some("get ?".to_owned()),
+            };
+            if let Some(key) = key {
+                let mut s = seen.lock().unwrap();
+                if key == "get not_found" {
+                    s.get_not_found.push(order_id.to_owned());
+                }
+                *s.answers.entry(key).or_default() += 1;
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A partner that fetches and confirms every order of its stored events.
 pub fn partner_sim(client: Client, partner_id: &'static str, seen: SeenRef) -> Sim {
     let handle: Handler = Arc::new(
         move |client: Client, ev: Value, seen: SeenRef| -> BoxFuture<'static, ()> {
@@ -171,6 +209,8 @@ pub fn partner_sim(client: Client, partner_id: &'static str, seen: SeenRef) -> S
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
+                // As a partner does: fetch the order it was told is stored, then decide.
+                get_order(&client, partner_id, &order_id, &seen).await;
                 let body = json!({"order_id": order_id, "result_id": format!("r-{order_id}"),
                               "outcome": "confirmed", "partner_ref": "SIM"});
                 let subject = format!("orders.partner.{partner_id}.result");

@@ -181,13 +181,26 @@ pub async fn verify(
     }
 
     // The final answers, asked again now that nothing moves (a late result may have come after
-    // the order first looked final).
+    // the order first looked final). An `unavailable` answer is asked again: it says nothing of
+    // the order.
     let answers = futures::stream::iter(acked.to_vec())
         .map(|a| {
             let gateway = gateway.clone();
             async move {
-                let r = query_order(&gateway, &a.order_id, &a.user_id).await;
-                (a.order_id, r.body)
+                let asked = Instant::now();
+                loop {
+                    let r = query_order(&gateway, &a.order_id, &a.user_id).await;
+                    if r.error_code() != Some("unavailable") {
+                        return (a.order_id, r.body);
+                    }
+                    assert!(
+                        asked.elapsed() < Duration::from_secs(30),
+                        "order {} still answered unavailable after 30 s: {}",
+                        a.order_id,
+                        r.body
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             }
         })
         .buffer_unordered(32)
@@ -223,6 +236,15 @@ pub async fn verify(
                     }
                 }
             }
+        }
+        for line in not_kept.iter().take(3) {
+            let id = line.split(' ').nth(1).unwrap_or_default();
+            let t = request(&operator, "orders.admin.trace", json!({"order_id": id})).await;
+            println!(
+                "RESULT NOT KEPT {line}\n  query: {}\n  trace: {}",
+                queries.get(id).cloned().unwrap_or_default(),
+                t.body
+            );
         }
         assert!(
             not_kept.is_empty(),
