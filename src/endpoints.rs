@@ -81,6 +81,8 @@ impl Kind {
 
 /// Status requests a hub answers at once, outside `limits.max_in_flight`.
 const MAX_STATUS_IN_FLIGHT: usize = 32;
+/// The wait an `unavailable` for a full in-flight cap suggests, in ms.
+const IN_FLIGHT_RETRY_AFTER_MS: u64 = 200;
 
 /// What every request handler shares.
 pub struct Handlers {
@@ -180,9 +182,12 @@ impl Handlers {
                 continue;
             }
             let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // A slot frees within a request's time: a short wait, with the client's jitter
+                // spreading the retries.
                 let e = ApiError::unavailable(format!(
                     "the hub is handling {limit} {what}, its limit; retry later"
-                ));
+                ))
+                .retry_after(IN_FLIGHT_RETRY_AFTER_MS);
                 reply(kind, request, Err(e)).await;
                 continue;
             };
@@ -296,8 +301,11 @@ async fn reply(kind: Kind, request: Request, answer: Result<Bytes, ApiError>) {
         Ok(body) => request.respond(body).await,
         Err(e) => {
             tracing::debug!(code = e.code.as_str(), message = %e.message, "error reply");
+            let extra = e
+                .retry_after_ms
+                .map(|ms| (actors::protocol::RETRY_AFTER_HEADER, ms.to_string()));
             request
-                .respond_error(e.code.status(), &e.message, e.body().into())
+                .respond_error(e.code.status(), &e.message, e.body().into(), extra)
                 .await
         }
     };

@@ -371,12 +371,13 @@ impl Request {
     /// Sends an error reply: headers `Nats-Service-Error-Code: <code>` and
     /// `Nats-Service-Error: <description>` plus `body`; counts in `num_errors` and sets
     /// `last_error` to `<code>:<description>`. Line breaks in `description` become spaces
-    /// (a header value cannot hold them).
+    /// (a header value cannot hold them). `extra` is one more header, if any.
     pub async fn respond_error(
         mut self,
         code: u16,
         description: &str,
         body: Bytes,
+        extra: Option<(&str, String)>,
     ) -> Result<(), MicroError> {
         let description = header_safe(description);
         let result = match self.message.reply.take() {
@@ -384,6 +385,9 @@ impl Request {
                 let mut headers = HeaderMap::new();
                 headers.insert(NATS_SERVICE_ERROR_CODE, code.to_string());
                 headers.insert(NATS_SERVICE_ERROR, description.as_str());
+                if let Some((name, value)) = extra {
+                    headers.insert(name, value.as_str());
+                }
                 self.endpoint
                     .client
                     .publish_with_headers(reply, headers, body)

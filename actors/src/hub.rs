@@ -290,7 +290,7 @@ impl Hub {
         if !self.is_partner(&request.partner_id) {
             return Err(ApiError::unknown_partner(&request.partner_id));
         }
-        if let Some(why) = self.ctx.partners.saturated(&request.partner_id) {
+        if let Some((why, wait)) = self.ctx.partners.saturated(&request.partner_id) {
             // A retry of an order already taken is answered as before (`duplicate` or
             // `conflict`): it adds nothing to the partner's pending orders.
             let retry = self
@@ -300,7 +300,7 @@ impl Hub {
                 .await
                 .unwrap_or(false);
             if !retry {
-                return Err(ApiError::unavailable(why));
+                return Err(ApiError::unavailable(why).retry_after(wait));
             }
         }
         let order_id = uuid::Uuid::now_v7().to_string();

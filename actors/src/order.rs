@@ -160,6 +160,8 @@ enum Kept {
 /// How long a repeated write waits for the read node to have what it found (see
 /// [`OrderState::on_replica`]).
 const REPEAT_CONFIRM_WITHIN: Duration = Duration::from_millis(1300);
+/// The wait an `unavailable` suggests while the primary or the replica cannot take a write.
+const DATABASE_RETRY_AFTER_MS: u64 = 1_000;
 
 impl OrderState {
     /// Hands `op` to the order's writer; `confirm`: a client waits for the answer, so it comes
@@ -178,21 +180,26 @@ impl OrderState {
             .await
         {
             Ok(ractor::rpc::CallResult::Success(Ok(outcome))) => Ok(outcome),
+            // The replica or the primary is behind or away: a failover or a catch-up takes
+            // seconds, so retrying sooner than this only adds load.
             Ok(ractor::rpc::CallResult::Success(Err(StoreError::Unconfirmed))) => {
                 Err(ApiError::unavailable(
                     "committed on the primary, but the replica has not confirmed it yet; retry \
                      with the same key",
-                ))
+                )
+                .retry_after(DATABASE_RETRY_AFTER_MS))
             }
             Ok(ractor::rpc::CallResult::Success(Err(e))) => {
                 tracing::warn!(error = %e, "write failed");
-                Err(ApiError::unavailable(
-                    "the primary database is not available; retry later",
-                ))
+                Err(
+                    ApiError::unavailable("the primary database is not available; retry later")
+                        .retry_after(DATABASE_RETRY_AFTER_MS),
+                )
             }
             Ok(ractor::rpc::CallResult::Timeout) => Err(ApiError::unavailable(
                 "the primary database did not answer in time; retry later",
-            )),
+            )
+            .retry_after(DATABASE_RETRY_AFTER_MS)),
             Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(ApiError::unavailable(
                 "the hub's writer is restarting or shutting down; retry later",
             )),

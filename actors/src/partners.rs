@@ -73,13 +73,20 @@ impl Partners {
     }
 
     /// `Some(message)` when the partner may take no more orders now.
-    pub fn saturated(&self, partner_id: &str) -> Option<String> {
-        let max = self.partners.get(partner_id)?.max_pending;
+    /// `Some((message, wait))` when the partner has `max_pending` unanswered orders: the wait is
+    /// a tenth of its `result_timeout` (within 0.25–5 s), by when answers or deadlines free room.
+    pub fn saturated(&self, partner_id: &str) -> Option<(String, u64)> {
+        let partner = self.partners.get(partner_id)?;
+        let max = partner.max_pending;
         let pending = self.pending(partner_id);
         (pending >= max).then(|| {
-            format!(
-                "partner `{partner_id}` is saturated: {pending} accepted orders wait for its \
-                 result (max_pending {max}); retry later"
+            let wait = (partner.result_timeout.as_millis() as u64 / 10).clamp(250, 5_000);
+            (
+                format!(
+                    "partner `{partner_id}` is saturated: {pending} accepted orders wait for its \
+                     result (max_pending {max}); retry later"
+                ),
+                wait,
             )
         })
     }

@@ -565,6 +565,12 @@ async fn a_saturated_partner_is_refused_while_others_are_accepted() {
     refused.assert_error("unavailable", 503);
     let message = refused.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("globex-hotels"), "{message}");
+    // The wait it suggests: a tenth of the partner's 5 s result_timeout.
+    assert_eq!(
+        refused.header("Orderhub-Retry-After-Ms").as_deref(),
+        Some("500"),
+        "{refused:?}"
+    );
     // A retry of an order already taken gets its answer, saturated or not: the same order as a
     // duplicate, or a conflict for another body under its key.
     let again = request(

@@ -45,14 +45,33 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// `unavailable` only: how long the client should wait before it retries with the same
+    /// idempotency key, sent as the header [`RETRY_AFTER_HEADER`].
+    pub retry_after_ms: Option<u64>,
 }
+
+/// Header of an `unavailable` reply: the wait in milliseconds the hub suggests before a retry.
+pub const RETRY_AFTER_HEADER: &str = "Orderhub-Retry-After-Ms";
+
+/// The wait suggested when nothing more specific is known: about one replica-confirm or
+/// primary-retry round of the hub.
+pub const DEFAULT_RETRY_AFTER_MS: u64 = 500;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
+            retry_after_ms: (code == ErrorCode::Unavailable).then_some(DEFAULT_RETRY_AFTER_MS),
         }
+    }
+
+    /// The wait this `unavailable` suggests, derived by the caller from what it waits on.
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        if self.code == ErrorCode::Unavailable {
+            self.retry_after_ms = Some(ms);
+        }
+        self
     }
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::InvalidRequest, message)
@@ -109,5 +128,19 @@ mod tests {
         assert_eq!(v["error"]["message"], "`amount_minor` must be an integer");
         assert_eq!(ErrorCode::Unavailable.status(), 503);
         assert_eq!(ErrorCode::UnknownPartner.status(), 422);
+    }
+
+    #[test]
+    fn only_unavailable_suggests_a_wait() {
+        assert_eq!(
+            ApiError::unavailable("x").retry_after_ms,
+            Some(DEFAULT_RETRY_AFTER_MS)
+        );
+        assert_eq!(
+            ApiError::unavailable("x").retry_after(1234).retry_after_ms,
+            Some(1234)
+        );
+        assert_eq!(ApiError::invalid("x").retry_after(10).retry_after_ms, None);
+        assert_eq!(ApiError::conflict("x").retry_after_ms, None);
     }
 }

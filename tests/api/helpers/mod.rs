@@ -56,7 +56,7 @@ impl Reply {
     }
 
     /// Asserts a complete error reply of the contract: code, status header, description header,
-    /// non-empty message.
+    /// non-empty message, and on `unavailable` the `Orderhub-Retry-After-Ms` hint.
     #[track_caller]
     pub fn assert_error(&self, code: &str, status: u16) {
         assert_eq!(self.error_code(), Some(code), "reply: {:?}", self.body);
@@ -75,6 +75,17 @@ impl Reply {
             Some(message),
             "{self:?}"
         );
+        // `unavailable`, and only it, suggests a wait before the retry.
+        let retry_after = self.header("Orderhub-Retry-After-Ms");
+        if code == "unavailable" {
+            let ms: u64 = retry_after
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("unavailable without a numeric retry hint: {self:?}"));
+            assert!(ms > 0, "{self:?}");
+        } else {
+            assert!(retry_after.is_none(), "{self:?}");
+        }
     }
 
     #[track_caller]
