@@ -66,6 +66,32 @@ impl HaTest {
         }
     }
 
+    /// `orders.admin.status` of both hubs (asked until each has answered) once `ok` holds for
+    /// both, within 60 s; returns the last answer.
+    async fn hub_status(
+        &self,
+        operator: &async_nats::Client,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut good: std::collections::HashMap<String, serde_json::Value> = Default::default();
+        loop {
+            let s = crate::helpers::status(operator).await;
+            let instance = s["instance_id"].as_str().unwrap_or_default().to_owned();
+            if ok(&s) {
+                good.insert(instance, s.clone());
+            } else {
+                good.remove(&instance);
+            }
+            if good.len() == self.pids.len() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "status never showed {what}: {s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn run_load(&self, secs: f64) {
         self.rig.run_load(&self.load, self.rate, secs).await
     }
@@ -136,6 +162,12 @@ impl HaTest {
 async fn leader_postmaster_killed_mid_load() {
     let _turn = one_at_a_time().await;
     let t = HaTest::start("ha-kill-leader", "replica").await;
+    let operator = t.rig.bus.client("operator").await;
+    let before = t
+        .hub_status(&operator, "a primary and a synchronous standby", |s| {
+            s["database"]["sync_standby"] == true && s["database"]["primary"].is_string()
+        })
+        .await;
 
     let killed = Instant::now();
     let n = t.ha.kill_leader().await;
@@ -153,6 +185,30 @@ async fn leader_postmaster_killed_mid_load() {
         killed.elapsed().as_secs_f64()
     );
     t.run_load(5.0).await;
+    // What the hubs report: the primary moved, a synchronous standby is attached again, and the
+    // two standbys serve reads while the primary is out of the read set.
+    let after = t
+        .hub_status(
+            &operator,
+            "the failover seen, two read nodes in the set",
+            |s| {
+                let in_set = s["replica"]["nodes"]
+                    .as_array()
+                    .map_or(0, |n| n.iter().filter(|n| n["in_read_set"] == true).count());
+                s["database"]["failovers"].as_u64().unwrap_or(0) >= 1
+                    && s["database"]["sync_standby"] == true
+                    && in_set == 2
+                    && s["database"]["primary"] != before["database"]["primary"]
+            },
+        )
+        .await;
+    println!(
+        "status: primary {} (was {}), failovers {}, read nodes {}",
+        after["database"]["primary"],
+        before["database"]["primary"],
+        after["database"]["failovers"],
+        after["replica"]["nodes"]
+    );
 
     t.finish(&[("leader's postmaster SIGKILLed (Patroni fails over)", killed)])
         .await;
