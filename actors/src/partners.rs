@@ -130,11 +130,13 @@ mod tests {
         assert!(p.saturated("p").is_none());
         p.adjust("p", 1);
         p.adjust("p", 1);
-        let why = p.saturated("p").expect("saturated");
+        let (why, wait) = p.saturated("p").expect("saturated");
         assert!(
             why.contains("`p`") && why.contains("max_pending 2"),
             "{why}"
         );
+        // A tenth of the 1 s result_timeout, raised to the 250 ms floor.
+        assert_eq!(wait, 250);
         p.adjust("p", -1);
         assert!(p.saturated("p").is_none());
         assert!(p.saturated("unknown").is_none());
