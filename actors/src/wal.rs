@@ -77,7 +77,7 @@ pub async fn replay_position(replica: &DatabaseConnection) -> Result<Replay, Str
     let sql = "SELECT pg_last_wal_replay_lsn()::text AS lsn, \
                CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
                     ELSE (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::bigint END AS lag_ms, \
-               pg_is_wal_replay_paused() AS paused";
+               CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS paused";
     let row = replica
         .query_one_raw(Statement::from_string(replica.get_database_backend(), sql))
         .await
@@ -87,7 +87,7 @@ pub async fn replay_position(replica: &DatabaseConnection) -> Result<Replay, Str
     let lsn = text
         .as_deref()
         .and_then(Lsn::parse)
-        .ok_or("the read node is not a streaming replica")?;
+        .ok_or("not a standby: the node is a primary (or not replicating)")?;
     let lag: Option<i64> = row.try_get("", "lag_ms").ok().flatten();
     let paused: bool = row.try_get("", "paused").unwrap_or(false);
     Ok(Replay {
