@@ -74,7 +74,9 @@ pub async fn primary_position(primary: &DatabaseConnection) -> Result<PrimaryPos
 
 /// The replica's replay position, its replay lag in ms, and whether replay is paused.
 pub async fn replay_position(replica: &DatabaseConnection) -> Result<Replay, String> {
-    let sql = "SELECT pg_last_wal_replay_lsn()::text AS lsn, \
+    // A promoted node keeps answering the last position its recovery replayed, frozen: only a
+    // node in recovery has a replay position that means anything.
+    let sql = "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text END AS lsn, \
                CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 \
                     ELSE (EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp())) * 1000)::bigint END AS lag_ms, \
                CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() ELSE false END AS paused";
