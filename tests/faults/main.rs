@@ -10,10 +10,11 @@
 //! `ack_after = "primary"` failover. The README quotes these figures.
 //!
 //! The tests run one at a time (see [`rig::one_at_a_time`]), in their own binary so that nothing
-//! else of the suite shares the machine with them. The slow variants are `#[ignore]`d,
-//! so a plain run reports them ignored; `scripts/test` runs them too with `ORDERHUB_SLOW_TESTS=1`
-//! (it passes `--include-ignored`). Each test's load is a few dozen orders a second by default (its hubs
-//! are debug builds sharing two cores with the databases, NATS and the simulators);
+//! else of the suite shares the machine with them. The slow variants carry
+//! `#[ignore = "slow: …"]`, so a plain run reports them ignored; `scripts/test` runs them too with
+//! `ORDERHUB_SLOW_TESTS=1` (it passes `--include-ignored`). Each test's load is a few dozen orders
+//! a second by default (its hubs are debug builds sharing two cores with the databases, NATS and
+//! the simulators);
 //! `ORDERHUB_FAULT_RATE=200` runs every one at 200 orders a second.
 
 // The harness of the API tests: a real nats-server, the Postgres pair, requests and pulls. Not
