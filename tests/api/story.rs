@@ -721,6 +721,7 @@ async fn metrics_are_served_and_move() {
         "orderhub_group_commit_ops_bucket",
         "orderhub_actors_live",
         "orderhub_outbox_pending",
+        "orderhub_outbox_oldest_seconds",
         "orderhub_replica_events_waiting",
         "orderhub_actor_restarts{actor=\"relay\"}",
         "orderhub_partner_pending{partner=\"acme-air\"}",
