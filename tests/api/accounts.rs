@@ -37,6 +37,15 @@ fn the_committed_nats_conf_is_what_nats_conf_generates() {
     }
 }
 
+/// Every user of a client role in the development configuration.
+const CLIENT_ROLES: [&str; 5] = [
+    "partner-acme-air",
+    "partner-globex-hotels",
+    "gateway",
+    "aux",
+    "operator",
+];
+
 /// Where the roles live.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Layout {
@@ -220,12 +229,7 @@ fn attempts_of(
     let api = layout.api();
     let missing = uuid::Uuid::now_v7().to_string();
     let mut out: Vec<(String, Value, Kind)> = Vec::new();
-    let consumer = match user {
-        "gateway" => Some("gateway".to_owned()),
-        "aux" => Some("aux-audit".to_owned()),
-        "operator" => None,
-        partner => Some(partner.to_owned()),
-    };
+    let consumer = own_consumer(user);
     match user {
         "gateway" => {
             out.push((
@@ -392,20 +396,9 @@ async fn redirected_replies(layout: Layout) -> Outcome {
     let mut attempts = Vec::new();
     let mut forged = BTreeSet::new();
     let mut waiting = Vec::new();
-    for user in [
-        "partner-acme-air",
-        "partner-globex-hotels",
-        "gateway",
-        "aux",
-        "operator",
-    ] {
+    for user in CLIENT_ROLES {
         let role = Role::connect(&hub.nats, user).await;
-        let consumer = match user {
-            "gateway" => Some("gateway"),
-            "aux" => Some("aux-audit"),
-            "operator" => None,
-            partner => Some(partner),
-        };
+        let consumer = own_consumer(user);
         let ack = match consumer {
             Some(c) => Some(delivered_ack_subject(&role, layout, c).await),
             None => None,
@@ -465,7 +458,7 @@ async fn redirected_replies(layout: Layout) -> Outcome {
                         .filter(|a| landed.contains(&a.reply))
                         .map(|a| a.user)
                         .collect();
-                    (users.len() == 5).then_some(landed)
+                    (users.len() == CLIENT_ROLES.len()).then_some(landed)
                 },
             )
             .await
@@ -513,13 +506,7 @@ async fn on_a_single_account_the_same_attempts_land() {
     let out = redirected_replies(Layout::SingleAccount).await;
     // Every role made the server write into the stream, on subjects of a user or an order that
     // exist nowhere else: at least its consumer's info (the operator: the stream's).
-    for user in [
-        "partner-acme-air",
-        "partner-globex-hotels",
-        "gateway",
-        "aux",
-        "operator",
-    ] {
+    for user in CLIENT_ROLES {
         let landed: Vec<&str> = out
             .attempts
             .iter()
@@ -532,6 +519,14 @@ async fn on_a_single_account_the_same_attempts_land() {
         );
     }
     assert!(out.answered > 0);
+}
+
+/// The durable consumer a client role consumes; the operator has none.
+fn own_consumer(user: &str) -> Option<&'static str> {
+    OWN_CONSUMERS
+        .iter()
+        .find(|(u, _)| *u == user)
+        .map(|(_, c)| *c)
 }
 
 /// The durable consumer each client role consumes.
