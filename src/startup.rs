@@ -282,17 +282,10 @@ impl App {
         let nats = spawn_nats_if_needed(&settings).await?;
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
         let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
-        let mut db = Db::connect(&settings.database.urls())
+        let db = Db::connect(&settings.database.urls())
             .await
             .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
-        db.aux_ack_after_replica = settings.database.ack_after_replica();
         db.migrate().await.context("applying migrations")?;
-        if !db.await_replica(REPLICA_AT_START).await {
-            tracing::warn!(
-                "the replica has not replayed the schema within {REPLICA_AT_START:?}; reads answer \
-                 `unavailable` and events wait until it has"
-            );
-        }
         let subjects = Subjects::new(settings.nats.subject_prefix.clone());
         let js = jetstream::new(client.clone());
         let aux = provision_stream(&js, &settings, &subjects).await?;
@@ -310,6 +303,12 @@ impl App {
             tuning: Tuning::default(),
         })
         .await?;
+        if !hub.await_replica(REPLICA_AT_START).await {
+            tracing::warn!(
+                "the replica has not replayed the schema within {REPLICA_AT_START:?}; reads answer \
+                 `unavailable` and events wait until it has"
+            );
+        }
         let handlers = Arc::new(Handlers {
             hub,
             client: client.clone(),

@@ -80,6 +80,8 @@ pub struct Hub {
     ctx: Arc<Context>,
     orders: Orders,
     built_in_aux: Vec<String>,
+    /// Set when an auxiliary write waits for the read nodes (see [`aux::upsert`]).
+    aux_confirm: Option<Link<Committed>>,
     aux_systems: Vec<String>,
     jetstream: jetstream::Context,
     stream: String,
@@ -110,7 +112,12 @@ impl Hub {
             metrics: Metrics::default(),
             tuning: config.tuning,
             ack_after_replica: config.ack_after_replica,
+            replication: committed.clone(),
         });
+        // The auxiliary database on the primary's server travels in its WAL: with `ack_after =
+        // "replica"` an auxiliary write waits for the read nodes too.
+        let aux_confirm = (config.ack_after_replica && config.db.aux_standby.is_some())
+            .then(|| committed.clone());
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, ())
             .await
             .map_err(|e| StartError::Spawn("order supervisor", e))?;
@@ -236,6 +243,7 @@ impl Hub {
             built_in_aux.push(system.clone());
             let role = format!("aux-{system}");
             let (db, settle, js) = (config.db.clone(), settle.clone(), config.jetstream.clone());
+            let confirm = aux_confirm.clone();
             children.push(supervised(
                 &instance,
                 &role,
@@ -246,6 +254,7 @@ impl Hub {
                     jetstream: js.clone(),
                     db: db.clone(),
                     settle: settle.clone(),
+                    confirm: confirm.clone(),
                 },
                 |_, _| {},
             ));
@@ -265,6 +274,7 @@ impl Hub {
             ctx,
             orders,
             built_in_aux,
+            aux_confirm,
             aux_systems: config.aux_systems,
             jetstream: config.jetstream,
             stream: config.stream,
@@ -344,11 +354,27 @@ impl Hub {
         system: &str,
         request: AuxRecordRequest,
     ) -> Result<RecordReply, ApiError> {
-        let reply = aux::record_external(&self.ctx.db, &self.built_in_aux, system, request).await?;
+        let reply = aux::record_external(
+            &self.ctx.db,
+            self.aux_confirm.as_ref(),
+            &self.built_in_aux,
+            system,
+            request,
+        )
+        .await?;
         if let Err(e) = self.settle.cast(SettleCheck(vec![reply.order_id.clone()])) {
             tracing::debug!(error = %e, "the settler's scan will find this order");
         }
         Ok(reply)
+    }
+
+    /// Waits until the read nodes have replayed everything the primary has so far (above all
+    /// the schema the migrations just made), through the replication actor's fences. `false`: not
+    /// within `timeout` (the replica is down or far behind); reads answer `unavailable` and events
+    /// wait until it has.
+    pub async fn await_replica(&self, timeout: std::time::Duration) -> bool {
+        crate::replication::await_replay(&self.ctx.replication, std::time::Instant::now() + timeout)
+            .await
     }
 
     /// `orders.admin.trace`: the order's whole story.

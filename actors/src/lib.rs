@@ -5,6 +5,8 @@
 //! The pipeline, as each module depends only on those before it:
 //!
 //! - [`protocol`]: the wire contract, once: subjects, request validation, replies, events, errors.
+//! - [`lifecycle`]: the order's state machine as one table: triggers, moves, the events they
+//!   emit, the settled rule.
 //! - [`wal`]: Postgres WAL positions ([`wal::Lsn`]) and the probes of both nodes.
 //! - [`readset`]: the read nodes, and which of them serve reads and bound each event's fence.
 //! - [`store`]: the databases (primary, read set, auxiliary) and every read.
@@ -39,6 +41,7 @@ pub mod aux;
 pub mod context;
 pub mod deadline;
 pub mod hub;
+pub mod lifecycle;
 pub mod link;
 pub mod order;
 pub mod outbox;

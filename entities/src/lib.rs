@@ -7,9 +7,7 @@
 pub mod entity;
 mod migrator;
 
-pub use entity::{
-    aux_records, order_late_results, order_results, order_transitions, orders, outbox,
-};
+pub use entity::{aux_records, order_results, orders, outbox};
 pub use migrator::{MigrationError, Migrator};
 
 /// Names of the unique constraints the behaviour layer maps to domain outcomes.

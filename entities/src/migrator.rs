@@ -7,9 +7,7 @@ use sea_orm::sea_query::{Index, TableCreateStatement};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Schema};
 
 use crate::constraints;
-use crate::entity::{
-    aux_records, order_late_results, order_results, order_transitions, orders, outbox,
-};
+use crate::entity::{aux_records, order_results, orders, outbox};
 
 /// What `migrate` reports when it cannot bring a database up to date.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +55,15 @@ const ORDER_STEPS: &[Step] = &[
     Step {
         name: "0004_pending_by_partner",
         build: pending_by_partner,
+    },
+    Step {
+        name: "0005_story_in_the_order",
+        build: |_| {
+            vec![
+                Sql::Run("DROP TABLE IF EXISTS order_transitions".into()),
+                Sql::Run("DROP TABLE IF EXISTS order_late_results".into()),
+            ]
+        },
     },
 ];
 
@@ -194,8 +201,8 @@ fn story_schema(backend: DbBackend) -> Vec<Sql> {
         )
         .to_owned();
     vec![
-        create(backend, order_transitions::Entity),
-        create(backend, order_late_results::Entity),
+        Sql::Run("CREATE TABLE IF NOT EXISTS order_transitions (order_id VARCHAR NOT NULL, version INTEGER NOT NULL, status VARCHAR NOT NULL, at VARCHAR NOT NULL, PRIMARY KEY (order_id, version))".into()),
+        Sql::Run("CREATE TABLE IF NOT EXISTS order_late_results (order_id VARCHAR NOT NULL PRIMARY KEY, result_id VARCHAR NOT NULL, outcome VARCHAR NOT NULL, partner_ref VARCHAR NULL, detail TEXT NOT NULL, received_at VARCHAR NOT NULL)".into()),
         Sql::AddColumn {
             table: "orders",
             column: "settled_at",
