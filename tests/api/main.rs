@@ -9,6 +9,7 @@ mod flow;
 mod helpers;
 mod hostile;
 mod login;
+mod migrations;
 mod readset;
 mod replica;
 mod restart;
