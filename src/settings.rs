@@ -1,5 +1,6 @@
 //! Configuration: `config/default.toml`, overlaid by `config/$ORDERHUB_ENV.toml`, by the file given
-//! with `--config`, and by `ORDERHUB__SECTION__KEY` environment variables (DESIGN.md §6).
+//! with `--config`, and by `ORDERHUB__SECTION__KEY` environment variables. The README's
+//! "Configuration" lists every key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

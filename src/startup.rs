@@ -110,7 +110,8 @@ pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<
     Ok(Some(NatsServer::start(Some(port), &dir).await?))
 }
 
-/// Creates or updates stream `ORDER_EVENTS` and the durable consumers of DESIGN.md "Roles".
+/// Creates or updates stream `ORDER_EVENTS` and its durable consumers: one per partner, the
+/// gateway's and one per auxiliary system (`docs/protocol.md`, "Stream and durable consumers").
 pub async fn provision_stream(
     js: &jetstream::Context,
     settings: &Settings,

@@ -1,5 +1,5 @@
-//! Abuse by volume (DESIGN.md §3 "Bounded memory"): a flood of requests, half of them malformed,
-//! from several connections; and the in-flight cap answering `unavailable`.
+//! Abuse by volume (`docs/protocol.md`, "Guarantees", "Bounded memory"): a flood of requests, half
+//! of them malformed, from several connections; and the in-flight cap answering `unavailable`.
 //!
 //! The flood runs against a hub in its own process (`orderhub serve`), so that its memory can be
 //! read from `/proc/<pid>/status` without the noise of the other tests, which share this test

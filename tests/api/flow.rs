@@ -1,5 +1,6 @@
-//! The order flow of DESIGN.md §1 end to end, driven as the gateway, a partner and an operator,
-//! on both backends: each `async fn x(hub)` runs as `sqlite::x` and `postgres::x`.
+//! The order flow of `docs/protocol.md` "Overview" end to end, driven as the gateway, a partner
+//! and an operator, on both backends: each `async fn x(hub)` runs as `sqlite::x` and
+//! `postgres::x`.
 //!
 //! On Postgres `get` and `query` read the streaming replica, so a read right after a write polls
 //! until the replica has it; every event carries `Orderhub-Commit-Lsn`.

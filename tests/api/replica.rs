@@ -1,4 +1,4 @@
-//! The replica guarantees (README "Replica guarantees") on a real Postgres primary + streaming
+//! The replica guarantees (`docs/protocol.md`, "Guarantees") on a real Postgres primary + streaming
 //! replica: no event before the replica can serve its data, `status` says why events wait,
 //! everything flows once the replica is back, and a primary outage is answered `unavailable`
 //! promptly and survived without a restart. With `ack_after = "replica"` (the default) a write the

@@ -55,7 +55,7 @@ impl Reply {
             .map(|v| v.as_str().to_owned())
     }
 
-    /// Asserts a complete error reply of the contract: code, status header, description header,
+    /// Asserts a complete error reply of the protocol: code, status header, description header,
     /// non-empty message, and on `unavailable` the `Orderhub-Retry-After-Ms` hint.
     #[track_caller]
     pub fn assert_error(&self, code: &str, status: u16) {
