@@ -167,6 +167,14 @@ pub struct LimitSettings {
     pub max_in_flight: usize,
     #[serde(default = "body_limit")]
     pub max_body_bytes: usize,
+    /// Results the built-in auxiliary systems and the settler have not handled yet, beyond which
+    /// new orders are answered `unavailable` (0: no bound).
+    #[serde(default = "story_backlog")]
+    pub max_story_backlog: u64,
+}
+
+fn story_backlog() -> u64 {
+    1_000
 }
 
 fn read_lag() -> u64 {

@@ -301,6 +301,7 @@ impl App {
             stream: settings.nats.stream.clone(),
             writers: settings.writers(),
             ack_after_replica: settings.database.ack_after_replica(),
+            max_story_backlog: settings.limits.max_story_backlog,
             tuning: Tuning::default(),
         })
         .await?;

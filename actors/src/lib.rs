@@ -14,6 +14,8 @@
 //!   messages that carry events from stage to stage.
 //! - [`link`]: restart-proof handles on supervised actors.
 //! - [`partners`]: the configured partners and their `result_timeout`.
+//! - [`backlog`]: admission by the whole story: new orders wait while the built-in auxiliary
+//!   systems and the settler are behind.
 //! - [`writer`]: group commit: one transaction for the changes of many orders, and the release
 //!   step that records a published event in its order's status.
 //! - [`replication`]: ReplicationActor, which releases events once the read node has their data.
@@ -38,6 +40,7 @@
 //! Writer (marks it released: `dispatched`). A line, no loop back to the order actor.
 
 pub mod aux;
+pub mod backlog;
 pub mod context;
 pub mod deadline;
 pub mod hub;

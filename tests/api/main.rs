@@ -2,6 +2,7 @@
 //! as each role of `nats.conf` would.
 
 mod accounts;
+mod backlog;
 mod bench;
 mod examples;
 mod flood;
