@@ -12,6 +12,7 @@ mod nats;
 mod pg;
 mod sim;
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -266,5 +267,42 @@ pub async fn query_order(client: &Client, order_id: &str, user_id: impl serde::S
         "orders.query",
         json!({"order_id": order_id, "user_id": user_id}),
     )
+    .await
+}
+
+/// Per order id (`data.order_id`), how many events of each type the messages of
+/// [`stream_subjects`] hold; a type is named without its `orderhub.order.` prefix (`stored`,
+/// `result_stored`, `late_result_stored`, `settled`).
+pub fn events_per_order(messages: &[(String, String)]) -> HashMap<String, BTreeMap<String, usize>> {
+    let mut per_order: HashMap<String, BTreeMap<String, usize>> = HashMap::new();
+    for (subject, payload) in messages {
+        let ev: Value = serde_json::from_str(payload)
+            .unwrap_or_else(|e| panic!("event on {subject} is not JSON ({e}): {payload}"));
+        let kind = ev["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("orderhub.order."))
+            .unwrap_or_else(|| panic!("event type on {subject}: {ev}"))
+            .to_owned();
+        let id = ev["data"]["order_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("order_id of the event on {subject}: {ev}"))
+            .to_owned();
+        *per_order.entry(id).or_default().entry(kind).or_default() += 1;
+    }
+    per_order
+}
+
+/// The event counts [`events_per_order`] gives an order with one event of each of `kinds`.
+pub fn once_each(kinds: &[&str]) -> BTreeMap<String, usize> {
+    kinds.iter().map(|k| ((*k).to_owned(), 1)).collect()
+}
+
+/// Waits until the hub has published every event it committed: `outbox_pending` is 0 and no
+/// event waits for the read node.
+pub async fn outbox_drained(operator: &Client, within: Duration) -> Value {
+    eventually(within, "every committed event published", || async {
+        let s = status(operator).await;
+        (s["outbox_pending"] == 0 && s["replica"]["events_waiting"] == 0).then_some(s)
+    })
     .await
 }
