@@ -306,3 +306,25 @@ pub async fn outbox_drained(operator: &Client, within: Duration) -> Value {
     })
     .await
 }
+
+/// Pulls (and acknowledges) what is left on `consumer` until a fetch brings nothing and the
+/// consumer has no message pending. Call it once the hub has nothing left to publish (see
+/// [`outbox_drained`]): whatever it returns was in the stream beyond what the caller has seen.
+pub async fn drain(consumer: &PullConsumer, within: Duration) -> Vec<jetstream::Message> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    loop {
+        let got = pull(consumer, 100, Duration::from_millis(300)).await;
+        if got.is_empty() {
+            let info = consumer.get_info().await.expect("consumer info");
+            if info.num_pending == 0 {
+                return out;
+            }
+        }
+        out.extend(got);
+        assert!(
+            Instant::now() < deadline,
+            "the consumer still has messages pending after {within:?}"
+        );
+    }
+}
