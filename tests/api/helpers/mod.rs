@@ -328,3 +328,24 @@ pub async fn drain(consumer: &PullConsumer, within: Duration) -> Vec<jetstream::
         );
     }
 }
+
+/// Kills the long-lived actor `role` of the in-process hub `operator` reaches (found by its
+/// registry name) and waits until a new incarnation runs under that name.
+pub async fn restart_actor(operator: &Client, role: &str) {
+    let s = status(operator).await;
+    let instance = s["instance_id"].as_str().expect("instance_id");
+    let name = actors::registry_name(instance, role);
+    let cell = ractor::registry::where_is(name.clone())
+        .unwrap_or_else(|| panic!("actor {name} is registered"));
+    let before = cell.get_id();
+    cell.kill();
+    eventually(
+        Duration::from_secs(10),
+        &format!("a new incarnation of {name}"),
+        || {
+            let id = ractor::registry::where_is(name.clone()).map(|c| c.get_id());
+            async move { id.filter(|id| *id != before).map(|_| ()) }
+        },
+    )
+    .await;
+}
