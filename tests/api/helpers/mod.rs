@@ -329,6 +329,31 @@ pub async fn drain(consumer: &PullConsumer, within: Duration) -> Vec<jetstream::
     }
 }
 
+/// The replies of every instance of service `orderhub` to `$SRV.<verb>.orderhub`, collected
+/// until `n` instances have answered (each once).
+pub async fn every_instance(client: &Client, verb: &str, n: usize) -> Vec<Value> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(format!("$SRV.{verb}.orderhub"), inbox, "{}".into())
+        .await
+        .expect("publish");
+    let mut out: Vec<Value> = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} instances answered: {out:?}", out.len()))
+            .expect("subscription open");
+        let reply: Value = serde_json::from_slice(&m.payload).expect("reply is JSON");
+        assert!(
+            out.iter().all(|r| r["id"] != reply["id"]),
+            "an instance answered twice: {reply}"
+        );
+        out.push(reply);
+    }
+    out
+}
+
 /// Kills the long-lived actor `role` of the in-process hub `operator` reaches (found by its
 /// registry name) and waits until a new incarnation runs under that name.
 pub async fn restart_actor(operator: &Client, role: &str) {
