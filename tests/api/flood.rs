@@ -510,15 +510,7 @@ async fn a_flood_half_malformed_is_answered_and_memory_returns_to_baseline() {
         orders,
         "one order id per accepted submit"
     );
-    assert_eq!(
-        per_order.keys().collect::<HashSet<_>>(),
-        accepted,
-        "events of exactly the accepted orders"
-    );
-    let once = once_each(&["stored", "result_stored"]);
-    for (id, counts) in &per_order {
-        assert_eq!(counts, &once, "order {id}: one stored and one result event");
-    }
+    assert_once_per_order(&per_order, accepted, &["stored", "result_stored"]);
 
     let exit = hub.terminate().await;
     assert!(exit.success(), "graceful exit after SIGTERM: {exit:?}");

@@ -122,17 +122,11 @@ async fn sigkill_with_events_unpublished_then_restart_settles_everything_once() 
 
     outbox_drained(&operator, Duration::from_secs(30)).await;
     let messages = stream_subjects(&hub_client).await;
-    let per_order = events_per_order(&messages);
-    let ids: HashSet<&String> = accepted.iter().map(|(id, _)| id).collect();
-    assert_eq!(
-        per_order.keys().collect::<HashSet<_>>(),
-        ids,
-        "events for exactly the accepted orders"
+    assert_once_per_order(
+        &events_per_order(&messages),
+        accepted.iter().map(|(id, _)| id),
+        &["stored", "result_stored"],
     );
-    let once = once_each(&["stored", "result_stored"]);
-    for (id, counts) in &per_order {
-        assert_eq!(counts, &once, "order {id}: one stored and one result event");
-    }
     assert_eq!(messages.len(), 2 * ORDERS);
 }
 

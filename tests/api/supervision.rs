@@ -12,7 +12,7 @@ use async_nats::Client;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Settings, TestHub, both_backends, events_per_order, eventually, once_each, order,
+    Settings, TestHub, assert_once_per_order, both_backends, events_per_order, eventually, order,
     outbox_drained, query_order, run_partner, status, stream_subjects,
 };
 
@@ -171,19 +171,11 @@ async fn kill_under_load(mut hub: TestHub, role: &str) {
     // order would be a second settled event in the stream.
     outbox_drained(&operator, SETTLE_WITHIN).await;
     let per_order = events_per_order(&stream_subjects(&hub.client("hub").await).await);
-    assert_eq!(
-        per_order.len(),
-        ORDERS,
-        "events of exactly the accepted orders"
+    assert_once_per_order(
+        &per_order,
+        accepted.iter().map(|(id, _, _)| id),
+        &["stored", "result_stored", "settled"],
     );
-    let once = once_each(&["stored", "result_stored", "settled"]);
-    for (order_id, _, _) in &accepted {
-        assert_eq!(
-            per_order.get(order_id),
-            Some(&once),
-            "order {order_id}: one stored, one result and one settled event"
-        );
-    }
     let settled: usize = per_order.values().filter_map(|c| c.get("settled")).sum();
     assert_eq!(settled, ORDERS, "one settled event per order");
     partner.abort();

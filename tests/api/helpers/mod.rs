@@ -292,9 +292,29 @@ pub fn events_per_order(messages: &[(String, String)]) -> HashMap<String, BTreeM
     per_order
 }
 
-/// The event counts [`events_per_order`] gives an order with one event of each of `kinds`.
-pub fn once_each(kinds: &[&str]) -> BTreeMap<String, usize> {
-    kinds.iter().map(|k| ((*k).to_owned(), 1)).collect()
+/// Asserts that the events [`events_per_order`] counted are of exactly the orders `ids`, each with
+/// one event of each of `kinds` and no other.
+#[track_caller]
+pub fn assert_once_per_order<'a>(
+    per_order: &HashMap<String, BTreeMap<String, usize>>,
+    ids: impl IntoIterator<Item = &'a String>,
+    kinds: &[&str],
+) {
+    let ids: std::collections::HashSet<&String> = ids.into_iter().collect();
+    let without: Vec<&&String> = ids
+        .iter()
+        .filter(|id| !per_order.contains_key(**id))
+        .collect();
+    let foreign: Vec<&String> = per_order.keys().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        without.is_empty() && foreign.is_empty(),
+        "events of exactly the {} orders: none for {without:?}; some of orders not among them: {foreign:?}",
+        ids.len()
+    );
+    let once: BTreeMap<String, usize> = kinds.iter().map(|k| ((*k).to_owned(), 1)).collect();
+    for (id, counts) in per_order {
+        assert_eq!(counts, &once, "order {id}: one event of each of {kinds:?}");
+    }
 }
 
 /// Waits until the hub has published every event it committed: `outbox_pending` is 0 and no
