@@ -88,6 +88,8 @@ pub struct Hub {
     aux_confirm: Option<Link<Committed>>,
     /// Admission by the whole story.
     backlog: Arc<Backlog>,
+    /// The partners' `get`s, read in batches.
+    order_reads: reads::OrderReads,
     backlog_watch: tokio::task::JoinHandle<()>,
     aux_systems: Vec<String>,
     jetstream: jetstream::Context,
@@ -288,6 +290,7 @@ impl Hub {
             aux_confirm,
             backlog,
             backlog_watch,
+            order_reads: reads::OrderReads::start(config.db.clone()),
             aux_systems: config.aux_systems,
             jetstream: config.jetstream,
             stream: config.stream,
@@ -358,7 +361,7 @@ impl Hub {
         partner_id: &str,
         request: GetRequest,
     ) -> Result<OrderReply, ApiError> {
-        reads::partner_get(&self.ctx.db, partner_id, &request.order_id).await
+        reads::partner_get(&self.order_reads, partner_id, &request.order_id).await
     }
 
     /// `orders.query`, either form.

@@ -9,13 +9,87 @@ use crate::protocol::{
 };
 use crate::store::{Db, Results, StoreError};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use entities::orders;
+use sea_orm::DbErr;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// Orders read in one statement at most.
+const BATCH: usize = 256;
+/// Statements of [`OrderReads`] running at once.
+const READERS: usize = 4;
+
+type OrderAnswer = oneshot::Sender<Result<Option<orders::Model>, StoreError>>;
+
+/// Reads single orders from a read node, many in one statement: the partners' `get`s arrive
+/// together under load, and while a statement runs the next ones gather into the next
+/// `id IN (…)` (up to [`BATCH`], [`READERS`] statements at once). A lone `get` is read at once.
+#[derive(Clone)]
+pub struct OrderReads {
+    tx: mpsc::UnboundedSender<(String, OrderAnswer)>,
+}
+
+impl OrderReads {
+    /// Starts the reader; it ends when the last handle is dropped.
+    pub fn start(db: Db) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, OrderAnswer)>();
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(READERS));
+            while let Some(first) = rx.recv().await {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let db = db.clone();
+                tokio::spawn(async move {
+                    let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+                    match db.orders_by_ids(&ids).await {
+                        Ok(rows) => {
+                            let mut found: HashMap<String, orders::Model> =
+                                rows.into_iter().map(|o| (o.id.clone(), o)).collect();
+                            for (id, answer) in batch {
+                                let _ = answer.send(Ok(found.remove(&id)));
+                            }
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            for (_, answer) in batch {
+                                let err = StoreError::Unavailable(DbErr::Custom(why.clone()));
+                                let _ = answer.send(Err(err));
+                            }
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// The order, if the read node has it.
+    pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
+        let (answer, reply) = oneshot::channel();
+        let gone = || StoreError::Unavailable(DbErr::Custom("the order reader stopped".into()));
+        self.tx.send((id.to_owned(), answer)).map_err(|_| gone())?;
+        reply.await.map_err(|_| gone())?
+    }
+}
+
 /// `orders.partner.<partner_id>.get`: one of the partner's orders.
 pub async fn partner_get(
-    db: &Db,
+    reads: &OrderReads,
     partner_id: &str,
     order_id: &str,
 ) -> Result<OrderReply, ApiError> {
-    match db.order(order_id).await.map_err(read_failed)? {
+    match reads.order(order_id).await.map_err(read_failed)? {
         Some(o) if o.partner_id == partner_id => Ok(OrderReply {
             order: OrderView::from(o),
         }),

@@ -14,6 +14,14 @@ impl Db {
         Ok(by_key(orders::Entity::find_by_id(id.to_owned()), self.reader()).await?)
     }
 
+    /// The orders of `ids` that exist, read from the read node.
+    pub async fn orders_by_ids(&self, ids: &[String]) -> Result<Vec<orders::Model>, StoreError> {
+        Ok(orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .all(self.reader())
+            .await?)
+    }
+
     /// An order's result and late result, read from the read node.
     pub async fn results(&self, id: &str) -> Result<Results, StoreError> {
         let rows = order_results::Entity::find()
