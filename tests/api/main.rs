@@ -3,6 +3,7 @@
 
 mod accounts;
 mod bench;
+mod demo;
 mod examples;
 mod flood;
 mod flow;
