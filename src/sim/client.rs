@@ -429,6 +429,8 @@ impl Pull {
             let slots = Arc::new(Semaphore::new(concurrency.max(1)));
             let mut handling = JoinSet::new();
             let mut consumer = Some(first);
+            // Bind failures in a row: the first is a warning, the rest (NATS still away) are not.
+            let mut failures = 0u32;
             loop {
                 let bound = match consumer.take() {
                     Some(c) => Ok(c),
@@ -446,48 +448,56 @@ impl Pull {
                     Err(e) => Err(e),
                 };
                 match messages {
-                    Ok(mut messages) => loop {
-                        let next = tokio::select! {
-                            biased;
-                            () = stop.clone().wait() => None,
-                            next = messages.next() => next,
-                        };
-                        let msg = match next {
-                            None => break,
-                            Some(Ok(m)) => m,
-                            Some(Err(e)) => match e.kind() {
-                                MessagesErrorKind::ConsumerDeleted
-                                | MessagesErrorKind::NoResponders
-                                | MessagesErrorKind::MissingHeartbeat => {
-                                    tracing::info!(consumer = %name, error = %e, "pull ended; binding again");
-                                    break;
-                                }
-                                _ => {
-                                    tracing::debug!(consumer = %name, error = %e, "pulling failed; still trying");
-                                    continue;
-                                }
-                            },
-                        };
-                        observer.delivered(&msg.payload);
-                        let permit = tokio::select! {
-                            () = stop.clone().wait() => None,
-                            p = slots.clone().acquire_owned() => p.ok(),
-                        };
-                        let Some(permit) = permit else {
-                            ack(&msg, jetstream::AckKind::Nak(None)).await;
-                            break;
-                        };
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        let (handled, counted) = (handle(msg), counted.clone());
-                        handling.spawn(async move {
-                            handled.await;
-                            counted.fetch_sub(1, Ordering::SeqCst);
-                            drop(permit);
-                        });
-                        while handling.try_join_next().is_some() {}
-                    },
+                    Ok(mut messages) => {
+                        failures = 0;
+                        loop {
+                            let next = tokio::select! {
+                                biased;
+                                () = stop.clone().wait() => None,
+                                next = messages.next() => next,
+                            };
+                            let msg = match next {
+                                None => break,
+                                Some(Ok(m)) => m,
+                                Some(Err(e)) => match e.kind() {
+                                    MessagesErrorKind::ConsumerDeleted
+                                    | MessagesErrorKind::NoResponders
+                                    | MessagesErrorKind::MissingHeartbeat => {
+                                        tracing::info!(consumer = %name, error = %e, "pull ended; binding again");
+                                        break;
+                                    }
+                                    _ => {
+                                        tracing::debug!(consumer = %name, error = %e, "pulling failed; still trying");
+                                        continue;
+                                    }
+                                },
+                            };
+                            observer.delivered(&msg.payload);
+                            let permit = tokio::select! {
+                                () = stop.clone().wait() => None,
+                                p = slots.clone().acquire_owned() => p.ok(),
+                            };
+                            let Some(permit) = permit else {
+                                ack(&msg, jetstream::AckKind::Nak(None)).await;
+                                break;
+                            };
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let (handled, counted) = (handle(msg), counted.clone());
+                            handling.spawn(async move {
+                                handled.await;
+                                counted.fetch_sub(1, Ordering::SeqCst);
+                                drop(permit);
+                            });
+                            while handling.try_join_next().is_some() {}
+                        }
+                    }
                     Err(e) => {
-                        tracing::warn!(consumer = %name, error = format!("{e:#}"), "binding failed; trying again");
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(consumer = %name, error = format!("{e:#}"), "binding failed; trying again");
+                        } else {
+                            tracing::debug!(consumer = %name, error = format!("{e:#}"), "binding failed again");
+                        }
                     }
                 }
                 if stop.is_stopped() {

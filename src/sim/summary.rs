@@ -159,9 +159,9 @@ impl Report {
             "settled_per_sec": round2(self.settled_per_sec()),
             "elapsed_s": round2(self.result_span.as_secs_f64()),
             "hub_peak_rss_mb": self.hub_peak_rss_mb.map(round2),
-            "cpu_ms_per_story": self.cpu.own,
-            "nats_cpu_ms_per_story": self.cpu.nats,
-            "hub_cpu_ms_per_story": self.cpu.hub,
+            "cpu_ms_per_story": self.cpu.own.map(round3),
+            "nats_cpu_ms_per_story": self.cpu.nats.map(round3),
+            "hub_cpu_ms_per_story": self.cpu.hub.map(round3),
             "latency_ms": {
                 "submit_ack": latency_json(&self.latency.submit_ack),
                 "stored_event": latency_json(&self.latency.stored_event),
@@ -377,4 +377,9 @@ impl Report {
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
+}
+
+/// To the microsecond, for figures in milliseconds.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }
