@@ -1,5 +1,6 @@
 //! Configuration: `config/default.toml`, overlaid by `config/$ORDERHUB_ENV.toml`, by the file given
-//! with `--config`, and by `ORDERHUB__SECTION__KEY` environment variables (DESIGN.md §6).
+//! with `--config`, and by `ORDERHUB__SECTION__KEY` environment variables. The README's
+//! "Configuration" lists every key.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -169,6 +170,14 @@ pub struct LimitSettings {
     pub max_in_flight: usize,
     #[serde(default = "body_limit")]
     pub max_body_bytes: usize,
+    /// Results the built-in auxiliary systems and the settler have not handled yet, beyond which
+    /// new orders are answered `unavailable` (0: no bound).
+    #[serde(default = "story_backlog")]
+    pub max_story_backlog: u64,
+}
+
+fn story_backlog() -> u64 {
+    1_000
 }
 
 fn read_lag() -> u64 {

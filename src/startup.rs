@@ -90,7 +90,8 @@ pub async fn connect_hub(nats: &NatsSettings, name: &str) -> anyhow::Result<asyn
         .with_context(|| format!("connecting to NATS at {}", redact(&nats.url)))
 }
 
-/// Creates or updates stream `ORDER_EVENTS` and the durable consumers of DESIGN.md "Roles".
+/// Creates or updates stream `ORDER_EVENTS` and its durable consumers: one per partner, the
+/// gateway's and one per auxiliary system (`docs/protocol.md`, "Stream and durable consumers").
 pub async fn provision_stream(
     js: &jetstream::Context,
     settings: &Settings,
@@ -260,17 +261,10 @@ impl App {
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
         let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
-        let mut db = Db::connect(&settings.database.urls())
+        let db = Db::connect(&settings.database.urls())
             .await
             .with_context(|| format!("connecting to {}", redact(&settings.database.primary_url)))?;
-        db.aux_ack_after_replica = settings.database.ack_after_replica();
         db.migrate().await.context("applying migrations")?;
-        if !db.await_replica(REPLICA_AT_START).await {
-            tracing::warn!(
-                "the replica has not replayed the schema within {REPLICA_AT_START:?}; reads answer \
-                 `unavailable` and events wait until it has"
-            );
-        }
         let subjects = Subjects::new(settings.nats.subject_prefix.clone());
         let js = jetstream::new(client.clone());
         let aux = provision_stream(&js, &settings, &subjects).await?;
@@ -285,9 +279,16 @@ impl App {
             stream: settings.nats.stream.clone(),
             writers: settings.writers(),
             ack_after_replica: settings.database.ack_after_replica(),
+            max_story_backlog: settings.limits.max_story_backlog,
             tuning: Tuning::default(),
         })
         .await?;
+        if !hub.await_replica(REPLICA_AT_START).await {
+            tracing::warn!(
+                "the replica has not replayed the schema within {REPLICA_AT_START:?}; reads answer \
+                 `unavailable` and events wait until it has"
+            );
+        }
         let handlers = Arc::new(Handlers {
             hub,
             client: client.clone(),

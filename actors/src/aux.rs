@@ -21,8 +21,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
 use crate::link::Link;
-use crate::outbox::SettleCheck;
+use crate::outbox::{Committed, SettleCheck};
 use crate::protocol::{CloudEvent, EventKind};
+use crate::replication::await_replay;
 use crate::store::{Db, StoreError};
 
 const BATCH: usize = 256;
@@ -31,6 +32,30 @@ const WAIT: Duration = Duration::from_millis(500);
 const NAK_DELAY: Duration = Duration::from_secs(1);
 /// Deliveries of an event whose order the read node does not have before it is dropped.
 const MAX_DELIVERIES: i64 = 10;
+/// How long an auxiliary write waits for the read nodes to replay it (see [`upsert`]).
+const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
+
+/// Writes auxiliary records in one transaction. With `confirm` (`ack_after = "replica"`, and the
+/// auxiliary database on the primary's server, whose WAL carries its writes to the standbys), a
+/// write counts as done (its event acknowledged, an external system answered `recorded`) only
+/// once the read nodes have replayed it, so a failover loses no auxiliary record either:
+/// [`StoreError::Unconfirmed`] if they have not within [`CONFIRM_WITHIN`] (the write stays, and
+/// writing it again is harmless).
+pub async fn upsert(
+    db: &Db,
+    confirm: Option<&Link<Committed>>,
+    records: Vec<aux_records::Model>,
+) -> Result<(), StoreError> {
+    db.upsert_aux(records).await?;
+    match confirm {
+        Some(replication)
+            if !await_replay(replication, std::time::Instant::now() + CONFIRM_WITHIN).await =>
+        {
+            Err(StoreError::Unconfirmed)
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Why a batch was not recorded; either way nothing is acknowledged and the batch comes back.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +85,8 @@ pub struct AuxArgs {
     pub db: Db,
     /// Who hears of orders that got a record: the settler.
     pub settle: Link<SettleCheck>,
+    /// The replication actor, when a write waits for the read nodes (see [`upsert`]).
+    pub confirm: Option<Link<Committed>>,
 }
 
 pub struct AuxState {
@@ -72,6 +99,7 @@ pub struct AuxState {
     rebind: bool,
     db: Db,
     settle: Link<SettleCheck>,
+    confirm: Option<Link<Committed>>,
 }
 
 impl Actor for AuxSubscriber {
@@ -93,6 +121,7 @@ impl Actor for AuxSubscriber {
             rebind: false,
             db: args.db,
             settle: args.settle,
+            confirm: args.confirm,
         })
     }
 
@@ -217,8 +246,8 @@ impl AuxState {
                 .map(|(o, r)| (o.id.clone(), (o, r)))
                 .collect::<HashMap<_, _>>()
         };
-        let results = by_id(self.db.settled_orders(&wanted).await?);
-        let late = by_id(self.db.late_orders(&wanted_late).await?);
+        let results = by_id(self.db.with_results(&wanted, false).await?);
+        let late = by_id(self.db.with_results(&wanted_late, true).await?);
         let mut records = Vec::with_capacity(events.len());
         let mut done = Vec::with_capacity(events.len());
         for (kind, event, m) in events {
@@ -243,7 +272,7 @@ impl AuxState {
             }
         }
         let ids: Vec<String> = records.iter().map(|r| r.order_id.clone()).collect();
-        if let Err(e) = self.db.upsert_aux(records).await {
+        if let Err(e) = upsert(&self.db, self.confirm.as_ref(), records).await {
             // Hand the batch back soon rather than after the ack wait.
             for m in &done {
                 let _ = m.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
@@ -336,6 +365,7 @@ pub fn record_late(
 /// the read node does not know is `not_found`.
 pub async fn record_external(
     db: &Db,
+    confirm: Option<&Link<Committed>>,
     built_in: &[String],
     system: &str,
     request: crate::protocol::AuxRecordRequest,
@@ -362,7 +392,7 @@ pub async fn record_external(
         data: request.data,
         updated_at: chrono::Utc::now(),
     };
-    db.upsert_aux(vec![record]).await.map_err(|e| {
+    upsert(db, confirm, vec![record]).await.map_err(|e| {
         tracing::warn!(error = %e, "aux write failed");
         ApiError::unavailable("the auxiliary database is not available; retry later")
     })?;

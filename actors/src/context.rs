@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::link::Link;
+use crate::outbox::Committed;
 use crate::partners::Partners;
 use crate::protocol::Subjects;
 use crate::store::Db;
@@ -65,4 +67,7 @@ pub struct Context {
     /// `ack_after = "replica"` with a replica: every acknowledgement, a repeated one included,
     /// waits until the replica has what it acknowledges.
     pub ack_after_replica: bool,
+    /// The replication actor: a repeated answer waits on its fences (see
+    /// [`crate::replication::await_replay`]).
+    pub replication: Link<Committed>,
 }

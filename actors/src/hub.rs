@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 use tracing::Instrument;
 
 use crate::aux::{self, AuxArgs, AuxSubscriber};
+use crate::backlog::Backlog;
 use crate::context::{Context, Metrics, Tuning};
 use crate::deadline::{DeadlineActor, DeadlineArgs};
 use crate::link::Link;
@@ -51,6 +52,9 @@ pub struct HubConfig {
     /// Answer `accepted`, `result_stored` and `late_result_stored` only once the read node has
     /// replayed the commit (`database.ack_after = "replica"`).
     pub ack_after_replica: bool,
+    /// New orders wait while more results than this wait for the built-in auxiliary systems and
+    /// the settler (see [`crate::backlog`]); 0: no bound.
+    pub max_story_backlog: u64,
     pub tuning: Tuning,
 }
 
@@ -80,6 +84,11 @@ pub struct Hub {
     ctx: Arc<Context>,
     orders: Orders,
     built_in_aux: Vec<String>,
+    /// Set when an auxiliary write waits for the read nodes (see [`aux::upsert`]).
+    aux_confirm: Option<Link<Committed>>,
+    /// Admission by the whole story.
+    backlog: Arc<Backlog>,
+    backlog_watch: tokio::task::JoinHandle<()>,
     aux_systems: Vec<String>,
     jetstream: jetstream::Context,
     stream: String,
@@ -110,7 +119,12 @@ impl Hub {
             metrics: Metrics::default(),
             tuning: config.tuning,
             ack_after_replica: config.ack_after_replica,
+            replication: committed.clone(),
         });
+        // The auxiliary database on the primary's server travels in its WAL: with `ack_after =
+        // "replica"` an auxiliary write waits for the read nodes too.
+        let aux_confirm = (config.ack_after_replica && config.db.aux_standby.is_some())
+            .then(|| committed.clone());
         let (supervisor, _) = Actor::spawn(None, OrderSupervisor, ())
             .await
             .map_err(|e| StartError::Spawn("order supervisor", e))?;
@@ -210,13 +224,16 @@ impl Hub {
                 |_, _| {},
             ));
         }
+        let backlog = Arc::new(Backlog::new(config.max_story_backlog));
+        let backlog_watch = backlog.watch(config.aux.iter().map(|(_, c)| c.clone()).collect());
         {
-            let (db, subjects, systems, writers, settle) = (
+            let (db, subjects, systems, writers, settle, backlog) = (
                 config.db.clone(),
                 ctx.subjects.clone(),
                 config.aux_systems.clone(),
                 writers.clone(),
                 settle.clone(),
+                backlog.clone(),
             );
             children.push(supervised(
                 &instance,
@@ -227,6 +244,7 @@ impl Hub {
                     subjects: subjects.clone(),
                     systems: systems.clone(),
                     writers: writers.clone(),
+                    backlog: backlog.clone(),
                 },
                 move |actor, _| settle.set(actor.get_derived()),
             ));
@@ -236,6 +254,7 @@ impl Hub {
             built_in_aux.push(system.clone());
             let role = format!("aux-{system}");
             let (db, settle, js) = (config.db.clone(), settle.clone(), config.jetstream.clone());
+            let confirm = aux_confirm.clone();
             children.push(supervised(
                 &instance,
                 &role,
@@ -246,6 +265,7 @@ impl Hub {
                     jetstream: js.clone(),
                     db: db.clone(),
                     settle: settle.clone(),
+                    confirm: confirm.clone(),
                 },
                 |_, _| {},
             ));
@@ -265,6 +285,9 @@ impl Hub {
             ctx,
             orders,
             built_in_aux,
+            aux_confirm,
+            backlog,
+            backlog_watch,
             aux_systems: config.aux_systems,
             jetstream: config.jetstream,
             stream: config.stream,
@@ -290,9 +313,14 @@ impl Hub {
         if !self.is_partner(&request.partner_id) {
             return Err(ApiError::unknown_partner(&request.partner_id));
         }
-        if let Some((why, wait)) = self.ctx.partners.saturated(&request.partner_id) {
+        let refusal = self
+            .ctx
+            .partners
+            .saturated(&request.partner_id)
+            .or_else(|| self.backlog.full());
+        if let Some((why, wait)) = refusal {
             // A retry of an order already taken is answered as before (`duplicate` or
-            // `conflict`): it adds nothing to the partner's pending orders.
+            // `conflict`): it adds nothing to the partner's pending orders or the backlog.
             let retry = self
                 .ctx
                 .db
@@ -344,11 +372,27 @@ impl Hub {
         system: &str,
         request: AuxRecordRequest,
     ) -> Result<RecordReply, ApiError> {
-        let reply = aux::record_external(&self.ctx.db, &self.built_in_aux, system, request).await?;
+        let reply = aux::record_external(
+            &self.ctx.db,
+            self.aux_confirm.as_ref(),
+            &self.built_in_aux,
+            system,
+            request,
+        )
+        .await?;
         if let Err(e) = self.settle.cast(SettleCheck(vec![reply.order_id.clone()])) {
             tracing::debug!(error = %e, "the settler's scan will find this order");
         }
         Ok(reply)
+    }
+
+    /// Waits until the read nodes have replayed everything the primary has so far (above all
+    /// the schema the migrations just made), through the replication actor's fences. `false`: not
+    /// within `timeout` (the replica is down or far behind); reads answer `unavailable` and events
+    /// wait until it has.
+    pub async fn await_replica(&self, timeout: std::time::Duration) -> bool {
+        crate::replication::await_replay(&self.ctx.replication, std::time::Instant::now() + timeout)
+            .await
     }
 
     /// `orders.admin.trace`: the order's whole story.
@@ -426,6 +470,7 @@ impl Hub {
     /// Stops every actor: orders first, then the pipeline. Unpublished events stay in the outbox
     /// for the next start.
     pub async fn stop(self) {
+        self.backlog_watch.abort();
         self.supervisor
             .stop_children_and_wait(None, Some(Duration::from_secs(5)))
             .await;

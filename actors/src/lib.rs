@@ -5,6 +5,8 @@
 //! The pipeline, as each module depends only on those before it:
 //!
 //! - [`protocol`]: the wire contract, once: subjects, request validation, replies, events, errors.
+//! - [`lifecycle`]: the order's state machine as one table: triggers, moves, the events they
+//!   emit, the settled rule.
 //! - [`wal`]: Postgres WAL positions ([`wal::Lsn`]) and the probes of both nodes.
 //! - [`readset`]: the read nodes, and which of them serve reads and bound each event's fence.
 //! - [`store`]: the databases (primary, read set, auxiliary) and every read.
@@ -12,6 +14,8 @@
 //!   messages that carry events from stage to stage.
 //! - [`link`]: restart-proof handles on supervised actors.
 //! - [`partners`]: the configured partners and their `result_timeout`.
+//! - [`backlog`]: admission by the whole story: new orders wait while the built-in auxiliary
+//!   systems and the settler are behind.
 //! - [`writer`]: group commit: one transaction for the changes of many orders, and the release
 //!   step that records a published event in its order's status.
 //! - [`replication`]: ReplicationActor, which releases events once the read node has their data.
@@ -36,9 +40,11 @@
 //! Writer (marks it released: `dispatched`). A line, no loop back to the order actor.
 
 pub mod aux;
+pub mod backlog;
 pub mod context;
 pub mod deadline;
 pub mod hub;
+pub mod lifecycle;
 pub mod link;
 pub mod order;
 pub mod outbox;

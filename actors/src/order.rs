@@ -1,12 +1,14 @@
-//! OrderActor: the only writer of its order (registry name `order:<id>`). It decides every move of
-//! the state machine `accepted → dispatched → result_stored → notified [→ late_result_stored →
-//! late_notified]`: it stores the order, its result and a late result, each with the event that
-//! announces it, through its writer, which commits them
-//! with other orders' changes in one transaction. The two other statuses only record that such an
-//! event is out: `dispatched`, `notified` and `late_notified` are written by the release step (see
-//! [`crate::writer`]) when JetStream acknowledged the event, under a version check, so the order
-//! actor is not asked a second time. It stops once its order has a result and it is idle (or
-//! after being idle for long), and is reloaded from the primary when it is needed again.
+//! OrderActor (registry name `order:<id>`): the one that decides its order's moves. It takes the
+//! triggers that come from outside the pipeline — [`Trigger::Submit`], [`Trigger::Result`],
+//! [`Trigger::Timeout`] (told by the deadline actor) and [`Trigger::LateResult`] — checks each
+//! against [`crate::lifecycle`], and hands the change with the event that announces it to its
+//! writer, which commits it with other orders' changes in one transaction.
+//!
+//! The other three triggers only record that an event is out (`dispatched`, `notified`,
+//! `late_notified`): the writer's release step applies them when JetStream acknowledged the event,
+//! with the same table's conditions, so the order actor is not asked a second time. The actor
+//! stops once its order has a result and it is idle (or after being idle for long), and is
+//! reloaded from the primary when it is needed again.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,11 +19,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde_json::json;
 
 use crate::context::Context;
+use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::protocol::{
-    ApiError, EventKind, OrderStatus, Outcome, ResultRequest, SubmitReply, SubmitRequest,
-    TIMEOUT_RESULT_ID,
+    ApiError, OrderStatus, Outcome, ResultRequest, SubmitReply, SubmitRequest, TIMEOUT_RESULT_ID,
 };
+use crate::replication::await_replay;
 use crate::store::StoreError;
 use crate::writer::{WriteOp, WriteOutcome, WriterMsg};
 
@@ -150,13 +153,6 @@ impl Actor for OrderActor {
     }
 }
 
-/// What a repeated write found already stored.
-#[derive(Clone, Copy)]
-enum Kept {
-    Result,
-    Late,
-}
-
 /// How long a repeated write waits for the read node to have what it found (see
 /// [`OrderState::on_replica`]).
 const REPEAT_CONFIRM_WITHIN: Duration = Duration::from_millis(1300);
@@ -164,6 +160,28 @@ const REPEAT_CONFIRM_WITHIN: Duration = Duration::from_millis(1300);
 const DATABASE_RETRY_AFTER_MS: u64 = 1_000;
 
 impl OrderState {
+    /// The event that announces `trigger`'s move of `order` (see [`lifecycle::TABLE`]).
+    fn announce(
+        &self,
+        trigger: Trigger,
+        order: &orders::Model,
+        result: Option<&order_results::Model>,
+        now: chrono::DateTime<Utc>,
+    ) -> PendingEvent {
+        let t = lifecycle::transition(trigger);
+        let kind = t
+            .emits
+            .expect("the order actor's triggers each emit an event (a test of the table)");
+        PendingEvent::new(kind, &self.ctx.subjects, order, t.to.version(), result, now)
+    }
+
+    /// Where the order is, as this actor holds it; `None`: no order under this id.
+    fn status(&self) -> Option<OrderStatus> {
+        self.order
+            .as_ref()
+            .and_then(|o| OrderStatus::parse(&o.status))
+    }
+
     /// Hands `op` to the order's writer; `confirm`: a client waits for the answer, so it comes
     /// only once the replica has the commit (when the hub acknowledges after the replica).
     async fn write(&self, op: WriteOp, confirm: bool) -> Result<WriteOutcome, ApiError> {
@@ -206,31 +224,25 @@ impl OrderState {
         }
     }
 
-    /// With `ack_after = "replica"`, waits (up to [`REPEAT_CONFIRM_WITHIN`]) until the read node
-    /// has this order's result or late result before a repeated write is answered: what this
-    /// actor holds was read from the primary, where a commit the replica never confirmed (its
-    /// first answer was `unavailable`) is visible too, and may be lost with the primary.
-    async fn on_replica(&self, kept: Kept) -> Result<(), ApiError> {
-        if !self.ctx.ack_after_replica {
+    /// With `ack_after = "replica"`, waits (up to [`REPEAT_CONFIRM_WITHIN`]) until the read
+    /// nodes have everything the primary had when a repeated write is answered: what this actor
+    /// holds was read from the primary, where a commit the replica never confirmed (its first
+    /// answer was `unavailable`) is visible too, and may be lost with the primary.
+    async fn on_replica(&self) -> Result<(), ApiError> {
+        if !self.ctx.ack_after_replica
+            || await_replay(
+                &self.ctx.replication,
+                Instant::now() + REPEAT_CONFIRM_WITHIN,
+            )
+            .await
+        {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + REPEAT_CONFIRM_WITHIN;
-        loop {
-            let found = match kept {
-                Kept::Result => self.ctx.db.result(&self.id).await.map(|r| r.is_some()),
-                Kept::Late => self.ctx.db.late_result(&self.id).await.map(|r| r.is_some()),
-            };
-            if matches!(found, Ok(true)) {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(ApiError::unavailable(
-                    "committed on the primary, but the replica has not confirmed it yet; retry \
-                     with the same key",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        Err(ApiError::unavailable(
+            "committed on the primary, but the replica has not confirmed it yet; retry with the \
+             same key",
+        )
+        .retry_after(DATABASE_RETRY_AFTER_MS))
     }
 
     async fn reload(&mut self) -> Result<(), ApiError> {
@@ -258,6 +270,9 @@ impl OrderState {
 
     async fn submit(&mut self, req: SubmitRequest) -> Result<SubmitReply, ApiError> {
         let now = Utc::now();
+        let accepted = lifecycle::check(Trigger::Submit, self.status()).map_err(|_| {
+            ApiError::unavailable("an order with this id is already live; retry the submit")
+        })?;
         let order = orders::Model {
             id: self.id.clone(),
             user_id: req.user_id,
@@ -268,25 +283,23 @@ impl OrderState {
             currency: req.currency,
             items: req.items,
             payload: req.payload,
-            status: OrderStatus::Accepted.as_str().into(),
-            version: OrderStatus::Accepted.version(),
+            status: accepted.as_str().into(),
+            version: accepted.version(),
             result_deadline: None,
             settled_at: None,
             created_at: now,
             updated_at: now,
+            dispatched_at: None,
+            result_stored_at: None,
+            notified_at: None,
+            late_result_stored_at: None,
+            late_notified_at: None,
         };
-        let event = PendingEvent::new(
-            EventKind::Stored,
-            &self.ctx.subjects,
-            &order,
-            order.version,
-            None,
-            now,
-        );
+        let event = self.announce(Trigger::Submit, &order, None, now);
         match self
             .write(
                 WriteOp::InsertOrder {
-                    order: order.clone(),
+                    order: Box::new(order.clone()),
                     event,
                 },
                 true,
@@ -324,13 +337,19 @@ impl OrderState {
             if let Some(existing) = &self.result {
                 if existing.result_id != TIMEOUT_RESULT_ID {
                     let reply = answer_second_result(&self.id, existing, &req)?;
-                    self.on_replica(Kept::Result).await?;
+                    self.on_replica().await?;
                     return Ok(reply);
                 }
                 return self.record_late_result(&order, req).await;
             }
+            if lifecycle::check(Trigger::Result, self.status()).is_err() {
+                // What this actor holds is behind the primary: look again.
+                self.reload().await?;
+                continue;
+            }
             match self
                 .store_result(
+                    Trigger::Result,
                     &order,
                     req.result_id.clone(),
                     req.outcome,
@@ -366,31 +385,33 @@ impl OrderState {
     ) -> Result<SubmitReply, ApiError> {
         let late_reply = |duplicate| SubmitReply {
             order_id: self.id.clone(),
-            status: OrderStatus::LateResultStored.as_str().into(),
+            status: lifecycle::transition(Trigger::LateResult)
+                .to
+                .as_str()
+                .into(),
             duplicate,
         };
         if let Some(existing) = &self.late {
             let reply = answer_second_late(&self.id, existing, &req)?;
-            self.on_replica(Kept::Late).await?;
+            self.on_replica().await?;
             return Ok(late_reply(reply.duplicate));
+        }
+        if !self.status().is_some_and(lifecycle::takes_late_result) {
+            return Err(ApiError::unavailable(
+                "the order kept changing under this late result; retry",
+            ));
         }
         let now = Utc::now();
         let late = order_results::Model {
             order_id: self.id.clone(),
+            late: true,
             result_id: req.result_id.clone(),
             outcome: req.outcome.as_str().into(),
             partner_ref: req.partner_ref.clone(),
             detail: req.detail.clone(),
             received_at: now,
         };
-        let event = PendingEvent::new(
-            EventKind::Late,
-            &self.ctx.subjects,
-            order,
-            OrderStatus::LateResultStored.version(),
-            Some(&late),
-            now,
-        );
+        let event = self.announce(Trigger::LateResult, order, Some(&late), now);
         match self
             .write(
                 WriteOp::StoreLateResult {
@@ -419,11 +440,11 @@ impl OrderState {
         }
     }
 
-    /// Commits a result and the order's move to `result_stored` (version 3) from whichever status
-    /// before it the order is in: a result that overtakes the `dispatched` mark still leaves
-    /// version 3.
+    /// Commits a result and the order's move to `result_stored`: `trigger` is the partner's
+    /// [`Trigger::Result`] or the hub's [`Trigger::Timeout`].
     async fn store_result(
         &mut self,
+        trigger: Trigger,
         order: &orders::Model,
         result_id: String,
         outcome: Outcome,
@@ -433,23 +454,17 @@ impl OrderState {
         let now = Utc::now();
         let result = order_results::Model {
             order_id: self.id.clone(),
+            late: false,
             result_id,
             outcome: outcome.as_str().into(),
             partner_ref,
             detail,
             received_at: now,
         };
-        let status = OrderStatus::ResultStored;
-        let event = PendingEvent::new(
-            EventKind::ResultStored,
-            &self.ctx.subjects,
-            order,
-            status.version(),
-            Some(&result),
-            now,
-        );
+        let status = lifecycle::transition(trigger).to;
+        let event = self.announce(trigger, order, Some(&result), now);
         // The hub's own timeout has nobody waiting for it.
-        let confirm = result.result_id != TIMEOUT_RESULT_ID;
+        let confirm = trigger == Trigger::Result;
         let outcome = self
             .write(
                 WriteOp::StoreResult {
@@ -478,7 +493,7 @@ impl OrderState {
         let Some(order) = self.order.clone() else {
             return;
         };
-        let due = order.status == OrderStatus::Dispatched.as_str()
+        let due = lifecycle::check(Trigger::Timeout, self.status()).is_ok()
             && self.result.is_none()
             && order.result_deadline.is_some_and(|d| d <= Utc::now());
         if !due {
@@ -488,6 +503,7 @@ impl OrderState {
         let detail = json!({"reason": format!("partner `{}` did not answer within {}s", order.partner_id, timeout.as_secs())});
         match self
             .store_result(
+                Trigger::Timeout,
                 &order,
                 TIMEOUT_RESULT_ID.into(),
                 Outcome::Timeout,
@@ -604,12 +620,18 @@ mod tests {
             settled_at: None,
             created_at: now,
             updated_at: now,
+            dispatched_at: None,
+            result_stored_at: None,
+            notified_at: None,
+            late_result_stored_at: None,
+            late_notified_at: None,
         }
     }
 
     fn result(result_id: &str, outcome: &str) -> order_results::Model {
         order_results::Model {
             order_id: "o-1".into(),
+            late: false,
             result_id: result_id.into(),
             outcome: outcome.into(),
             partner_ref: Some("PNR".into()),

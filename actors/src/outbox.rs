@@ -188,6 +188,11 @@ mod tests {
             settled_at: None,
             created_at: now,
             updated_at: now,
+            dispatched_at: None,
+            result_stored_at: None,
+            notified_at: None,
+            late_result_stored_at: None,
+            late_notified_at: None,
         }
     }
 

@@ -7,7 +7,7 @@ use crate::protocol::{
     ApiError, AuxView, ListReply, OrderReply, OrderView, QueryAnswer, QueryReply, QueryRequest,
     ResultView, rfc3339,
 };
-use crate::store::{Db, StoreError};
+use crate::store::{Db, Results, StoreError};
 
 /// `orders.partner.<partner_id>.get`: one of the partner's orders.
 pub async fn partner_get(
@@ -32,16 +32,9 @@ pub async fn query(db: &Db, request: QueryRequest) -> Result<QueryAnswer, ApiErr
             let Some(order) = order.filter(|o| o.user_id == user_id) else {
                 return Err(ApiError::not_found(&order_id));
             };
-            let (result, late, aux) = tokio::join!(
-                db.result(&order_id),
-                db.late_result(&order_id),
-                db.aux_records(&order_id)
-            );
-            let (result, late, aux) = (
-                result.map_err(read_failed)?,
-                late.map_err(read_failed)?,
-                aux.map_err(read_failed)?,
-            );
+            let (results, aux) = tokio::join!(db.results(&order_id), db.aux_records(&order_id));
+            let (Results { result, late }, aux) =
+                (results.map_err(read_failed)?, aux.map_err(read_failed)?);
             Ok(QueryAnswer::One(Box::new(QueryReply {
                 settled_at: order.settled_at.as_ref().map(rfc3339),
                 order: OrderView::from(order),

@@ -10,10 +10,12 @@
 //! periodic scan of unsettled orders makes up for any hint lost to a crash or a restart.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::backlog::Backlog;
 use crate::outbox::{PendingEvent, SettleCheck};
 use crate::protocol::Subjects;
 use crate::store::{Db, StoreError};
@@ -57,6 +59,8 @@ pub struct SettlerArgs {
     /// Every configured auxiliary system, built-in and external.
     pub systems: Vec<String>,
     pub writers: WriterPool,
+    /// Told how many orders this settler holds unchecked.
+    pub backlog: Arc<Backlog>,
 }
 
 pub struct SettlerState {
@@ -64,6 +68,7 @@ pub struct SettlerState {
     subjects: Subjects,
     systems: Vec<String>,
     writers: WriterPool,
+    backlog: Arc<Backlog>,
     pending: HashSet<String>,
     flush_scheduled: bool,
     /// Where the scan goes on from.
@@ -86,6 +91,7 @@ impl Actor for Settler {
             subjects: args.subjects,
             systems: args.systems,
             writers: args.writers,
+            backlog: args.backlog,
             pending: HashSet::new(),
             flush_scheduled: false,
             scan_after: None,
@@ -137,6 +143,7 @@ impl Actor for Settler {
                 myself.send_after(SCAN_EVERY, || SettleMsg::Scan);
             }
         }
+        state.backlog.settler_holds(state.pending.len());
         Ok(())
     }
 }

@@ -33,7 +33,8 @@ pub async fn trace(
     let Some(state) = db.order_on_primary(order_id).await.map_err(unavailable)? else {
         return Err(ApiError::not_found(order_id));
     };
-    let (transitions, rows) = db.story(order_id).await.map_err(unavailable)?;
+    let rows = db.events_of(order_id).await.map_err(unavailable)?;
+    let transitions = crate::store::transition_times(&state.order);
     let aux = db.aux_records(order_id).await.map_err(|e| {
         tracing::warn!(error = %e, "trace read failed");
         ApiError::unavailable("the auxiliary database is not available; retry later")
@@ -96,10 +97,10 @@ pub async fn trace(
         late_result: state.late.map(ResultView::from),
         transitions: transitions
             .into_iter()
-            .map(|t| TransitionView {
-                version: t.version,
-                status: t.status,
-                at: rfc3339(&t.at),
+            .map(|(status, at)| TransitionView {
+                version: status.version(),
+                status: status.as_str().to_owned(),
+                at: rfc3339(&at),
             })
             .collect(),
         events,

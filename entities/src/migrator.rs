@@ -1,14 +1,17 @@
 //! Migrations for both databases, applied in order and recorded in `orderhub_migrations`.
 //!
-//! Each step is idempotent (`IF NOT EXISTS`), so several hub instances starting at once against the
-//! same Postgres converge instead of failing.
+//! Each step is literal SQL per backend, in `entities/migrations/<database>/<step>.<backend>.sql`,
+//! frozen as it was written: a later change to an entity is a new step, never an edit of an old
+//! one, so a database made by any earlier release migrates to today's schema.
+//!
+//! A step runs in one transaction together with its ledger row; on Postgres that transaction first
+//! takes an advisory lock, and on SQLite it begins `IMMEDIATE` (the single writer), so of several
+//! hub instances starting at once against one database exactly one applies each step and the
+//! others find it recorded.
 
-use sea_orm::sea_query::{Index, TableCreateStatement};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Schema};
-
-use crate::constraints;
-use crate::entity::{
-    aux_records, order_late_results, order_results, order_transitions, orders, outbox,
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
 
 /// What `migrate` reports when it cannot bring a database up to date.
@@ -21,60 +24,78 @@ pub enum MigrationError {
         #[source]
         source: DbErr,
     },
+    /// [`Migrator::up_to`] was asked for a step the order database does not have.
+    #[error("no migration step `{0}`")]
+    UnknownStep(String),
 }
 
-/// One migration: a name and the statements that make it.
+/// One migration: its name in the ledger and its SQL for each backend.
 struct Step {
     name: &'static str,
-    build: fn(DbBackend) -> Vec<Sql>,
+    sqlite: &'static str,
+    postgres: &'static str,
 }
 
-/// A statement of a step.
-enum Sql {
-    Run(String),
-    /// `ALTER TABLE … ADD COLUMN`, skipped when the column exists: step 0001 builds its tables
-    /// from the current entities, so a fresh database has the column already.
-    AddColumn {
-        table: &'static str,
-        column: &'static str,
-        sql: String,
-    },
+impl Step {
+    fn sql(&self, backend: DbBackend) -> &'static str {
+        match backend {
+            DbBackend::Postgres => self.postgres,
+            _ => self.sqlite,
+        }
+    }
+}
+
+/// The step `$name` of database `$db`: `migrations/$db/$name.sqlite.sql` and `.postgres.sql`.
+macro_rules! step {
+    ($db:literal, $name:literal) => {
+        Step {
+            name: $name,
+            sqlite: include_str!(concat!("../migrations/", $db, "/", $name, ".sqlite.sql")),
+            postgres: include_str!(concat!("../migrations/", $db, "/", $name, ".postgres.sql")),
+        }
+    };
 }
 
 const ORDER_STEPS: &[Step] = &[
-    Step {
-        name: "0001_orders_results_outbox",
-        build: order_schema,
-    },
-    Step {
-        name: "0002_transitions_late_results_settled",
-        build: story_schema,
-    },
-    Step {
-        name: "0003_unsettled_by_id",
-        build: unsettled_by_id,
-    },
-    Step {
-        name: "0004_pending_by_partner",
-        build: pending_by_partner,
-    },
+    step!("orders", "0001_orders_results_outbox"),
+    step!("orders", "0002_transitions_late_results_settled"),
+    step!("orders", "0003_unsettled_by_id"),
+    step!("orders", "0004_pending_by_partner"),
+    step!("orders", "0005_story_in_the_order"),
 ];
 
-const AUX_STEPS: &[Step] = &[Step {
-    name: "0001_aux_records",
-    build: aux_schema,
-}];
+const AUX_STEPS: &[Step] = &[step!("aux", "0001_aux_records")];
+
+/// The ledger of applied steps, the same in every release.
+const LEDGER: &str = "CREATE TABLE IF NOT EXISTS orderhub_migrations \
+                      (name VARCHAR(128) PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
+
+/// The Postgres advisory lock every migration transaction takes ("orderhub" in ASCII).
+const PG_LOCK: i64 = 0x6f72_6465_7268_7562;
 
 /// Applies the migrations of the order database and of the auxiliary database.
 pub struct Migrator;
 
 impl Migrator {
-    /// Brings the order database (primary) up to date.
+    /// Brings the order database (primary) up to date. Returns the steps it applied.
     pub async fn up(db: &DatabaseConnection) -> Result<Vec<&'static str>, MigrationError> {
         apply(db, ORDER_STEPS).await
     }
 
-    /// Brings the auxiliary database up to date.
+    /// Brings the order database up to step `last` (included) and no further: a database as the
+    /// release that ended with `last` left it.
+    pub async fn up_to(
+        db: &DatabaseConnection,
+        last: &str,
+    ) -> Result<Vec<&'static str>, MigrationError> {
+        let end = ORDER_STEPS
+            .iter()
+            .position(|s| s.name == last)
+            .ok_or_else(|| MigrationError::UnknownStep(last.to_owned()))?;
+        apply(db, &ORDER_STEPS[..=end]).await
+    }
+
+    /// Brings the auxiliary database up to date. Returns the steps it applied.
     pub async fn up_aux(db: &DatabaseConnection) -> Result<Vec<&'static str>, MigrationError> {
         apply(db, AUX_STEPS).await
     }
@@ -84,226 +105,68 @@ async fn apply(
     db: &DatabaseConnection,
     steps: &[Step],
 ) -> Result<Vec<&'static str>, MigrationError> {
-    let backend = db.get_database_backend();
-    let ledger = "CREATE TABLE IF NOT EXISTS orderhub_migrations \
-                  (name VARCHAR(128) PRIMARY KEY, applied_at VARCHAR(64) NOT NULL)";
-    db.execute_unprepared(ledger)
-        .await
-        .map_err(|source| MigrationError::Step {
-            step: "ledger",
-            source,
-        })?;
     let mut applied = Vec::new();
     for step in steps {
-        let done = db
-            .query_one_raw(sea_orm::Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    DbBackend::Postgres => "SELECT name FROM orderhub_migrations WHERE name = $1",
-                    _ => "SELECT name FROM orderhub_migrations WHERE name = ?",
-                },
-                [step.name.into()],
-            ))
-            .await
-            .map_err(|source| MigrationError::Step {
-                step: step.name,
-                source,
-            })?
-            .is_some();
-        if done {
+        let failed = |source| MigrationError::Step {
+            step: step.name,
+            source,
+        };
+        let txn = locked(db).await.map_err(failed)?;
+        if recorded(&txn, step.name).await.map_err(failed)? {
+            txn.commit().await.map_err(failed)?;
             continue;
         }
-        for sql in (step.build)(backend) {
-            let sql = match sql {
-                Sql::Run(sql) => sql,
-                Sql::AddColumn { table, column, sql } => {
-                    if has_column(db, table, column).await.map_err(|source| {
-                        MigrationError::Step {
-                            step: step.name,
-                            source,
-                        }
-                    })? {
-                        continue;
-                    }
-                    sql
-                }
-            };
-            db.execute_unprepared(&sql)
-                .await
-                .map_err(|source| MigrationError::Step {
-                    step: step.name,
-                    source,
-                })?;
-        }
-        let record = format!(
-            "INSERT INTO orderhub_migrations (name, applied_at) VALUES ('{}', '{}') \
-             ON CONFLICT (name) DO NOTHING",
-            step.name,
-            chrono::Utc::now().to_rfc3339()
-        );
-        db.execute_unprepared(&record)
+        txn.execute_unprepared(step.sql(db.get_database_backend()))
             .await
-            .map_err(|source| MigrationError::Step {
-                step: step.name,
-                source,
-            })?;
+            .map_err(failed)?;
+        record(&txn, step.name).await.map_err(failed)?;
+        txn.commit().await.map_err(failed)?;
         tracing::info!(step = step.name, "migration applied");
         applied.push(step.name);
     }
     Ok(applied)
 }
 
-async fn has_column(db: &DatabaseConnection, table: &str, column: &str) -> Result<bool, DbErr> {
-    let backend = db.get_database_backend();
+/// A transaction no other migrating instance runs at the same time, with the ledger in place.
+async fn locked(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({PG_LOCK})"))
+            .await?;
+    }
+    txn.execute_unprepared(LEDGER).await?;
+    Ok(txn)
+}
+
+async fn recorded(txn: &DatabaseTransaction, name: &str) -> Result<bool, DbErr> {
+    let backend = txn.get_database_backend();
     let sql = match backend {
-        DbBackend::Postgres => {
-            "SELECT 1 AS present FROM information_schema.columns \
-                                WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
-        }
-        _ => "SELECT 1 AS present FROM pragma_table_info(?) WHERE name = ?",
+        DbBackend::Postgres => "SELECT name FROM orderhub_migrations WHERE name = $1",
+        _ => "SELECT name FROM orderhub_migrations WHERE name = ?",
     };
-    Ok(db
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            backend,
-            sql,
-            [table.into(), column.into()],
-        ))
+    Ok(txn
+        .query_one_raw(Statement::from_sql_and_values(backend, sql, [name.into()]))
         .await?
         .is_some())
 }
 
-fn create<E: EntityTrait>(backend: DbBackend, entity: E) -> Sql {
-    let mut table: TableCreateStatement = Schema::new(backend).create_table_from_entity(entity);
-    Sql::Run(backend.build(table.if_not_exists()).to_string())
-}
-
-fn index(backend: DbBackend, index: &sea_orm::sea_query::IndexCreateStatement) -> Sql {
-    Sql::Run(backend.build(index).to_string())
-}
-
-/// The order's whole story: each transition's time, the late result, and when it settled; and the
-/// index behind the partners' pending counts.
-fn story_schema(backend: DbBackend) -> Vec<Sql> {
-    use sea_orm::sea_query::{Alias, ColumnDef, Table};
-    let settled_at = Table::alter()
-        .table(orders::Entity)
-        .add_column(
-            ColumnDef::new(Alias::new("settled_at"))
-                .timestamp_with_time_zone()
-                .null(),
-        )
-        .to_owned();
-    vec![
-        create(backend, order_transitions::Entity),
-        create(backend, order_late_results::Entity),
-        Sql::AddColumn {
-            table: "orders",
-            column: "settled_at",
-            sql: backend.build(&settled_at).to_string(),
-        },
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_unsettled")
-                .table(orders::Entity)
-                .col(orders::Column::SettledAt)
-                .col(orders::Column::Version),
-        ),
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_open")
-                .table(orders::Entity)
-                .col(orders::Column::Version)
-                .col(orders::Column::PartnerId),
-        ),
-    ]
-}
-
-/// The settler's scan pages through unsettled orders by id: an index on `(settled_at, id)` serves
-/// it in order and stops at the page's end, where `(settled_at, version)` made it sort every
-/// unsettled order first (0.6 s at 130,000 of them on SQLite).
-fn unsettled_by_id(backend: DbBackend) -> Vec<Sql> {
-    vec![
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_unsettled_by_id")
-                .table(orders::Entity)
-                .col(orders::Column::SettledAt)
-                .col(orders::Column::Id),
-        ),
-        Sql::Run("DROP INDEX IF EXISTS ix_orders_unsettled".into()),
-    ]
-}
-
-/// The partners' pending counts read `(partner_id, version)`, one range per partner. An index led
-/// by `version`, as `ix_orders_open` was, also matched the `version = ?` of every conditional
-/// update by id: SQLite, which keeps no statistics, took it over the primary key and walked every
-/// order at that version (0.6 s per settlement batch at 260,000 orders, and growing).
-fn pending_by_partner(backend: DbBackend) -> Vec<Sql> {
-    vec![
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_pending")
-                .table(orders::Entity)
-                .col(orders::Column::PartnerId)
-                .col(orders::Column::Version),
-        ),
-        Sql::Run("DROP INDEX IF EXISTS ix_orders_open".into()),
-    ]
-}
-
-fn order_schema(backend: DbBackend) -> Vec<Sql> {
-    vec![
-        create(backend, orders::Entity),
-        create(backend, order_results::Entity),
-        create(backend, outbox::Entity),
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name(constraints::ORDERS_USER_REQUEST)
-                .table(orders::Entity)
-                .col(orders::Column::UserId)
-                .col(orders::Column::RequestId)
-                .unique(),
-        ),
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_user_id")
-                .table(orders::Entity)
-                .col(orders::Column::UserId)
-                .col(orders::Column::Id),
-        ),
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_orders_deadline")
-                .table(orders::Entity)
-                .col(orders::Column::Status)
-                .col(orders::Column::ResultDeadline),
-        ),
-        index(
-            backend,
-            Index::create()
-                .if_not_exists()
-                .name("ix_outbox_unpublished")
-                .table(outbox::Entity)
-                .col(outbox::Column::PublishedAt)
-                .col(outbox::Column::Id),
-        ),
-    ]
-}
-
-fn aux_schema(backend: DbBackend) -> Vec<Sql> {
-    vec![create(backend, aux_records::Entity)]
+async fn record(txn: &DatabaseTransaction, name: &str) -> Result<(), DbErr> {
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "INSERT INTO orderhub_migrations (name, applied_at) VALUES ($1, $2)",
+        _ => "INSERT INTO orderhub_migrations (name, applied_at) VALUES (?, ?)",
+    };
+    let at = chrono::Utc::now().to_rfc3339();
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [name.into(), at.into()],
+    ))
+    .await?;
+    Ok(())
 }

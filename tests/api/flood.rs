@@ -1,10 +1,11 @@
-//! Abuse by volume (DESIGN.md §3 "Bounded memory"): a flood of requests, half of them malformed,
-//! from several connections; and the in-flight cap answering `unavailable`.
+//! Abuse by volume (`docs/protocol.md`, "Guarantees", "Bounded memory"): a flood of requests, half
+//! of them malformed, from several connections; and the in-flight cap answering `unavailable`.
 //!
 //! The flood runs against a hub in its own process (`orderhub serve`), so that its memory can be
 //! read from `/proc/<pid>/status` without the noise of the other tests, which share this test
 //! binary's process and run in parallel with it.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -229,11 +230,22 @@ impl Counts {
     }
 }
 
-/// What the flood sent and got back, per endpoint.
+/// What the flood sent and got back, per endpoint, and the ids of the orders it stored.
 #[derive(Debug, Default)]
 struct Tally {
     submit: Counts,
     query: Counts,
+    stored: OrderIds,
+}
+
+/// The ids of the orders a flood stored; shown as their number.
+#[derive(Default)]
+struct OrderIds(Vec<String>);
+
+impl std::fmt::Debug for OrderIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} orders", self.0.len())
+    }
 }
 
 impl Tally {
@@ -248,6 +260,7 @@ impl Tally {
     fn add(&mut self, t: &Tally) {
         self.submit.add(&t.submit);
         self.query.add(&t.query);
+        self.stored.0.extend_from_slice(&t.stored.0);
     }
 }
 
@@ -292,6 +305,7 @@ async fn send(client: Client, conn: usize, range: std::ops::Range<usize>) -> Tal
         .collect::<Vec<_>>()
         .await;
     let mut tally = Tally::default();
+    let mut stored = Vec::new();
     for (bad, subject, reply) in answers {
         let counts = tally.of(subject);
         counts.sent += 1;
@@ -319,6 +333,7 @@ async fn send(client: Client, conn: usize, range: std::ops::Range<usize>) -> Tal
                 if subject == "orders.submit" {
                     assert_eq!(body["status"], "accepted", "{body}");
                     assert_eq!(body["duplicate"], false, "{body}");
+                    stored.push(body["order_id"].as_str().expect("order_id").to_owned());
                 } else {
                     assert!(body["orders"].is_array(), "{body}");
                 }
@@ -326,6 +341,7 @@ async fn send(client: Client, conn: usize, range: std::ops::Range<usize>) -> Tal
             }
         }
     }
+    tally.stored = OrderIds(stored);
     tally
 }
 
@@ -486,6 +502,15 @@ async fn a_flood_half_malformed_is_answered_and_memory_returns_to_baseline() {
         "one order per accepted submit"
     );
     Probe(&operator).wait_messages(2 * orders).await;
+    // Per order, so that a missing event and a second one elsewhere do not cancel out.
+    let per_order = events_per_order(&stream_subjects(&nats.client("hub").await).await);
+    let accepted: HashSet<&String> = warm.stored.0.iter().chain(&tally.stored.0).collect();
+    assert_eq!(
+        accepted.len() as u64,
+        orders,
+        "one order id per accepted submit"
+    );
+    assert_once_per_order(&per_order, accepted, &["stored", "result_stored"]);
 
     let exit = hub.terminate().await;
     assert!(exit.success(), "graceful exit after SIGTERM: {exit:?}");
@@ -715,6 +740,11 @@ async fn a_status_flood_is_answered_within_its_own_cap() {
     println!("status burst of {BURST}: {counts:?}");
     assert_eq!(counts.unanswered, 0, "every status request is answered");
     assert!(counts.ok > 0, "some status requests must be answered");
+    // The burst is far more than the cap lets in at once, so the cap refuses part of it.
+    assert!(
+        counts.unavailable > 0,
+        "a burst of {BURST} status requests meets the status cap: {counts:?}"
+    );
     // The hub received all of them and refused exactly those answered `unavailable`.
     assert_hub_counted(&operator, "status", &stats_before, &counts).await;
 }

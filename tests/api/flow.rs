@@ -1,5 +1,6 @@
-//! The order flow of DESIGN.md §1 end to end, driven as the gateway, a partner and an operator,
-//! on both backends: each `async fn x(hub)` runs as `sqlite::x` and `postgres::x`.
+//! The order flow of `docs/protocol.md` "Overview" end to end, driven as the gateway, a partner
+//! and an operator, on both backends: each `async fn x(hub)` runs as `sqlite::x` and
+//! `postgres::x`.
 //!
 //! On Postgres `get` and `query` read the streaming replica, so a read right after a write polls
 //! until the replica has it; every event carries `Orderhub-Commit-Lsn`.
@@ -560,7 +561,45 @@ async fn partner_timeout_closes_the_order(hub: TestHub) {
     )
     .await;
     assert_eq!(late.assert_ok()["status"], "late_result_stored");
-    // A second timeout never comes: the order keeps its one timeout result.
+
+    // A second timeout never comes. It would come from the deadline actor closing the order
+    // again: restarted, it has forgotten which orders it told and looks at once, and a later
+    // order's timeout shows that it has looked since. By then, and once every committed event is
+    // out, the gateway has had nothing of the order beyond its timeout result but its late event.
+    let operator = hub.client("operator").await;
+    restart_actor(&operator, "deadline").await;
+    let later = submit(&gateway, "u-9", "slow-2", "globex-hotels").await;
+    let consumer = durable(&gateway, "gateway").await;
+    let mut events: Vec<Value> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !events
+        .iter()
+        .any(|e| e["data"]["order_id"] == later.as_str() && e["data"]["outcome"] == "timeout")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the later order timed out: {events:?}"
+        );
+        let got = pull(&consumer, 10, Duration::from_millis(300)).await;
+        events.extend(got.iter().map(event));
+    }
+    outbox_drained(&operator, Duration::from_secs(15)).await;
+    events.extend(
+        drain(&consumer, Duration::from_secs(15))
+            .await
+            .iter()
+            .map(event),
+    );
+    let of_order: Vec<&str> = events
+        .iter()
+        .filter(|e| e["data"]["order_id"] == id.as_str())
+        .filter_map(|e| e["type"].as_str())
+        .collect();
+    assert_eq!(
+        of_order,
+        ["orderhub.order.late_result_stored"],
+        "after its timeout result, only the late result's event: {events:?}"
+    );
     let q = query_order(&gateway, &id, "u-9").await;
     assert_eq!(q.assert_ok()["result"]["result_id"], "orderhub-timeout");
 }

@@ -1,4 +1,4 @@
-//! Hostile input (DESIGN.md §2 "Errors"): a table of malformed, ill-typed, oversized and
+//! Hostile input (`docs/protocol.md`, "Errors"): a table of malformed, ill-typed, oversized and
 //! subject-breaking requests across every endpoint. Each is answered with the right code, both
 //! Services API headers and a JSON error body with a message; afterwards nothing exists that
 //! should not — no order, result, aux record, outbox row or event — and `$SRV.STATS` counted every

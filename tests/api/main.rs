@@ -2,6 +2,7 @@
 //! as each role of `nats.conf` would.
 
 mod accounts;
+mod backlog;
 mod bench;
 mod demo;
 mod examples;
@@ -10,6 +11,7 @@ mod flow;
 mod helpers;
 mod hostile;
 mod login;
+mod migrations;
 mod readset;
 mod replica;
 mod restart;

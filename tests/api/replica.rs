@@ -1,4 +1,4 @@
-//! The replica guarantees (README "Replica guarantees") on a real Postgres primary + streaming
+//! The replica guarantees (`docs/protocol.md`, "Guarantees") on a real Postgres primary + streaming
 //! replica: no event before the replica can serve its data, `status` says why events wait,
 //! everything flows once the replica is back, and a primary outage is answered `unavailable`
 //! promptly and survived without a restart. With `ack_after = "replica"` (the default) a write the
@@ -94,7 +94,8 @@ impl Rig {
     /// else waits: the replica only moves forward, so a later reading could cover an event
     /// released too early), and at or above `before` (the primary's position before the
     /// requests that caused the events); and (stored events) that the partner can `get` the order
-    /// at that moment. Returns each order's stream sequence.
+    /// at that moment; and that, once the hub has nothing left to publish, the consumer holds no
+    /// further event. Returns each order's stream sequence.
     async fn receive_fresh(
         &self,
         consumer: &PullConsumer,
@@ -164,6 +165,18 @@ impl Rig {
                 );
             }
         }
+        // Once the hub has published everything it committed, a second copy of any of these
+        // events would still be on the consumer.
+        outbox_drained(&self.operator, CATCH_UP).await;
+        let extra: Vec<String> = drain(consumer, CATCH_UP)
+            .await
+            .iter()
+            .map(|m| format!("{} {}", m.subject, event(m)["data"]["order_id"]))
+            .collect();
+        assert!(
+            extra.is_empty(),
+            "events beyond one per order of {want:?}: {extra:?}"
+        );
         seen
     }
 

@@ -1,5 +1,6 @@
-//! A hub killed with SIGKILL after accepting orders, then restarted on the same databases: every
-//! accepted order settles and the stream holds exactly one stored and one result event per order.
+//! A hub killed with SIGKILL after accepting orders, while some of their events are still
+//! unpublished, then restarted on the same databases: every accepted order settles and the stream
+//! holds exactly one stored and one result event per order.
 //! Also: SIGTERM in the middle of a stream of submits answers every one in flight, stores exactly
 //! the accepted ones and exits 0.
 
@@ -13,14 +14,39 @@ use tokio::process::Command;
 
 use crate::helpers::*;
 
+/// Messages the stream takes while the first hub runs in
+/// [`sigkill_with_events_unpublished_then_restart_settles_everything_once`]: fewer than the
+/// orders' stored events, so some of them are still in the outbox at the kill.
+const HELD_STREAM_LIMIT: i64 = 75;
+
 #[tokio::test]
-async fn sigkill_after_accepting_then_restart_settles_everything_once() {
+async fn sigkill_with_events_unpublished_then_restart_settles_everything_once() {
     init_logs();
     const ORDERS: usize = 150;
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut hub = spawn_hub(&nats, dir.path()).await;
     let gateway = nats.client("gateway").await;
+    let operator = nats.client("operator").await;
+    let hub_client = nats.client("hub").await;
+
+    // The stream takes only its first HELD_STREAM_LIMIT messages and refuses the rest, so the
+    // hub's later publishes fail and their events stay in its outbox.
+    let js = async_nats::jetstream::new(hub_client.clone());
+    let config = js
+        .get_stream(STREAM)
+        .await
+        .expect("stream")
+        .cached_info()
+        .config
+        .clone();
+    js.update_stream(async_nats::jetstream::stream::Config {
+        max_messages: HELD_STREAM_LIMIT,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        ..config.clone()
+    })
+    .await
+    .expect("limit the stream");
     let partner = run_partner(nats.client("partner-acme-air").await);
 
     let mut accepted = Vec::new();
@@ -44,9 +70,40 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
     for (r, user) in replies {
         accepted.push((r.assert_ok()["order_id"].as_str().unwrap().to_owned(), user));
     }
+
+    // Before the kill: the stream is full and events are still unpublished, so what the
+    // restarted hub does is finish the first one's work.
+    let stream_messages = || {
+        let js = js.clone();
+        async move {
+            js.get_stream(STREAM)
+                .await
+                .expect("stream")
+                .cached_info()
+                .state
+                .messages
+        }
+    };
+    eventually(
+        Duration::from_secs(30),
+        "the stream holds as many messages as it takes",
+        || async { (stream_messages().await == HELD_STREAM_LIMIT as u64).then_some(()) },
+    )
+    .await;
+    let s = status(&operator).await;
+    let unpublished = s["outbox_pending"].as_u64().expect("outbox_pending");
+    assert!(
+        unpublished >= ORDERS as u64 - HELD_STREAM_LIMIT as u64,
+        "at least the stored events the stream refused are in the outbox: {s}"
+    );
     hub.start_kill().expect("SIGKILL");
     hub.wait().await.expect("reaped");
+    assert!(
+        stream_messages().await < 2 * ORDERS as u64,
+        "work was unfinished at the kill"
+    );
 
+    js.update_stream(config).await.expect("lift the limit");
     let _hub = spawn_hub(&nats, dir.path()).await;
     for (id, user) in &accepted {
         let settled = eventually(
@@ -63,32 +120,13 @@ async fn sigkill_after_accepting_then_restart_settles_everything_once() {
     }
     partner.abort();
 
-    let hub_client = nats.client("hub").await;
+    outbox_drained(&operator, Duration::from_secs(30)).await;
     let messages = stream_subjects(&hub_client).await;
-    let mut per_order: HashMap<String, (usize, usize)> = HashMap::new();
-    for (subject, _) in &messages {
-        let id = subject.rsplit('.').next().unwrap().to_owned();
-        let e = per_order.entry(id).or_default();
-        if subject.starts_with("orders.events.stored.") {
-            e.0 += 1;
-        } else {
-            e.1 += 1;
-        }
-    }
-    let ids: HashSet<&String> = accepted.iter().map(|(id, _)| id).collect();
-    assert_eq!(
-        per_order.len(),
-        ORDERS,
-        "events for exactly the accepted orders"
+    assert_once_per_order(
+        &events_per_order(&messages),
+        accepted.iter().map(|(id, _)| id),
+        &["stored", "result_stored"],
     );
-    for (id, counts) in &per_order {
-        assert!(ids.contains(id), "event for an order nobody accepted: {id}");
-        assert_eq!(
-            *counts,
-            (1, 1),
-            "order {id}: one stored and one result event"
-        );
-    }
     assert_eq!(messages.len(), 2 * ORDERS);
 }
 

@@ -516,6 +516,27 @@ async fn two_hubs_settle_each_order_once() {
     // Both hubs had a chance to settle twice; the stream holds one settled event per order.
     let s = status(&operator).await;
     assert_eq!(s["outbox_pending"], 0, "{s}");
+    // Both hubs did the work: the endpoints share a queue group, so each instance took some of
+    // the submits, results and records, and each record hints its instance's settler.
+    let instances = every_instance(&operator, "STATS", 2).await;
+    for stats in &instances {
+        let handled = |endpoint: &str| {
+            stats["endpoints"]
+                .as_array()
+                .unwrap_or_else(|| panic!("stats: {stats}"))
+                .iter()
+                .find(|e| e["name"] == endpoint)
+                .and_then(|e| e["num_requests"].as_u64())
+                .unwrap_or(0)
+        };
+        for endpoint in ["submit", "partner_result", "aux_record"] {
+            assert!(
+                handled(endpoint) > 0,
+                "instance {} handled no {endpoint} request: {stats}",
+                stats["id"]
+            );
+        }
+    }
     let stream = stream_subjects(&hub.client("hub").await).await;
     let per_order = stream
         .iter()
@@ -633,6 +654,14 @@ async fn a_passivated_order_wakes_up_for_its_result_and_for_its_deadline() {
         (status(&operator).await["actors_live"] == 0).then_some(())
     })
     .await;
+    // Passivated while they wait: neither order has a result yet (the globex order's deadline is
+    // still ahead), so each actor stopped idle, not after closing its order.
+    for id in [&answered, &expiring] {
+        let q = query_order(&gateway, id, "u-p").await;
+        let q = q.assert_ok();
+        assert_eq!(q["order"]["status"], "dispatched", "{q}");
+        assert!(q["result"].is_null(), "{q}");
+    }
     request(
         &acme,
         "orders.partner.acme-air.result",

@@ -7,7 +7,7 @@
 //!
 //! Each test prints what its faults cost (run with `--nocapture`): the longest pause in accepted
 //! replies, the latency of the orders submitted during the fault, the lost orders of the
-//! `ack_after = "primary"` failover. The README quotes these figures.
+//! `ack_after = "primary"` failover. `docs/performance.md` quotes these figures.
 //!
 //! The tests run one at a time (see [`rig::one_at_a_time`]), in their own binary so that nothing
 //! else of the suite shares the machine with them. The slow variants carry

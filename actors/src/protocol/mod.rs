@@ -41,6 +41,16 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
+    /// Every status, in the order of their versions.
+    pub const ALL: [Self; 6] = [
+        Self::Accepted,
+        Self::Dispatched,
+        Self::ResultStored,
+        Self::Notified,
+        Self::LateResultStored,
+        Self::LateNotified,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Accepted => "accepted",
@@ -65,15 +75,6 @@ impl OrderStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Accepted,
-            Self::Dispatched,
-            Self::ResultStored,
-            Self::Notified,
-            Self::LateResultStored,
-            Self::LateNotified,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }

@@ -1,4 +1,5 @@
-//! Property tests of request decoding and validation (DESIGN.md §2), both ways:
+//! Property tests of request decoding and validation (`docs/protocol.md`, "Conventions" and
+//! "Requests and replies"), both ways:
 //!
 //! * every parser, fed arbitrary bytes, arbitrary JSON-ish values and near-valid bodies, never
 //!   panics, and accepts exactly the inputs the documented rules accept: an acceptance carries
@@ -7,7 +8,7 @@
 //! * bodies that keep every rule are accepted, and bodies that break exactly one rule are refused
 //!   with `invalid_request` naming that field.
 //!
-//! The rules are checked against oracles written here from the text of DESIGN.md, not by calling
+//! The rules are checked against oracles written here from the documented rules, not by calling
 //! the validation helpers under test (the body is decoded by a JSON reader of its own that keeps
 //! repeated keys). Bounded: [`CASES`] inputs per property (well under a minute in a debug build).
 

@@ -10,7 +10,8 @@
 //!
 //! Callers that must not be answered before the replica has their commit (`ack_after =
 //! "replica"`) ride along with their commit's events and are answered when its fence is passed,
-//! or told `unavailable` once their time is up.
+//! or told `unavailable` once their time is up. Every other wait for the replica joins the same
+//! fences through [`await_replay`]: a repeated answer, an auxiliary write, the hub's start.
 //!
 //! A periodic sweep hands over outbox rows nobody is carrying (left by a crash, a NATS outage, a
 //! primary outage, a restarted actor or a peer instance), oldest first; JetStream's `Nats-Msg-Id`
@@ -26,7 +27,7 @@ use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::link::Link;
-use crate::outbox::{Committed, PendingEvent, Released};
+use crate::outbox::{Committed, PendingEvent, Released, Waiter};
 use crate::protocol::ReplicaStatus;
 use crate::store::Db;
 use crate::wal::{PrimaryPosition, Replay, primary_position, replay_position};
@@ -79,6 +80,26 @@ impl TryFrom<ReplicationMsg> for Committed {
             _ => Err(()),
         }
     }
+}
+
+/// Waits until the read nodes have replayed everything committed on the primary before this
+/// call: the caller joins the replication actor's next fence, as the callers of a commit do, so
+/// every wait for the replica goes through one probe loop. `false` when the fence is not passed
+/// by `until`, or the replication actor is not running. Without a separate replica (SQLite, or
+/// reads from the primary) it returns `true` at once.
+pub async fn await_replay(replication: &Link<Committed>, until: Instant) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let waiter = Waiter {
+        until,
+        answer: Box::new(move |replayed| {
+            let _ = tx.send(replayed);
+        }),
+    };
+    let joined = replication.cast(Committed {
+        events: Vec::new(),
+        waiters: vec![waiter],
+    });
+    joined.is_ok() && rx.await.unwrap_or(false)
 }
 
 pub struct ReplicationActor;

@@ -1,7 +1,11 @@
 //! The statements of one group commit. Each kind of op goes out as one multi-row statement per
 //! chunk, and `RETURNING id` tells which rows it touched. In one transaction, in this order: new
-//! orders, results, late results, settlements, and the release marks of published events. Every
-//! status change also records its time in `order_transitions` (one row per version).
+//! orders, results, late results, settlements, and the release marks of published events.
+//!
+//! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
+//! statuses its trigger moves from, so a move that lost a race (a peer instance, a repeated
+//! release mark, a sweep) changes nothing. The move also sets the time of the status it reaches
+//! (`dispatched_at`, `result_stored_at`, …) in the same row: no row per transition.
 //!
 //! The ops of a batch concern distinct orders (an order actor awaits each write), except when an
 //! order actor gave up waiting (`write_timeout`) and its retry joined the first op in the same
@@ -13,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{order_late_results, order_results, order_transitions, orders, outbox};
-use sea_orm::sea_query::{Expr, OnConflict};
+use entities::{order_results, orders, outbox};
+use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -22,10 +26,11 @@ use sea_orm::{
 };
 
 use super::{WriteOp, WriteOutcome};
+use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
-use crate::store::by_key;
+use crate::store::{by_key, status_time_column};
 
 /// Rows per multi-row statement: well under SQLite's bind-parameter limit.
 const CHUNK: usize = 256;
@@ -61,7 +66,7 @@ pub(super) async fn commit(
     let ops = batch.ops;
     let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
     lock_orders(&txn, &existing_orders(&batch)).await?;
-    let mut events = insert_orders(&txn, ops, now, &mut outcomes).await?;
+    let mut events = insert_orders(&txn, ops, &mut outcomes).await?;
     events.extend(store_results(&txn, ops, now, &mut outcomes).await?);
     events.extend(store_late_results(&txn, ops, now, &mut outcomes).await?);
     let settled = settle(&txn, batch.settle, now).await?;
@@ -84,19 +89,19 @@ pub(super) async fn commit(
     })
 }
 
-/// New orders: one `INSERT … ON CONFLICT DO NOTHING RETURNING id` per chunk; an order whose id
-/// is missing lost to an existing idempotency key. Returns the events of the inserted orders.
+/// New orders ([`Trigger::Submit`]): one `INSERT … ON CONFLICT DO NOTHING RETURNING id` per
+/// chunk; an order whose id is missing lost to an existing idempotency key. Returns the events of
+/// the inserted orders.
 async fn insert_orders<'a>(
     txn: &DatabaseTransaction,
     ops: &'a [WriteOp],
-    now: DateTime<Utc>,
     outcomes: &mut [Option<WriteOutcome>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
     let inserts: Vec<(usize, &orders::Model, &PendingEvent)> = ops
         .iter()
         .enumerate()
         .filter_map(|(i, op)| match op {
-            WriteOp::InsertOrder { order, event } => Some((i, order, event)),
+            WriteOp::InsertOrder { order, event } => Some((i, order.as_ref(), event)),
             _ => None,
         })
         .collect();
@@ -132,58 +137,62 @@ async fn insert_orders<'a>(
             }
         }
     }
-    let ids: Vec<&str> = events.iter().map(|e| e.order_id.as_str()).collect();
-    record_transitions(txn, &ids, OrderStatus::Accepted, now).await?;
     Ok(events)
 }
 
-/// Results: each order moves to `result_stored` if it has no result yet (`accepted` or
-/// `dispatched`; one still `accepted` is recorded as `dispatched` too, so the chain stays strict).
-/// One that moved meanwhile either has a result already or is gone. Returns the events of the
-/// stored results.
+/// Results ([`Trigger::Result`], or [`Trigger::Timeout`] for the hub's own): each order moves to
+/// `result_stored` if it is where its trigger moves from. One that moved meanwhile either has a
+/// result already or is gone. An order that was still `accepted` gets its `dispatched_at` too, so
+/// its story has no gap. Returns the events of the stored results.
 async fn store_results<'a>(
     txn: &DatabaseTransaction,
     ops: &'a [WriteOp],
     now: DateTime<Utc>,
     outcomes: &mut [Option<WriteOutcome>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
-    let wanted: Vec<(usize, &order_results::Model, &PendingEvent)> = ops
-        .iter()
-        .enumerate()
-        .filter_map(|(i, op)| match op {
-            WriteOp::StoreResult { result, event } => Some((i, result, event)),
-            _ => None,
-        })
-        .collect();
-    let status = OrderStatus::ResultStored;
-    let mut stored = Vec::with_capacity(wanted.len());
-    let mut events = Vec::with_capacity(wanted.len());
-    for chunk in wanted.chunks(CHUNK) {
-        let mut stmt = orders::Entity::update_many()
-            .col_expr(orders::Column::Status, Expr::value(status.as_str()))
-            .col_expr(orders::Column::Version, Expr::value(status.version()))
-            .col_expr(orders::Column::UpdatedAt, Expr::value(now))
-            .filter(orders::Column::Version.lt(status.version()))
-            .filter(orders::Column::Id.is_in(chunk.iter().map(|(_, r, _)| r.order_id.clone())))
-            .into_query();
-        stmt.returning_col(orders::Column::Id);
-        let moved = returned_ids(txn, &stmt).await?;
-        for (i, result, event) in chunk {
-            if moved.contains(result.order_id.as_str()) {
-                outcomes[*i] = Some(WriteOutcome::Done);
-                stored.push(*result);
-                events.push(*event);
-                continue;
-            }
-            let existing = by_key(
-                order_results::Entity::find_by_id(result.order_id.clone()),
+    let mut by_trigger: HashMap<Trigger, Vec<(usize, &order_results::Model, &PendingEvent)>> =
+        HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        if let WriteOp::StoreResult { result, event } = op {
+            by_trigger
+                .entry(op.trigger())
+                .or_default()
+                .push((i, result, event));
+        }
+    }
+    let mut stored = Vec::new();
+    let mut events = Vec::new();
+    for (trigger, wanted) in by_trigger {
+        for chunk in wanted.chunks(CHUNK) {
+            let ids: Vec<&str> = chunk.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
+            let dispatched_at: SimpleExpr =
+                Func::coalesce([Expr::col(orders::Column::DispatchedAt), Expr::value(now)]).into();
+            let moved = move_orders(
                 txn,
+                &ids,
+                trigger,
+                &[(orders::Column::DispatchedAt, dispatched_at)],
+                now,
             )
             .await?;
-            outcomes[*i] = Some(match existing {
-                Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
-                None => WriteOutcome::Stale,
-            });
+            let moved: HashSet<&str> = moved.iter().map(String::as_str).collect();
+            for (i, result, event) in chunk {
+                if moved.contains(result.order_id.as_str()) {
+                    outcomes[*i] = Some(WriteOutcome::Done);
+                    stored.push(*result);
+                    events.push(*event);
+                    continue;
+                }
+                let existing = by_key(
+                    order_results::Entity::find_by_id((result.order_id.clone(), false)),
+                    txn,
+                )
+                .await?;
+                outcomes[*i] = Some(match existing {
+                    Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
+                    None => WriteOutcome::Stale,
+                });
+            }
         }
     }
     for chunk in stored.chunks(CHUNK) {
@@ -191,16 +200,13 @@ async fn store_results<'a>(
             .exec_without_returning(txn)
             .await?;
     }
-    let ids: Vec<&str> = stored.iter().map(|r| r.order_id.as_str()).collect();
-    record_transitions(txn, &ids, OrderStatus::Dispatched, now).await?;
-    record_transitions(txn, &ids, OrderStatus::ResultStored, now).await?;
     Ok(events)
 }
 
 /// Late results (the order actor checked that the order's result is the hub's timeout): each is
 /// inserted unless the order has one already. An order whose timeout result event is out
-/// (`notified`) moves to `late_result_stored` now; one still at `result_stored` moves when that
-/// event is released (see [`mark_released`]), so `notified` always comes first.
+/// (`notified`) moves to `late_result_stored` now ([`Trigger::LateResult`]); one still at
+/// `result_stored` moves when that event is released (see [`mark_released`]).
 async fn store_late_results<'a>(
     txn: &DatabaseTransaction,
     ops: &'a [WriteOp],
@@ -219,25 +225,18 @@ async fn store_late_results<'a>(
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
     for chunk in wanted.chunks(CHUNK) {
-        let mut stmt = order_late_results::Entity::insert_many(chunk.iter().map(|(_, r, _)| {
-            let r = (*r).clone();
-            order_late_results::Model {
-                order_id: r.order_id,
-                result_id: r.result_id,
-                outcome: r.outcome,
-                partner_ref: r.partner_ref,
-                detail: r.detail,
-                received_at: r.received_at,
-            }
-            .into_active_model()
-        }))
+        let mut stmt = order_results::Entity::insert_many(
+            chunk
+                .iter()
+                .map(|(_, r, _)| (*r).clone().into_active_model()),
+        )
         .on_conflict(
-            OnConflict::column(order_late_results::Column::OrderId)
+            OnConflict::columns([order_results::Column::OrderId, order_results::Column::Late])
                 .do_nothing()
                 .to_owned(),
         )
         .into_query();
-        stmt.returning_col(order_late_results::Column::OrderId);
+        stmt.returning_col(order_results::Column::OrderId);
         let rows = txn.query_all(&stmt).await?;
         let inserted: HashSet<String> = rows
             .iter()
@@ -253,32 +252,17 @@ async fn store_late_results<'a>(
                 continue;
             }
             let existing = by_key(
-                order_late_results::Entity::find_by_id(late.order_id.clone()),
+                order_results::Entity::find_by_id((late.order_id.clone(), true)),
                 txn,
             )
             .await?;
             outcomes[*i] = Some(match existing {
-                Some(e) => WriteOutcome::ResultExists(Box::new(order_results::Model {
-                    order_id: e.order_id,
-                    result_id: e.result_id,
-                    outcome: e.outcome,
-                    partner_ref: e.partner_ref,
-                    detail: e.detail,
-                    received_at: e.received_at,
-                })),
+                Some(e) => WriteOutcome::ResultExists(Box::new(e)),
                 None => WriteOutcome::Stale,
             });
         }
     }
-    move_orders(
-        txn,
-        &inserted_ids,
-        OrderStatus::Notified,
-        OrderStatus::LateResultStored,
-        None,
-        now,
-    )
-    .await?;
+    move_orders(txn, &inserted_ids, Trigger::LateResult, &[], now).await?;
     Ok(events)
 }
 
@@ -369,12 +353,10 @@ async fn settle<'a>(
 }
 
 /// The release step of published events: marks their outbox rows, and records the release in
-/// each order's status — `accepted → dispatched` (starting the partner's deadline) for a stored
-/// event, `result_stored → notified` for a result event (then on to `late_result_stored` if a late
-/// result is waiting), `late_result_stored → late_notified` for a late event. The order actor
-/// decided the change when it made the event; this step only records that the event is out, and
-/// the version conditions make a repeated mark (a sweep, a peer instance) a no-op. Returns the
-/// orders now `notified`.
+/// each order's status ([`Trigger::StoredOut`], which starts the partner's deadline;
+/// [`Trigger::ResultOut`], then [`Trigger::LateResult`] for an order whose late result is
+/// waiting; [`Trigger::LateOut`]). The order actor decided the change when it made the event;
+/// this step only records that the event is out. Returns the orders now `notified`.
 ///
 /// A late event can be out before its order is `late_result_stored`: the timeout's result event
 /// went out first, but its release is recorded elsewhere (a peer instance, or the sweep after a
@@ -401,55 +383,32 @@ async fn mark_released(
     }
     for (timeout, ids) in dispatched {
         let deadline = now + chrono::Duration::from_std(timeout).unwrap_or_default();
-        move_orders(
-            txn,
-            &ids,
-            OrderStatus::Accepted,
-            OrderStatus::Dispatched,
-            Some(deadline),
-            now,
-        )
-        .await?;
+        let deadline = [(orders::Column::ResultDeadline, Expr::value(deadline))];
+        move_orders(txn, &ids, Trigger::StoredOut, &deadline, now).await?;
     }
-    let notified = move_orders(
-        txn,
-        &notified,
-        OrderStatus::ResultStored,
-        OrderStatus::Notified,
-        None,
-        now,
-    )
-    .await?;
+    let notified = move_orders(txn, &notified, Trigger::ResultOut, &[], now).await?;
     // A late result stored while its timeout's result event was still on its way.
-    let mut waiting = Vec::new();
-    for chunk in notified.chunks(CHUNK) {
-        let rows = order_late_results::Entity::find()
-            .filter(order_late_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
-            .all(txn)
-            .await?;
-        waiting.extend(rows.into_iter().map(|r| r.order_id));
+    if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
+        let mut waiting = Vec::new();
+        for chunk in notified.chunks(CHUNK) {
+            waiting.extend(
+                order_results::Entity::find()
+                    .select_only()
+                    .column(order_results::Column::OrderId)
+                    .filter(order_results::Column::Late.eq(true))
+                    .filter(order_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
+                    .into_tuple::<String>()
+                    .all(txn)
+                    .await?,
+            );
+        }
+        let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
+        move_orders(txn, &waiting, then, &[], now).await?;
     }
-    let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
-    move_orders(
-        txn,
-        &waiting,
-        OrderStatus::Notified,
-        OrderStatus::LateResultStored,
-        None,
-        now,
-    )
-    .await?;
-    let moved: HashSet<String> = move_orders(
-        txn,
-        &late,
-        OrderStatus::LateResultStored,
-        OrderStatus::LateNotified,
-        None,
-        now,
-    )
-    .await?
-    .into_iter()
-    .collect();
+    let moved: HashSet<String> = move_orders(txn, &late, Trigger::LateOut, &[], now)
+        .await?
+        .into_iter()
+        .collect();
     let not_moved: Vec<&str> = late
         .iter()
         .copied()
@@ -484,66 +443,36 @@ async fn mark_released(
     Ok(notified)
 }
 
-/// Moves the orders that are at `from` to `to` (setting `result_deadline` when given), records
-/// the transition, and returns the ids that moved.
+/// Applies `trigger` to the orders of `ids` that are where it moves from (see
+/// [`lifecycle::TABLE`]): the new status and version, the time of the status reached, and
+/// `also`. Returns the ids that moved.
 async fn move_orders(
     txn: &DatabaseTransaction,
     ids: &[&str],
-    from: OrderStatus,
-    to: OrderStatus,
-    deadline: Option<DateTime<Utc>>,
+    trigger: Trigger,
+    also: &[(orders::Column, SimpleExpr)],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
+    let to = lifecycle::transition(trigger).to;
+    let from = lifecycle::from_versions(trigger);
     let mut moved = Vec::new();
     for chunk in ids.chunks(CHUNK) {
         let mut update = orders::Entity::update_many()
             .col_expr(orders::Column::Status, Expr::value(to.as_str()))
             .col_expr(orders::Column::Version, Expr::value(to.version()))
-            .col_expr(orders::Column::UpdatedAt, Expr::value(now));
-        if let Some(deadline) = deadline {
-            update = update.col_expr(orders::Column::ResultDeadline, Expr::value(deadline));
+            .col_expr(orders::Column::UpdatedAt, Expr::value(now))
+            .col_expr(status_time_column(to), Expr::value(now));
+        for (column, value) in also {
+            update = update.col_expr(*column, value.clone());
         }
         let mut stmt = update
-            .filter(orders::Column::Version.eq(from.version()))
+            .filter(orders::Column::Version.is_in(from.iter().copied()))
             .filter(orders::Column::Id.is_in(chunk.iter().copied()))
             .into_query();
         stmt.returning_col(orders::Column::Id);
         moved.extend(returned_ids(txn, &stmt).await?);
     }
-    let ids: Vec<&str> = moved.iter().map(String::as_str).collect();
-    record_transitions(txn, &ids, to, now).await?;
     Ok(moved)
-}
-
-/// Records that these orders reached `status` now; a transition already recorded stays as it was.
-async fn record_transitions(
-    txn: &DatabaseTransaction,
-    ids: &[&str],
-    status: OrderStatus,
-    now: DateTime<Utc>,
-) -> Result<(), DbErr> {
-    for chunk in ids.chunks(CHUNK) {
-        order_transitions::Entity::insert_many(chunk.iter().map(|id| {
-            order_transitions::Model {
-                order_id: (*id).to_owned(),
-                version: status.version(),
-                status: status.as_str().to_owned(),
-                at: now,
-            }
-            .into_active_model()
-        }))
-        .on_conflict(
-            OnConflict::columns([
-                order_transitions::Column::OrderId,
-                order_transitions::Column::Version,
-            ])
-            .do_nothing()
-            .to_owned(),
-        )
-        .exec_without_returning(txn)
-        .await?;
-    }
-    Ok(())
 }
 
 /// Runs a statement with `RETURNING id` and collects the ids.

@@ -22,6 +22,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use crate::link::Link;
 use crate::outbox::{Committed, PendingEvent, Published, SettleCheck, Waiter};
 use crate::partners::Partners;
+use crate::protocol::TIMEOUT_RESULT_ID;
 use crate::store::{PrimaryGuard, StoreError};
 
 /// Most ops in one transaction.
@@ -40,11 +41,14 @@ const DOWN_RETRY: Duration = Duration::from_millis(250);
 pub enum WriteOp {
     /// A new order and its stored event; an existing `(user_id, request_id)` wins.
     InsertOrder {
-        order: orders::Model,
+        order: Box<orders::Model>,
         event: PendingEvent,
     },
-    /// A result, the order's move to `result_stored` (from any status before it), and the
-    /// result event.
+    /// A result, the order's move to `result_stored` ([`Trigger::Result`], or
+    /// [`Trigger::Timeout`] for the hub's own), and the result event.
+    ///
+    /// [`Trigger::Result`]: crate::lifecycle::Trigger::Result
+    /// [`Trigger::Timeout`]: crate::lifecycle::Trigger::Timeout
     StoreResult {
         result: order_results::Model,
         event: PendingEvent,
@@ -54,6 +58,21 @@ pub enum WriteOp {
         late: order_results::Model,
         event: PendingEvent,
     },
+}
+
+impl WriteOp {
+    /// The lifecycle trigger the op applies (see [`crate::lifecycle`]).
+    pub fn trigger(&self) -> crate::lifecycle::Trigger {
+        use crate::lifecycle::Trigger;
+        match self {
+            Self::InsertOrder { .. } => Trigger::Submit,
+            Self::StoreResult { result, .. } if result.result_id == TIMEOUT_RESULT_ID => {
+                Trigger::Timeout
+            }
+            Self::StoreResult { .. } => Trigger::Result,
+            Self::StoreLateResult { .. } => Trigger::LateResult,
+        }
+    }
 }
 
 /// How an op went.

@@ -3,8 +3,6 @@
 pub mod prelude;
 
 pub mod aux_records;
-pub mod order_late_results;
 pub mod order_results;
-pub mod order_transitions;
 pub mod orders;
 pub mod outbox;

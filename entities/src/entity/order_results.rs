@@ -7,6 +7,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub order_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub late: bool,
     pub result_id: String,
     pub outcome: String,
     pub partner_ref: Option<String>,

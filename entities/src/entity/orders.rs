@@ -23,6 +23,11 @@ pub struct Model {
     pub settled_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub dispatched_at: Option<DateTimeUtc>,
+    pub result_stored_at: Option<DateTimeUtc>,
+    pub notified_at: Option<DateTimeUtc>,
+    pub late_result_stored_at: Option<DateTimeUtc>,
+    pub late_notified_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

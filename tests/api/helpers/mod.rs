@@ -12,6 +12,7 @@ mod nats;
 mod pg;
 mod sim;
 
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -55,7 +56,7 @@ impl Reply {
             .map(|v| v.as_str().to_owned())
     }
 
-    /// Asserts a complete error reply of the contract: code, status header, description header,
+    /// Asserts a complete error reply of the protocol: code, status header, description header,
     /// non-empty message, and on `unavailable` the `Orderhub-Retry-After-Ms` hint.
     #[track_caller]
     pub fn assert_error(&self, code: &str, status: u16) {
@@ -267,4 +268,129 @@ pub async fn query_order(client: &Client, order_id: &str, user_id: impl serde::S
         json!({"order_id": order_id, "user_id": user_id}),
     )
     .await
+}
+
+/// Per order id (`data.order_id`), how many events of each type the messages of
+/// [`stream_subjects`] hold; a type is named without its `orderhub.order.` prefix (`stored`,
+/// `result_stored`, `late_result_stored`, `settled`).
+pub fn events_per_order(messages: &[(String, String)]) -> HashMap<String, BTreeMap<String, usize>> {
+    let mut per_order: HashMap<String, BTreeMap<String, usize>> = HashMap::new();
+    for (subject, payload) in messages {
+        let ev: Value = serde_json::from_str(payload)
+            .unwrap_or_else(|e| panic!("event on {subject} is not JSON ({e}): {payload}"));
+        let kind = ev["type"]
+            .as_str()
+            .and_then(|t| t.strip_prefix("orderhub.order."))
+            .unwrap_or_else(|| panic!("event type on {subject}: {ev}"))
+            .to_owned();
+        let id = ev["data"]["order_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("order_id of the event on {subject}: {ev}"))
+            .to_owned();
+        *per_order.entry(id).or_default().entry(kind).or_default() += 1;
+    }
+    per_order
+}
+
+/// Asserts that the events [`events_per_order`] counted are of exactly the orders `ids`, each with
+/// one event of each of `kinds` and no other.
+#[track_caller]
+pub fn assert_once_per_order<'a>(
+    per_order: &HashMap<String, BTreeMap<String, usize>>,
+    ids: impl IntoIterator<Item = &'a String>,
+    kinds: &[&str],
+) {
+    let ids: std::collections::HashSet<&String> = ids.into_iter().collect();
+    let without: Vec<&&String> = ids
+        .iter()
+        .filter(|id| !per_order.contains_key(**id))
+        .collect();
+    let foreign: Vec<&String> = per_order.keys().filter(|id| !ids.contains(id)).collect();
+    assert!(
+        without.is_empty() && foreign.is_empty(),
+        "events of exactly the {} orders: none for {without:?}; some of orders not among them: {foreign:?}",
+        ids.len()
+    );
+    let once: BTreeMap<String, usize> = kinds.iter().map(|k| ((*k).to_owned(), 1)).collect();
+    for (id, counts) in per_order {
+        assert_eq!(counts, &once, "order {id}: one event of each of {kinds:?}");
+    }
+}
+
+/// Waits until the hub has published every event it committed: `outbox_pending` is 0 and no
+/// event waits for the read node.
+pub async fn outbox_drained(operator: &Client, within: Duration) -> Value {
+    eventually(within, "every committed event published", || async {
+        let s = status(operator).await;
+        (s["outbox_pending"] == 0 && s["replica"]["events_waiting"] == 0).then_some(s)
+    })
+    .await
+}
+
+/// Pulls (and acknowledges) what is left on `consumer` until a fetch brings nothing and the
+/// consumer has no message pending. Call it once the hub has nothing left to publish (see
+/// [`outbox_drained`]): whatever it returns was in the stream beyond what the caller has seen.
+pub async fn drain(consumer: &PullConsumer, within: Duration) -> Vec<jetstream::Message> {
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    loop {
+        let got = pull(consumer, 100, Duration::from_millis(300)).await;
+        if got.is_empty() {
+            let info = consumer.get_info().await.expect("consumer info");
+            if info.num_pending == 0 {
+                return out;
+            }
+        }
+        out.extend(got);
+        assert!(
+            Instant::now() < deadline,
+            "the consumer still has messages pending after {within:?}"
+        );
+    }
+}
+
+/// The replies of every instance of service `orderhub` to `$SRV.<verb>.orderhub`, collected
+/// until `n` instances have answered (each once).
+pub async fn every_instance(client: &Client, verb: &str, n: usize) -> Vec<Value> {
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish_with_reply(format!("$SRV.{verb}.orderhub"), inbox, "{}".into())
+        .await
+        .expect("publish");
+    let mut out: Vec<Value> = Vec::new();
+    while out.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {n} instances answered: {out:?}", out.len()))
+            .expect("subscription open");
+        let reply: Value = serde_json::from_slice(&m.payload).expect("reply is JSON");
+        assert!(
+            out.iter().all(|r| r["id"] != reply["id"]),
+            "an instance answered twice: {reply}"
+        );
+        out.push(reply);
+    }
+    out
+}
+
+/// Kills the long-lived actor `role` of the in-process hub `operator` reaches (found by its
+/// registry name) and waits until a new incarnation runs under that name.
+pub async fn restart_actor(operator: &Client, role: &str) {
+    let s = status(operator).await;
+    let instance = s["instance_id"].as_str().expect("instance_id");
+    let name = actors::registry_name(instance, role);
+    let cell = ractor::registry::where_is(name.clone())
+        .unwrap_or_else(|| panic!("actor {name} is registered"));
+    let before = cell.get_id();
+    cell.kill();
+    eventually(
+        Duration::from_secs(10),
+        &format!("a new incarnation of {name}"),
+        || {
+            let id = ractor::registry::where_is(name.clone()).map(|c| c.get_id());
+            async move { id.filter(|id| *id != before).map(|_| ()) }
+        },
+    )
+    .await;
 }

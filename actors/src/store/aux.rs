@@ -1,0 +1,126 @@
+//! The auxiliary records: written by the built-in auxiliary systems and the external systems'
+//! `record` endpoint, read by the settler, `get` and `trace`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use entities::aux_records;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+
+use super::{Db, StoreError};
+
+/// How long a query waits for the auxiliary database before it reads `aux_standby` instead.
+const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);
+/// After the auxiliary database failed a read, queries go straight to `aux_standby` this long.
+const AUX_DOWN_FOR: Duration = Duration::from_secs(2);
+/// Auxiliary records per statement (five bound values each).
+const AUX_CHUNK: usize = 1000;
+
+impl Db {
+    /// Each order's auxiliary records, as `system → status` (auxiliary database).
+    pub async fn aux_statuses(
+        &self,
+        ids: &[String],
+    ) -> Result<
+        std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
+        StoreError,
+    > {
+        let mut out: std::collections::HashMap<String, std::collections::BTreeMap<String, String>> =
+            std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        for r in aux_records::Entity::find()
+            .filter(aux_records::Column::OrderId.is_in(ids.iter().cloned()))
+            .all(&self.aux)
+            .await?
+        {
+            out.entry(r.order_id)
+                .or_default()
+                .insert(r.system, r.status);
+        }
+        Ok(out)
+    }
+
+    /// Every auxiliary record of an order, by system name: from the auxiliary database, or while
+    /// it does not answer, from its copy on the replica (`aux_standby`) when there is one.
+    pub async fn aux_records(&self, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
+        let Some(standby) = &self.aux_standby else {
+            return aux_records_on(&self.aux, order_id).await;
+        };
+        let now = epoch_ms();
+        if self.aux_down_until.load(Ordering::Relaxed) <= now {
+            match tokio::time::timeout(AUX_READ_TIMEOUT, aux_records_on(&self.aux, order_id)).await
+            {
+                Ok(Ok(records)) => return Ok(records),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "auxiliary database failed; reading its replica copy")
+                }
+                Err(_) => {
+                    tracing::warn!("auxiliary database did not answer; reading its replica copy")
+                }
+            }
+            self.aux_down_until
+                .store(now + AUX_DOWN_FOR.as_millis() as u64, Ordering::Relaxed);
+        }
+        aux_records_on(standby, order_id).await
+    }
+
+    /// Stores or replaces records in the auxiliary database, in one transaction; with
+    /// [`Db::aux_ack_after_replica`], returns only once the replica has replayed it
+    /// ([`StoreError::Unconfirmed`] if it has not within [`AUX_CONFIRM_WITHIN`]: the write
+    /// stays, and writing it again is harmless).
+    pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
+        use sea_orm::sea_query::OnConflict;
+        use sea_orm::{IntoActiveModel, TransactionTrait};
+        if records.is_empty() {
+            return Ok(());
+        }
+        // One record per (order, system) in a statement: Postgres refuses to update a row twice
+        // in one INSERT … ON CONFLICT. The last one wins, as it would one after the other.
+        let mut latest: std::collections::HashMap<(String, String), aux_records::Model> =
+            std::collections::HashMap::with_capacity(records.len());
+        for r in records {
+            latest.insert((r.order_id.clone(), r.system.clone()), r);
+        }
+        let records: Vec<aux_records::Model> = latest.into_values().collect();
+        let txn = self.aux.begin().await?;
+        for chunk in records.chunks(AUX_CHUNK) {
+            aux_records::Entity::insert_many(chunk.iter().cloned().map(|r| r.into_active_model()))
+                .on_conflict(
+                    OnConflict::columns([
+                        aux_records::Column::OrderId,
+                        aux_records::Column::System,
+                    ])
+                    .update_columns([
+                        aux_records::Column::Status,
+                        aux_records::Column::Data,
+                        aux_records::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+                )
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}
+
+async fn aux_records_on(
+    conn: &DatabaseConnection,
+    order_id: &str,
+) -> Result<Vec<aux_records::Model>, StoreError> {
+    Ok(aux_records::Entity::find()
+        .filter(aux_records::Column::OrderId.eq(order_id))
+        .order_by_asc(aux_records::Column::System)
+        .all(conn)
+        .await?)
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}

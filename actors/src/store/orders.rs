@@ -1,0 +1,278 @@
+//! Orders, their results and their outbox events: what the order actors, the settler, the
+//! deadline actor, the replication actor's sweep, `get`, `query` and `trace` read.
+
+use entities::{order_results, orders, outbox};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::{Db, StoreError, by_key};
+use crate::lifecycle::{self, Trigger};
+use crate::protocol::OrderStatus;
+
+impl Db {
+    /// An order, read from the read node.
+    pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
+        Ok(by_key(orders::Entity::find_by_id(id.to_owned()), self.reader()).await?)
+    }
+
+    /// An order's result and late result, read from the read node.
+    pub async fn results(&self, id: &str) -> Result<Results, StoreError> {
+        let rows = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.eq(id))
+            .all(self.reader())
+            .await?;
+        Ok(Results::from_rows(rows))
+    }
+
+    /// Of `ids`, the orders that have a result (`late`: a late result), each with it, read from
+    /// the read node.
+    pub async fn with_results(
+        &self,
+        ids: &[String],
+        late: bool,
+    ) -> Result<Vec<(orders::Model, order_results::Model)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_order: std::collections::HashMap<String, order_results::Model> =
+            order_results::Entity::find()
+                .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
+                .filter(order_results::Column::Late.eq(late))
+                .all(self.reader())
+                .await?
+                .into_iter()
+                .map(|r| (r.order_id.clone(), r))
+                .collect();
+        let orders = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .all(self.reader())
+            .await?;
+        Ok(orders
+            .into_iter()
+            .filter_map(|o| by_order.remove(&o.id).map(|r| (o, r)))
+            .collect())
+    }
+
+    /// The current state of an order on the primary, with its result and late result: what its
+    /// actor starts from, and what `trace` shows.
+    pub async fn order_on_primary(&self, id: &str) -> Result<Option<OrderState>, StoreError> {
+        let Some(order) = by_key(orders::Entity::find_by_id(id.to_owned()), &self.primary).await?
+        else {
+            return Ok(None);
+        };
+        let rows = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.eq(id))
+            .all(&self.primary)
+            .await?;
+        let Results { result, late } = Results::from_rows(rows);
+        Ok(Some(OrderState {
+            order,
+            result,
+            late,
+        }))
+    }
+
+    /// Whether the primary holds an order under `(user_id, request_id)`: a retried submit is
+    /// answered as one even while its partner is at `max_pending`.
+    pub async fn key_used(&self, user_id: &str, request_id: &str) -> Result<bool, StoreError> {
+        let found = by_key(
+            orders::Entity::find()
+                .filter(orders::Column::UserId.eq(user_id))
+                .filter(orders::Column::RequestId.eq(request_id)),
+            &self.primary,
+        )
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// An order's outbox events, oldest first (primary).
+    pub async fn events_of(&self, id: &str) -> Result<Vec<outbox::Model>, StoreError> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::OrderId.eq(id))
+            .order_by_asc(outbox::Column::Id)
+            .all(&self.primary)
+            .await?)
+    }
+
+    /// Of `ids`, the orders whose result event is out and that are not settled yet, with their
+    /// result's outcome (primary).
+    pub async fn unsettled(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<(orders::Model, String)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let orders = orders::Entity::find()
+            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .filter(orders::Column::SettledAt.is_null())
+            .filter(orders::Column::Version.gte(settleable_from()))
+            .all(&self.primary)
+            .await?;
+        if orders.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut outcomes: std::collections::HashMap<String, String> = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.is_in(orders.iter().map(|o| o.id.clone())))
+            .filter(order_results::Column::Late.eq(false))
+            .all(&self.primary)
+            .await?
+            .into_iter()
+            .map(|r| (r.order_id, r.outcome))
+            .collect();
+        Ok(orders
+            .into_iter()
+            .filter_map(|o| outcomes.remove(&o.id).map(|outcome| (o, outcome)))
+            .collect())
+    }
+
+    /// A page of unsettled orders whose result event is out, by id after `after` (primary).
+    pub async fn unsettled_page(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut q = orders::Entity::find()
+            .select_only()
+            .column(orders::Column::Id)
+            .filter(orders::Column::SettledAt.is_null())
+            .filter(orders::Column::Version.gte(settleable_from()));
+        if let Some(after) = after {
+            q = q.filter(orders::Column::Id.gt(after));
+        }
+        Ok(q.order_by_asc(orders::Column::Id)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.primary)
+            .await?)
+    }
+
+    /// A page of a user's orders, newest first, strictly older than `before`.
+    pub async fn orders_of(
+        &self,
+        user_id: &str,
+        limit: u64,
+        before: Option<&str>,
+    ) -> Result<Vec<orders::Model>, StoreError> {
+        let mut q = orders::Entity::find().filter(orders::Column::UserId.eq(user_id));
+        if let Some(before) = before {
+            q = q.filter(orders::Column::Id.lt(before));
+        }
+        Ok(q.order_by_desc(orders::Column::Id)
+            .limit(limit)
+            .all(self.reader())
+            .await?)
+    }
+
+    /// Outbox rows not yet published, oldest first.
+    pub async fn unpublished(&self, limit: u64) -> Result<Vec<outbox::Model>, StoreError> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .order_by_asc(outbox::Column::Id)
+            .limit(limit)
+            .all(&self.primary)
+            .await?)
+    }
+
+    /// How many outbox rows wait to be published.
+    pub async fn outbox_pending(&self) -> Result<u64, StoreError> {
+        Ok(outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .count(&self.primary)
+            .await?)
+    }
+
+    /// How old the oldest unpublished outbox row is, in ms (primary); `None` when there is none.
+    pub async fn outbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
+        let oldest = outbox::Entity::find()
+            .filter(outbox::Column::PublishedAt.is_null())
+            .order_by_asc(outbox::Column::CreatedAt)
+            .limit(1)
+            .one(&self.primary)
+            .await?;
+        Ok(oldest.map(|row| {
+            (chrono::Utc::now() - row.created_at)
+                .num_milliseconds()
+                .max(0) as u64
+        }))
+    }
+
+    /// Of each of these partners, the accepted orders that have no result yet (primary): one
+    /// range of `ix_orders_pending` each.
+    pub async fn pending_counts(
+        &self,
+        partners: impl IntoIterator<Item = &str>,
+    ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
+        let mut counts = std::collections::HashMap::new();
+        for partner in partners {
+            let n = orders::Entity::find()
+                .filter(orders::Column::PartnerId.eq(partner))
+                .filter(orders::Column::Version.is_in(lifecycle::from_versions(Trigger::Result)))
+                .count(&self.primary)
+                .await?;
+            counts.insert(partner.to_owned(), n);
+        }
+        Ok(counts)
+    }
+
+    /// Orders whose partner missed the deadline, soonest first.
+    pub async fn overdue(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(orders::Entity::find()
+            .select_only()
+            .column(orders::Column::Id)
+            .filter(
+                orders::Column::Status.is_in(
+                    lifecycle::transition(Trigger::Timeout)
+                        .from
+                        .iter()
+                        .map(|s| s.as_str()),
+                ),
+            )
+            .filter(orders::Column::ResultDeadline.lte(now))
+            .order_by_asc(orders::Column::ResultDeadline)
+            .limit(limit)
+            .into_tuple::<String>()
+            .all(&self.primary)
+            .await?)
+    }
+}
+
+/// An order's result and late result.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub result: Option<order_results::Model>,
+    pub late: Option<order_results::Model>,
+}
+
+impl Results {
+    fn from_rows(rows: Vec<order_results::Model>) -> Self {
+        let mut out = Self::default();
+        for row in rows {
+            if row.late {
+                out.late = Some(row);
+            } else {
+                out.result = Some(row);
+            }
+        }
+        out
+    }
+}
+
+/// An order as the primary has it, with its result and late result.
+#[derive(Clone, Debug)]
+pub struct OrderState {
+    pub order: orders::Model,
+    pub result: Option<order_results::Model>,
+    pub late: Option<order_results::Model>,
+}
+
+/// The least version [`lifecycle::settleable`] takes: the settler's scans read from there on.
+fn settleable_from() -> i32 {
+    OrderStatus::ALL
+        .into_iter()
+        .find(|s| lifecycle::settleable(*s))
+        .map_or(i32::MAX, OrderStatus::version)
+}

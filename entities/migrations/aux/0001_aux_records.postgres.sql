@@ -1,0 +1,2 @@
+-- Each auxiliary system's record of an order.
+CREATE TABLE IF NOT EXISTS "aux_records" ( "order_id" varchar NOT NULL, "system" varchar NOT NULL, "status" varchar NOT NULL, "data" jsonb NOT NULL, "updated_at" timestamp with time zone NOT NULL, CONSTRAINT "pk-aux_records" PRIMARY KEY ("order_id", "system") );
