@@ -35,10 +35,11 @@ pub enum Command {
         /// The order's id (a UUIDv7).
         order_id: String,
     },
-    /// Run the embedded flow end to end with simulated partners, gateway and aux systems.
-    Demo(crate::demo::DemoArgs),
+    /// Run the embedded flow end to end with simulated partners, gateway and aux systems
+    /// (starting nats-server from nats.conf when none answers).
+    Demo(crate::sim::DemoArgs),
     /// Load generator: throughput and latency percentiles of full order lifecycles.
-    Bench(crate::demo::BenchArgs),
+    Bench(crate::sim::BenchArgs),
     /// Print the development `nats.conf` for the configured partners and auxiliary systems:
     /// one NATS account per role (`orderhub nats-conf > nats.conf`).
     NatsConf,
@@ -52,8 +53,8 @@ impl Cli {
             Command::Migrate => migrate(&settings).await,
             Command::Status => status(&settings).await,
             Command::Trace { order_id } => crate::trace::run(&settings, &order_id).await,
-            Command::Demo(args) => crate::demo::demo(settings, args).await,
-            Command::Bench(args) => crate::demo::bench(settings, args).await,
+            Command::Demo(args) => crate::sim::demo(settings, args).await,
+            Command::Bench(args) => crate::sim::bench(settings, args).await,
             Command::NatsConf => {
                 print!("{}", crate::natsconf::render(&settings)?);
                 Ok(())
@@ -98,6 +99,13 @@ async fn status(settings: &Settings) -> anyhow::Result<()> {
     );
     println!("actors live   {}", status.actors_live);
     println!("in flight     {}", status.in_flight);
+    println!(
+        "cpu           {}",
+        status.process.cpu_ms.map_or("unknown".into(), |ms| format!(
+            "{:.1} s",
+            ms as f64 / 1000.0
+        ))
+    );
     println!(
         "outbox        {} pending, oldest {} ms",
         opt(status.outbox_pending),

@@ -8,12 +8,12 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actors::Hub;
 use actors::protocol::{
-    ApiError, AuxRecordRequest, GetRequest, NatsStatus, QueryRequest, ResultRequest, StatusReply,
-    Subjects, SubmitRequest, validate_token,
+    ApiError, AuxRecordRequest, GetRequest, NatsStatus, ProcessStatus, QueryRequest, ResultRequest,
+    StatusReply, Subjects, SubmitRequest, validate_token,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -276,8 +276,28 @@ impl Handlers {
             database: hub.database,
             restarts: hub.restarts,
             partners_pending: hub.pending,
+            process: ProcessStatus {
+                cpu_ms: process_cpu().and_then(|t| u64::try_from(t.as_millis()).ok()),
+            },
         })
     }
+}
+
+/// The CPU time (user + system) this process has used so far.
+pub fn process_cpu() -> Option<Duration> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the `rusage` it is given, and on success all of it.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return None;
+        }
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).ok()?)
+            .checked_add(Duration::from_micros(u64::try_from(t.tv_usec).ok()?))
+    };
+    time(usage.ru_utime)?.checked_add(time(usage.ru_stime)?)
 }
 
 fn json<T: Serialize>(value: &T) -> Result<Bytes, ApiError> {

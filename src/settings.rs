@@ -35,8 +35,11 @@ pub struct NatsSettings {
     pub url: String,
     pub subject_prefix: String,
     pub stream: String,
-    #[serde(default = "yes")]
-    pub spawn_server: bool,
+    /// Read by `orderhub demo` and the in-process `orderhub bench` only: unset or `true`, they
+    /// start `nats-server` from `nats.conf` when nothing answers at `url`; `false`, never. The hub
+    /// itself (`orderhub serve`) never starts one.
+    #[serde(default)]
+    pub spawn_server: Option<bool>,
     #[serde(default = "week", with = "humantime_serde")]
     pub max_age: Duration,
     #[serde(default = "one")]
@@ -185,9 +188,6 @@ fn ack_after() -> AckAfter {
 }
 fn max_pending() -> u64 {
     actors::partners::DEFAULT_MAX_PENDING
-}
-fn yes() -> bool {
-    true
 }
 fn one() -> usize {
     1

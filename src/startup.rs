@@ -1,9 +1,7 @@
-//! Start-up and shutdown: NATS (spawning a local server when allowed and none answers), the
-//! databases and their migrations, stream `ORDER_EVENTS` and its durable consumers, the actors,
-//! and the Services API endpoints.
+//! Start-up and shutdown: NATS, the databases and their migrations, stream `ORDER_EVENTS` and
+//! its durable consumers, the actors, and the Services API endpoints.
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +14,6 @@ use tokio::sync::Semaphore;
 
 use crate::endpoints::{Handlers, Kind};
 use crate::micro::{self, ServiceConfig};
-use crate::natsserver::NatsServer;
 use crate::settings::{NatsSettings, Settings};
 use crate::urls::{NatsUrls, redact};
 
@@ -91,23 +88,6 @@ pub async fn connect_hub(nats: &NatsSettings, name: &str) -> anyhow::Result<asyn
         .connect(urls.servers())
         .await
         .with_context(|| format!("connecting to NATS at {}", redact(&nats.url)))
-}
-
-/// Starts `nats-server` from `nats.conf` on the (first) URL's port when nothing answers there.
-pub async fn spawn_nats_if_needed(settings: &Settings) -> anyhow::Result<Option<NatsServer>> {
-    if !settings.nats.spawn_server {
-        return Ok(None);
-    }
-    let (host, port) = NatsUrls::parse(&settings.nats.url)?.first_host_port();
-    if std::net::TcpStream::connect((host.as_str(), port)).is_ok() {
-        return Ok(None);
-    }
-    let dir = PathBuf::from("data/nats");
-    eprintln!(
-        "no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})",
-        dir.display()
-    );
-    Ok(Some(NatsServer::start(Some(port), &dir).await?))
 }
 
 /// Creates or updates stream `ORDER_EVENTS` and its durable consumers: one per partner, the
@@ -275,12 +255,10 @@ pub struct App {
     service: micro::Service,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     client: async_nats::Client,
-    _nats: Option<NatsServer>,
 }
 
 impl App {
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
-        let nats = spawn_nats_if_needed(&settings).await?;
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
         let client = connect_hub(&settings.nats, &format!("orderhub-{instance_id}")).await?;
         let db = Db::connect(&settings.database.urls())
@@ -374,7 +352,6 @@ impl App {
             service,
             tasks,
             client,
-            _nats: nats,
         })
     }
 

@@ -34,7 +34,6 @@ async fn hub_logs_in_with_an_nkey_seed() {
 
     let mut settings = Settings::load(None).unwrap();
     settings.nats.url = format!("nats://127.0.0.1:{port}");
-    settings.nats.spawn_server = false;
     settings.nats.nkey_seed_file = seed_path.display().to_string();
     settings.database.primary_url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
     settings.database.aux_url = format!("sqlite://{}/a.db?mode=rwc", dir.path().display());
@@ -89,7 +88,6 @@ async fn hub_logs_in_through_a_server_list_with_a_percent_encoded_password() {
         format!("nats://hub:{encoded}@127.0.0.1:{down},nats://hub:{encoded}@127.0.0.1:{port}");
     let mut settings = Settings::load(None).unwrap();
     settings.nats.url = list.clone();
-    settings.nats.spawn_server = false;
     settings.database.primary_url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
     settings.database.aux_url = format!("sqlite://{}/a.db?mode=rwc", dir.path().display());
     let shown = format!("{:?}", settings.nats);

@@ -4,6 +4,7 @@
 mod accounts;
 mod backlog;
 mod bench;
+mod demo;
 mod examples;
 mod flood;
 mod flow;

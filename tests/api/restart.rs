@@ -514,7 +514,7 @@ async fn outside_the_project_directory_says_what_is_missing() {
         "{said}"
     );
 
-    // With the configuration found, the local nats-server it would start needs ./nats.conf.
+    // With the configuration found, the local nats-server the demo would start needs ./nats.conf.
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let mut stopped = orderhub::natsserver::NatsServer::start(None, &elsewhere.path().join("js"))
         .await
@@ -522,7 +522,7 @@ async fn outside_the_project_directory_says_what_is_missing() {
     stopped.kill().await;
     let url = format!("nats://hub:hub-dev@127.0.0.1:{}", stopped.port);
     let out = run(
-        &["serve"],
+        &["demo"],
         &[
             ("ORDERHUB_CONFIG_DIR", config.as_os_str()),
             ("ORDERHUB__NATS__URL", url.as_ref()),

@@ -18,8 +18,8 @@ pub use requests::{
 pub use subjects::{Subjects, consumer};
 pub use views::{
     AuxTraceView, AuxView, ConsumerTrace, DatabaseStatus, EventTrace, ListReply, NatsStatus,
-    OrderReply, OrderView, QueryAnswer, QueryReply, ReadNodeStatus, RecordReply, ReplicaStatus,
-    ResultView, StatusReply, SubmitReply, TraceReply, TransitionView,
+    OrderReply, OrderView, ProcessStatus, QueryAnswer, QueryReply, ReadNodeStatus, RecordReply,
+    ReplicaStatus, ResultView, StatusReply, SubmitReply, TraceReply, TransitionView,
 };
 
 /// RFC 3339 UTC with millisecond precision and a `Z` suffix: every timestamp on the wire.

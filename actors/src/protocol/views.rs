@@ -212,6 +212,15 @@ pub struct StatusReply {
     pub restarts: std::collections::BTreeMap<String, u64>,
     /// Per partner: accepted orders waiting for its result (admission control's count).
     pub partners_pending: std::collections::BTreeMap<String, u64>,
+    /// The hub's process.
+    #[serde(default)]
+    pub process: ProcessStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// CPU time (user + system) the process has used since it started, in ms.
+    pub cpu_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

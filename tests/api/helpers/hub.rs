@@ -37,7 +37,6 @@ pub struct TestHub {
 pub fn settings_for(nats: &TestNats, dir: &TempDir) -> Settings {
     let mut s = Settings::load(None).expect("config/default.toml loads");
     s.nats.url = nats.url("hub");
-    s.nats.spawn_server = false;
     s.database.primary_url = format!("sqlite://{}/orderhub.db?mode=rwc", dir.path().display());
     s.database.replica_url = String::new();
     s.database.aux_url = format!("sqlite://{}/aux.db?mode=rwc", dir.path().display());
@@ -88,7 +87,6 @@ impl TestHub {
         let db = pg.create_database().await;
         let mut settings = Settings::load(None).expect("config/default.toml loads");
         settings.nats.url = nats.url("hub");
-        settings.nats.spawn_server = false;
         settings.database.primary_url = db.primary_url.clone();
         settings.database.replica_url = db.replica_url.clone();
         settings.database.aux_url = db.aux_url.clone();

@@ -1,5 +1,5 @@
 //! The load: a gateway submitting at a steady rate, retrying each order with the same key until
-//! it is accepted.
+//! it is accepted, after the wait the hub hints (with jitter).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
+use orderhub::sim::{Backoff, retry_hint};
 use serde_json::Value;
 use tokio::sync::{Notify, Semaphore};
 
@@ -168,8 +169,10 @@ async fn submit_until_accepted(
     let submitted = Instant::now();
     let bytes: bytes::Bytes = serde_json::to_vec(&body).expect("json").into();
     let mut attempts = 0;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
     loop {
         attempts += 1;
+        let mut hint = None;
         let why = match tokio::time::timeout(
             ATTEMPT_TIMEOUT,
             gateway.request("orders.submit", bytes.clone()),
@@ -194,7 +197,10 @@ async fn submit_until_accepted(
                     }
                     // Which refusal: the message says why (a saturated partner, an unconfirmed
                     // commit, a database out of reach).
-                    Some("unavailable") => format!("unavailable: {}", v["error"]["message"]),
+                    Some("unavailable") => {
+                        hint = retry_hint(reply.headers.as_ref());
+                        format!("unavailable: {}", v["error"]["message"])
+                    }
                     _ => {
                         log.lock().unwrap().refused.push(format!("{body} -> {v}"));
                         return;
@@ -210,9 +216,9 @@ async fn submit_until_accepted(
                 .push(format!("never accepted within 300 s: {body}"));
             return;
         }
-        // 100 ms, doubling up to two seconds: an outage does not turn into a request storm.
-        let pause = Duration::from_millis(100 << attempts.min(5)).min(Duration::from_secs(2));
-        tokio::time::sleep(pause).await;
+        // The hub's hint with jitter; without one 200 ms, doubling up to two seconds: an outage
+        // does not turn into a request storm.
+        tokio::time::sleep(backoff.wait(hint)).await;
     }
 }
 

@@ -23,6 +23,19 @@ pub struct StreamTally {
     pub run: Option<u64>,
 }
 
+/// CPU time per settled story, in ms, from the first submit to the end of the run.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTally {
+    /// This process: the simulators and the load generator, and the hub when it runs in-process.
+    pub own: Option<f64>,
+    /// The `nats-server` this run started.
+    pub nats: Option<f64>,
+    /// The external hub, by its `orders.admin.status` (`--external`).
+    pub hub: Option<f64>,
+    /// The hub runs in this process.
+    pub hub_in_process: bool,
+}
+
 /// Everything a run measured.
 #[derive(Debug)]
 pub struct Report {
@@ -64,6 +77,7 @@ pub struct Report {
     pub foreign: u64,
     /// Peak resident memory of the process running the hub, when it is this one.
     pub hub_peak_rss_mb: Option<f64>,
+    pub cpu: CpuTally,
     /// Why the run failed, if it did; empty on success.
     pub problems: Vec<String>,
 }
@@ -145,6 +159,9 @@ impl Report {
             "settled_per_sec": round2(self.settled_per_sec()),
             "elapsed_s": round2(self.result_span.as_secs_f64()),
             "hub_peak_rss_mb": self.hub_peak_rss_mb.map(round2),
+            "cpu_ms_per_story": self.cpu.own.map(round3),
+            "nats_cpu_ms_per_story": self.cpu.nats.map(round3),
+            "hub_cpu_ms_per_story": self.cpu.hub.map(round3),
             "latency_ms": {
                 "submit_ack": latency_json(&self.latency.submit_ack),
                 "stored_event": latency_json(&self.latency.stored_event),
@@ -267,6 +284,9 @@ impl Report {
                 "  memory          peak RSS {mb:.1} MB (hub, simulators and load generator in one process)"
             );
         }
+        if let Some(line) = self.cpu_line() {
+            let _ = writeln!(w, "  cpu             {line}");
+        }
         let _ = writeln!(
             w,
             "  latency (ms)              p50      p90      p99    p99.9      max    count"
@@ -333,6 +353,33 @@ impl Report {
     }
 }
 
+impl Report {
+    /// The CPU figures per settled story, in words.
+    fn cpu_line(&self) -> Option<String> {
+        let c = &self.cpu;
+        let mut parts = Vec::new();
+        if let Some(ms) = c.own {
+            parts.push(if c.hub_in_process {
+                format!("{ms:.3} ms per story in this process (hub, simulators and load generator)")
+            } else {
+                format!("{ms:.3} ms per story in this process (simulators and load generator)")
+            });
+        }
+        if let Some(ms) = c.hub {
+            parts.push(format!("{ms:.3} ms in the hub"));
+        }
+        if let Some(ms) = c.nats {
+            parts.push(format!("{ms:.3} ms in nats-server"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
+}
+
+/// To the microsecond, for figures in milliseconds.
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
 }

@@ -2,21 +2,22 @@
 //! through `orders.partner.<id>.get`, decides, and posts its result to
 //! `orders.partner.<id>.result`, acknowledging the event only after the hub replied. A partner
 //! may hold a share of its answers back until after the order's deadline: the hub then closes
-//! those orders as `timeout` and stores the answer, when it comes, as a late result.
+//! those orders as `timeout` and stores the answer, when it comes, as a late result. A partner
+//! answers every stored event it receives, also one of an order the hub has closed meanwhile (a
+//! partner coming back after an outage): the hub keeps that answer as a late result.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actors::protocol::{
-    CloudEvent, ErrorCode, EventKind, OrderReply, OrderView, Subjects, SubmitReply, consumer,
+    CloudEvent, ErrorCode, EventKind, OrderReply, OrderView, SubmitReply, consumer,
 };
-use async_nats::Client;
 use async_nats::jetstream::{self, AckKind};
 use serde::Serialize;
 use serde_json::json;
 
-use super::client::{self, CallError, Stop, ack, call};
+use super::client::{CallError, Role, Running, Stop, ack, ask};
 use super::ledger::Ledger;
 
 /// Stored events handled at once per partner.
@@ -30,8 +31,6 @@ pub const LATE_PARTNER_TIMEOUT: Duration = Duration::from_secs(3);
 const LATE_MARGIN: Duration = Duration::from_secs(1);
 /// Of the orders whose id hashes to 0 modulo this, the answer is held back (about 2%).
 const LATE_ONE_IN: u64 = 50;
-/// Attempts at delivering a held-back answer while the hub is busy or silent.
-const LATE_ATTEMPTS: u32 = 20;
 
 /// How a partner answers.
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +68,12 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
+    /// Confirms every order, at once.
+    pub const CONFIRM_ALL: Self = Self {
+        policy: Policy::ConfirmAll,
+        hold_back: None,
+    };
+
     /// The demo's cast; `result_timeout` is the partner's deadline in the hub, and `late` asks
     /// for late answers from [`LATE_PARTNER`].
     pub fn of(partner_id: &str, result_timeout: Duration, late: bool) -> Self {
@@ -99,11 +104,13 @@ pub struct PartnerStats {
     pub rejected: AtomicU64,
     /// Answers held back until after the order's deadline.
     pub held: AtomicU64,
-    /// Held-back answers the hub stored as late results.
+    /// Answers the hub stored as late results (held back, or given after the hub closed the
+    /// order).
     pub late: AtomicU64,
-    /// Events of orders that already had a result or are not this partner's (earlier runs).
+    /// Events of orders that already had this answer or that the hub does not have (an earlier
+    /// run's).
     pub stale: AtomicU64,
-    /// Events handed back to be redelivered because the hub was busy or silent.
+    /// Attempts asked again because the hub was busy or silent.
     pub retried: AtomicU64,
     /// Events that were not stored events, or that the hub refused for good.
     pub failed: AtomicU64,
@@ -119,59 +126,55 @@ struct ResultBody<'a> {
 }
 
 enum Handled {
+    /// The hub took the answer: as the order's result, or (`late`) as its late result.
     Posted {
         confirmed: bool,
+        late: bool,
     },
     /// The answer is held back and sent later by a task of its own.
     Held,
     Stale,
 }
 
+/// A simulated partner: NATS user and durable consumer `partner-<id>`.
 pub struct Partner {
-    pub id: String,
-    client: Client,
-    subjects: Subjects,
+    id: String,
+    role: Role,
     behaviour: Behaviour,
-    ledger: Arc<Ledger>,
-    stop: Stop,
+    ledger: Option<Arc<Ledger>>,
     pub stats: Arc<PartnerStats>,
 }
 
 impl Partner {
-    /// Connects as NATS user `partner-<id>` and binds its consumer.
-    pub async fn start(
-        hub_url: &str,
-        stream: &str,
-        subjects: Subjects,
-        id: &str,
-        behaviour: Behaviour,
-        ledger: Arc<Ledger>,
-        stop: Stop,
-    ) -> anyhow::Result<(Arc<PartnerStats>, tokio::task::JoinHandle<()>)> {
-        let client = client::connect_role(hub_url, &consumer::partner(id)).await?;
-        let durable = client::bind(&client, stream, &consumer::partner(id)).await?;
-        let partner = Arc::new(Partner {
+    /// Partner `id` as `role` (connected as `partner-<id>`).
+    pub fn new(role: Role, id: &str, behaviour: Behaviour) -> Self {
+        Self {
             id: id.to_owned(),
-            client,
-            subjects,
+            role,
             behaviour,
-            ledger,
-            stop: stop.clone(),
+            ledger: None,
             stats: Arc::default(),
-        });
-        let stats = partner.stats.clone();
-        let task = tokio::spawn(async move {
-            let name = consumer::partner(&partner.id);
-            let handle = |m| {
-                let p = partner.clone();
-                async move { p.handle(m).await }
-            };
-            if let Err(e) = client::consume(durable, &name, CONCURRENCY, stop, handle).await {
-                tracing::error!(partner = %partner.id, error = format!("{e:#}"), "partner simulator stopped");
-            }
-            let _ = partner.client.flush().await;
-        });
-        Ok((stats, task))
+        }
+    }
+
+    /// Tells `ledger` of every stored event and every held-back answer.
+    pub fn ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Binds consumer `partner-<id>` of `stream` and answers its stored events until `stop`.
+    pub async fn start(mut self, stream: &str, stop: Stop) -> anyhow::Result<Running> {
+        let name = consumer::partner(&self.id);
+        let (pull, durable) = self.role.bind(stream, name, CONCURRENCY, stop).await?;
+        let partner = Arc::new(self);
+        Ok(pull.spawn(durable, move |m| partner.clone().handle(m)))
+    }
+
+    fn retried(&self) -> impl FnMut(&CallError, Duration) + '_ {
+        |_, _| {
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn handle(self: Arc<Self>, msg: jetstream::Message) {
@@ -189,29 +192,29 @@ impl Partner {
                 return ack(&msg, AckKind::Term).await;
             }
         };
-        self.ledger.stored_event(&event.data.order_id, at);
-        match self.clone().process(&event.data.order_id, at).await {
-            Ok(Handled::Posted { confirmed: true }) => {
-                self.stats.confirmed.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Handled::Posted { confirmed: false }) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Handled::Held) => {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Handled::Stale) => {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(ledger) = &self.ledger {
+            ledger.stored_event(&event.data.order_id, at);
+        }
+        let counter = match self.clone().process(&event.data.order_id, at).await {
+            Ok(Handled::Posted { late: true, .. }) => &self.stats.late,
+            Ok(Handled::Posted {
+                confirmed: true, ..
+            }) => &self.stats.confirmed,
+            Ok(Handled::Posted {
+                confirmed: false, ..
+            }) => &self.stats.rejected,
+            Ok(Handled::Held) => &self.stats.held,
+            Ok(Handled::Stale) => &self.stats.stale,
             Err(e) if e.is_retryable() => {
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                return ack(&msg, AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                // Stopped while the hub was busy or silent: the event comes again.
+                return ack(&msg, AckKind::Nak(None)).await;
             }
             Err(e) => {
                 tracing::warn!(partner = %self.id, order_id = %event.data.order_id, error = %e, "the hub refused");
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                &self.stats.failed
             }
-        }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         ack(&msg, AckKind::Ack).await;
     }
 
@@ -223,75 +226,80 @@ impl Partner {
         arrived: Instant,
     ) -> Result<Handled, CallError> {
         let get = json!({ "order_id": order_id });
-        let order =
-            match call::<OrderReply>(&self.client, self.subjects.partner_get(&self.id), &get).await
-            {
-                Ok(OrderReply { order }) => order,
-                Err(e) if e.code() == Some(ErrorCode::NotFound.as_str()) => {
-                    return Ok(Handled::Stale);
+        let subject = self.role.subjects.partner_get(&self.id);
+        let patience = self.role.patience(false);
+        let fetched =
+            ask::<OrderReply>(&self.role.client, subject, &get, &patience, self.retried()).await;
+        let order = match fetched {
+            Ok(OrderReply { order }) => {
+                self.role.observer.answer("get ok");
+                order
+            }
+            Err(e) if e.is_retryable() => return Err(e),
+            Err(e) => {
+                self.role.observer.answer(&format!("get {}", e.label()));
+                if e.code() != Some(ErrorCode::NotFound.as_str()) {
+                    return Err(e);
                 }
-                Err(e) => return Err(e),
-            };
-        if order.version > 2 {
-            // Redelivered after the answer went in (or the hub closed it already).
-            return Ok(Handled::Stale);
-        }
+                // An order the hub does not have: an earlier run's event.
+                self.role.observer.get_not_found(order_id);
+                return Ok(Handled::Stale);
+            }
+        };
         if let Some(delay) = self.behaviour.holds_back(&order.order_id) {
-            self.ledger.held(&order.order_id);
+            if let Some(ledger) = &self.ledger {
+                ledger.held(&order.order_id);
+            }
             tokio::spawn(self.answer_late(order, arrived + delay));
             return Ok(Handled::Held);
         }
         let confirmed = self.behaviour.policy.confirms(&order.order_id);
         match self.post(&order, confirmed).await {
             Ok(reply) if reply.duplicate => Ok(Handled::Stale),
-            Ok(_) => Ok(Handled::Posted { confirmed }),
+            Ok(reply) => Ok(Handled::Posted {
+                confirmed,
+                late: reply.status == "late_result_stored",
+            }),
             Err(e) if e.code() == Some(ErrorCode::Conflict.as_str()) => Ok(Handled::Stale),
             Err(e) if e.code() == Some(ErrorCode::NotFound.as_str()) => Ok(Handled::Stale),
             Err(e) => Err(e),
         }
     }
 
-    /// Sends a held-back answer at `due`, retrying while the hub is busy or silent, and tells
-    /// the ledger whether the hub stored it as a late result.
+    /// Sends a held-back answer at `due`, asking again while the hub is busy or silent, and
+    /// tells the ledger whether the hub stored it as a late result.
     async fn answer_late(self: Arc<Self>, order: OrderView, due: Instant) {
-        let stopped = self.stop.clone().wait();
-        tokio::pin!(stopped);
-        tokio::select! {
-            () = tokio::time::sleep_until(due.into()) => {}
-            () = &mut stopped => return self.ledger.answered(&order.order_id, None),
-        }
-        let confirmed = self.behaviour.policy.confirms(&order.order_id);
-        let mut late = None;
-        for _ in 0..LATE_ATTEMPTS {
-            match self.post(&order, confirmed).await {
-                Ok(reply) => {
-                    let stored_late = reply.status == "late_result_stored";
-                    let counter = match (stored_late, confirmed) {
-                        (true, _) => &self.stats.late,
-                        (false, true) => &self.stats.confirmed,
-                        (false, false) => &self.stats.rejected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    late = Some(stored_late);
-                    break;
-                }
-                Err(e) if e.is_retryable() => {
-                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        () = &mut stopped => break,
+        let answered = tokio::select! {
+            () = tokio::time::sleep_until(due.into()) => {
+                let confirmed = self.behaviour.policy.confirms(&order.order_id);
+                match self.post(&order, confirmed).await {
+                    Ok(reply) => {
+                        let stored_late = reply.status == "late_result_stored";
+                        let counter = match (stored_late, confirmed) {
+                            (true, _) => &self.stats.late,
+                            (false, true) => &self.stats.confirmed,
+                            (false, false) => &self.stats.rejected,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        Some(stored_late)
+                    }
+                    Err(e) => {
+                        if !e.is_retryable() {
+                            tracing::warn!(partner = %self.id, order_id = %order.order_id, error = %e, "the hub refused a late answer");
+                            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        None
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(partner = %self.id, order_id = %order.order_id, error = %e, "the hub refused a late answer");
-                    self.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
             }
+            () = self.role.stop.clone().wait() => None,
+        };
+        if let Some(ledger) = &self.ledger {
+            ledger.answered(&order.order_id, answered);
         }
-        self.ledger.answered(&order.order_id, late);
     }
 
+    /// Posts the answer, asking again while the hub is busy or silent; notes the final answer.
     async fn post(&self, order: &OrderView, confirmed: bool) -> Result<SubmitReply, CallError> {
         let body = ResultBody {
             order_id: &order.order_id,
@@ -304,7 +312,19 @@ impl Partner {
                 json!({ "reason": "no availability" })
             },
         };
-        call::<SubmitReply>(&self.client, self.subjects.partner_result(&self.id), &body).await
+        let subject = self.role.subjects.partner_result(&self.id);
+        let patience = self.role.patience(true);
+        let posted =
+            ask::<SubmitReply>(&self.role.client, subject, &body, &patience, self.retried()).await;
+        match &posted {
+            Ok(reply) => {
+                self.role.observer.answer(&reply.status);
+                self.role.observer.result(&order.order_id, &reply.status);
+            }
+            Err(e) if e.is_retryable() => {}
+            Err(e) => self.role.observer.answer(&e.label()),
+        }
+        posted
     }
 }
 

