@@ -16,5 +16,4 @@ pub mod trace;
 pub mod urls;
 
 pub use settings::Settings;
-pub use sim::natsserver;
 pub use startup::{App, run};

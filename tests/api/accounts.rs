@@ -18,7 +18,7 @@ use crate::roles::*;
 fn the_committed_nats_conf_is_what_nats_conf_generates() {
     let settings = Settings::load(None).expect("config/default.toml loads");
     let generated = orderhub::natsconf::render(&settings).expect("nats-conf renders");
-    let path = orderhub::natsserver::nats_conf().expect("nats.conf");
+    let path = orderhub::sim::natsserver::nats_conf().expect("nats.conf");
     let committed = std::fs::read_to_string(&path).expect("read nats.conf");
     if committed != generated {
         let (line, (want, got)) = generated

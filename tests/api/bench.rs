@@ -32,8 +32,8 @@ pub fn where_no_nats_answers(command: &mut Command, dir: &Path) {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let bin =
-        orderhub::natsserver::find_binary().expect("nats-server (run scripts/install-nats-server)");
+    let bin = orderhub::sim::natsserver::find_binary()
+        .expect("nats-server (run scripts/install-nats-server)");
     // A path relative to this test's directory, or a name looked up on PATH.
     let bin = if bin.components().count() > 1 {
         manifest.join(bin)

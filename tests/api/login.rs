@@ -2,7 +2,7 @@
 //! development passwords), keeping its inbox prefix and rights.
 
 use orderhub::App;
-use orderhub::natsserver::{NatsServer, nats_conf};
+use orderhub::sim::natsserver::{NatsServer, nats_conf};
 
 use crate::helpers::*;
 

@@ -516,9 +516,10 @@ async fn outside_the_project_directory_says_what_is_missing() {
 
     // With the configuration found, the local nats-server the demo would start needs ./nats.conf.
     let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut stopped = orderhub::natsserver::NatsServer::start(None, &elsewhere.path().join("js"))
-        .await
-        .expect("nats-server");
+    let mut stopped =
+        orderhub::sim::natsserver::NatsServer::start(None, &elsewhere.path().join("js"))
+            .await
+            .expect("nats-server");
     stopped.kill().await;
     let url = format!("nats://hub:hub-dev@127.0.0.1:{}", stopped.port);
     let out = run(

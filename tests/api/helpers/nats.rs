@@ -1,7 +1,7 @@
 //! A nats-server from `nats.conf` per test, and clients that connect as its roles.
 
 use async_nats::Client;
-use orderhub::natsserver::NatsServer;
+use orderhub::sim::natsserver::NatsServer;
 use tempfile::TempDir;
 
 /// A nats-server on a free port with its own store directory; killed and removed on drop.
