@@ -23,8 +23,10 @@ use serde_json::json;
 use crate::link::Link;
 use crate::outbox::{Committed, SettleCheck};
 use crate::protocol::{CloudEvent, EventKind};
+use crate::reads::OrderReads;
 use crate::replication::await_replay;
 use crate::store::{Db, StoreError};
+use tokio::sync::{mpsc, oneshot};
 
 const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
@@ -360,12 +362,61 @@ pub fn record_late(
     r
 }
 
+/// Records of many external systems' requests in one transaction: while one commits, the next
+/// ones gather (up to [`WRITES_BATCH`]), so the auxiliary database commits (and syncs) once per
+/// batch, not once per record.
+#[derive(Clone)]
+pub struct AuxWrites {
+    tx: mpsc::UnboundedSender<(aux_records::Model, oneshot::Sender<Result<(), String>>)>,
+}
+
+/// Most records of one [`AuxWrites`] transaction.
+const WRITES_BATCH: usize = 512;
+
+impl AuxWrites {
+    /// Starts the writer; `confirm` as for [`upsert`]. It ends when the last handle is dropped.
+    pub fn start(db: Db, confirm: Option<Link<Committed>>) -> Self {
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(aux_records::Model, oneshot::Sender<Result<(), String>>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < WRITES_BATCH {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (records, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let done = upsert(&db, confirm.as_ref(), records)
+                    .await
+                    .map_err(|e| e.to_string());
+                for answer in answers {
+                    let _ = answer.send(done.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Stores or replaces `record`; returns once its transaction committed (and, with
+    /// `confirm`, the read nodes replayed it).
+    pub async fn record(&self, record: aux_records::Model) -> Result<(), String> {
+        let (answer, done) = oneshot::channel();
+        self.tx
+            .send((record, answer))
+            .map_err(|_| "the auxiliary writer stopped".to_owned())?;
+        done.await
+            .map_err(|_| "the auxiliary writer stopped".to_owned())?
+    }
+}
+
 /// `orders.aux.<system>.record` from an external system: stores or replaces its record of an
 /// order. A built-in system's name is refused (only the hub writes those records), and an order
 /// the read node does not know is `not_found`.
 pub async fn record_external(
-    db: &Db,
-    confirm: Option<&Link<Committed>>,
+    reads: &OrderReads,
+    writes: &AuxWrites,
     built_in: &[String],
     system: &str,
     request: crate::protocol::AuxRecordRequest,
@@ -377,7 +428,7 @@ pub async fn record_external(
              under its own name"
         )));
     }
-    if db
+    if reads
         .order(&request.order_id)
         .await
         .map_err(crate::reads::read_failed)?
@@ -392,7 +443,7 @@ pub async fn record_external(
         data: request.data,
         updated_at: chrono::Utc::now(),
     };
-    upsert(db, confirm, vec![record]).await.map_err(|e| {
+    writes.record(record).await.map_err(|e| {
         tracing::warn!(error = %e, "aux write failed");
         ApiError::unavailable("the auxiliary database is not available; retry later")
     })?;

@@ -84,8 +84,8 @@ pub struct Hub {
     ctx: Arc<Context>,
     orders: Orders,
     built_in_aux: Vec<String>,
-    /// Set when an auxiliary write waits for the read nodes (see [`aux::upsert`]).
-    aux_confirm: Option<Link<Committed>>,
+    /// External systems' records, written in batches.
+    aux_writes: aux::AuxWrites,
     /// Admission by the whole story.
     backlog: Arc<Backlog>,
     /// The partners' `get`s, read in batches.
@@ -287,7 +287,7 @@ impl Hub {
             ctx,
             orders,
             built_in_aux,
-            aux_confirm,
+            aux_writes: aux::AuxWrites::start(config.db.clone(), aux_confirm),
             backlog,
             backlog_watch,
             order_reads: reads::OrderReads::start(config.db.clone()),
@@ -376,8 +376,8 @@ impl Hub {
         request: AuxRecordRequest,
     ) -> Result<RecordReply, ApiError> {
         let reply = aux::record_external(
-            &self.ctx.db,
-            self.aux_confirm.as_ref(),
+            &self.order_reads,
+            &self.aux_writes,
             &self.built_in_aux,
             system,
             request,
