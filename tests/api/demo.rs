@@ -93,7 +93,8 @@ async fn the_sim_client_waits_the_hinted_time_before_asking_again() {
     assert_eq!(e.code(), Some("unavailable"), "{e}");
     assert_eq!(e.retry_after(), Some(hint), "{e}");
 
-    // …and asks again only after it, with jitter: between half and one and a half times the hint.
+    // …and asks again only after it, with jitter: between half and one and a half times the hint,
+    // doubled for each refusal before (up to four times the hint).
     let started = Instant::now();
     let patience = Patience {
         until: Some((started + hint * 4).into()),
@@ -113,10 +114,14 @@ async fn the_sim_client_waits_the_hinted_time_before_asking_again() {
         .map(|(_, _, wait)| *wait)
         .collect();
     assert!(!hinted.is_empty(), "asked again within four hints");
-    for wait in &hinted {
+    for (i, wait) in hinted.iter().enumerate() {
+        let base = hint
+            * 2u32
+                .pow(i as u32)
+                .min(orderhub::sim::backoff::MAX_HINT_FACTOR);
         assert!(
-            *wait >= hint / 2 && *wait < hint * 3 / 2,
-            "waited {wait:?} for a hint of {hint:?}"
+            *wait >= base / 2 && *wait < base * 3 / 2,
+            "wait {i} was {wait:?} for a hint of {hint:?}"
         );
     }
     // Each attempt came after the wait before it.
