@@ -93,15 +93,7 @@ async fn bench_json(nats: Nats<'_>, dir: &Path, args: &[&str]) -> Value {
         }
         Nats::StartedByBench => where_no_nats_answers(&mut command, dir),
     }
-    command
-        .env(
-            "ORDERHUB__DATABASE__PRIMARY_URL",
-            format!("sqlite://{}/orderhub.db?mode=rwc", dir.display()),
-        )
-        .env(
-            "ORDERHUB__DATABASE__AUX_URL",
-            format!("sqlite://{}/aux.db?mode=rwc", dir.display()),
-        );
+    sqlite_in(&mut command, dir);
     let args: Vec<&str> = ["bench", "--json"].iter().chain(args).copied().collect();
     let Finished {
         success,

@@ -148,14 +148,9 @@ pub async fn spawn_hub(nats: &TestNats, dir: &Path) -> Child {
     spawn_hub_with(nats, dir, &[]).await
 }
 
-/// `orderhub serve` with extra command-line arguments (e.g. `--config FILE`).
-pub async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .args(args)
-        .arg("serve")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("ORDERHUB__NATS__URL", nats.url("hub"))
-        .env("ORDERHUB__NATS__SPAWN_SERVER", "false")
+/// Points a child `orderhub` at SQLite files in `dir` (order and auxiliary databases).
+pub fn sqlite_in<'a>(command: &'a mut Command, dir: &Path) -> &'a mut Command {
+    command
         .env(
             "ORDERHUB__DATABASE__PRIMARY_URL",
             format!("sqlite://{}/orderhub.db?mode=rwc", dir.display()),
@@ -164,6 +159,17 @@ pub async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child
             "ORDERHUB__DATABASE__AUX_URL",
             format!("sqlite://{}/aux.db?mode=rwc", dir.display()),
         )
+}
+
+/// `orderhub serve` with extra command-line arguments (e.g. `--config FILE`).
+pub async fn spawn_hub_with(nats: &TestNats, dir: &Path, args: &[&str]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_orderhub"));
+    command
+        .args(args)
+        .arg("serve")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("ORDERHUB__NATS__URL", nats.url("hub"));
+    let child = sqlite_in(&mut command, dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("TEST_LOG").is_some() {
