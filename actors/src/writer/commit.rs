@@ -7,6 +7,11 @@
 //! release mark, a sweep) changes nothing. The move also sets the time of the status it reaches
 //! (`dispatched_at`, `result_stored_at`, …) in the same row: no row per transition.
 //!
+//! The statements run on a [`Tx`]: a transaction through sea-orm (Postgres), or the SQLite
+//! writer's own connection ([`super::direct`]). Finding the order that holds a
+//! taken key, or the result that beat an op, is left to [`resolve`], after the commit: such rows
+//! are never deleted, so a read after the commit finds them.
+//!
 //! The ops of a batch concern distinct orders (an order actor awaits each write), except when an
 //! order actor gave up waiting (`write_timeout`) and its retry joined the first op in the same
 //! batch. Such a pair still makes one row and one event: two results collide on the results' key,
@@ -21,8 +26,8 @@ use entities::{order_results, orders, outbox};
 use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    TransactionTrait,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    StatementBuilder, TransactionTrait,
 };
 
 use super::{WriteOp, WriteOutcome};
@@ -35,67 +40,177 @@ use crate::store::{by_key, status_time_column};
 /// Rows per multi-row statement: well under SQLite's bind-parameter limit.
 const CHUNK: usize = 256;
 
-/// What one group commit is asked to do.
-#[derive(Default)]
-pub(super) struct Batch<'a> {
-    pub ops: &'a [WriteOp],
-    /// Events JetStream acknowledged: their release step.
-    pub published: &'a [PendingEvent],
-    /// Settled events to make, each for the order version it was checked at.
-    pub settle: &'a [(PendingEvent, i32)],
+/// Where a group commit's statements run, inside an open transaction.
+pub(super) trait Tx {
+    fn backend(&self) -> DbBackend;
+    /// Runs a statement and returns the first column of the rows it returns, as text.
+    async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr>;
+    async fn execute(&self, stmt: Statement) -> Result<(), DbErr>;
+
+    fn build<S: StatementBuilder>(&self, stmt: &S) -> Statement {
+        self.backend().build(stmt)
+    }
+
+    /// Runs a statement with `RETURNING id` (or one selecting ids) and collects the ids.
+    async fn ids<S: StatementBuilder>(&self, stmt: &S) -> Result<HashSet<String>, DbErr> {
+        Ok(self.strings(self.build(stmt)).await?.into_iter().collect())
+    }
 }
 
-/// What a group commit did.
-pub(super) struct Done {
+impl Tx for DatabaseTransaction {
+    fn backend(&self) -> DbBackend {
+        self.get_database_backend()
+    }
+
+    async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr> {
+        self.query_all_raw(stmt)
+            .await?
+            .iter()
+            .map(|row| row.try_get_by_index::<String>(0))
+            .collect()
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<(), DbErr> {
+        self.execute_raw(stmt).await.map(drop)
+    }
+}
+
+/// What one group commit is asked to do.
+#[derive(Default)]
+pub(super) struct Batch {
+    pub ops: Vec<WriteOp>,
+    /// Events JetStream acknowledged: their release step.
+    pub published: Vec<PendingEvent>,
+    /// Settled events to make, each for the order version it was checked at.
+    pub settle: Vec<(PendingEvent, i32)>,
+}
+
+/// How an op went, as the transaction saw it.
+pub(super) enum Applied {
+    Done,
+    /// `InsertOrder` found its idempotency key taken.
+    KeyTaken,
+    /// `StoreResult` (`late: false`) or `StoreLateResult` (`late: true`) did not move the order:
+    /// a result is there already, or the order is not where the op expected it.
+    NotMoved { late: bool },
+}
+
+/// What a group commit did, before [`resolve`].
+pub(super) struct Committed {
     /// One per op.
-    pub outcomes: Vec<WriteOutcome>,
+    pub applied: Vec<Applied>,
     /// Settled events made (the rest were settled already, or moved on meanwhile).
     pub settled: Vec<PendingEvent>,
     /// Orders whose result event is now released: their settlement may be due.
     pub notified: Vec<String>,
 }
 
-/// Runs a batch in one transaction.
+/// What a group commit did.
+pub(super) struct Done {
+    /// One per op.
+    pub outcomes: Vec<WriteOutcome>,
+    pub settled: Vec<PendingEvent>,
+    pub notified: Vec<String>,
+}
+
+/// Runs a batch in one transaction through sea-orm.
 pub(super) async fn commit(
     db: &DatabaseConnection,
-    batch: Batch<'_>,
+    batch: &Batch,
     partners: &Partners,
-) -> Result<Done, DbErr> {
+) -> Result<Committed, DbErr> {
     let txn = db.begin().await?;
+    let committed = apply(&txn, batch, partners).await?;
+    txn.commit().await?;
+    Ok(committed)
+}
+
+/// The statements of a batch, in the transaction `tx` has open.
+pub(super) async fn apply<T: Tx>(
+    tx: &T,
+    batch: &Batch,
+    partners: &Partners,
+) -> Result<Committed, DbErr> {
     let now = Utc::now();
-    let ops = batch.ops;
-    let mut outcomes: Vec<Option<WriteOutcome>> = ops.iter().map(|_| None).collect();
-    lock_orders(&txn, &existing_orders(&batch)).await?;
-    let mut events = insert_orders(&txn, ops, &mut outcomes).await?;
-    events.extend(store_results(&txn, ops, now, &mut outcomes).await?);
-    events.extend(store_late_results(&txn, ops, now, &mut outcomes).await?);
-    let settled = settle(&txn, batch.settle, now).await?;
+    let ops = &batch.ops[..];
+    let mut applied: Vec<Option<Applied>> = ops.iter().map(|_| None).collect();
+    lock_orders(tx, &existing_orders(batch)).await?;
+    let mut events = insert_orders(tx, ops, &mut applied).await?;
+    events.extend(store_results(tx, ops, now, &mut applied).await?);
+    events.extend(store_late_results(tx, ops, now, &mut applied).await?);
+    let settled = settle(tx, &batch.settle, now).await?;
     events.extend(settled.iter());
     for chunk in events.chunks(CHUNK) {
-        outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
-            .exec_without_returning(&txn)
-            .await?;
+        let insert =
+            outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
+                .into_query();
+        tx.execute(tx.build(&insert)).await?;
     }
-    let notified = mark_released(&txn, batch.published, partners, now).await?;
-    txn.commit().await?;
-    let outcomes = outcomes
+    let notified = mark_released(tx, &batch.published, partners, now).await?;
+    let applied = applied
         .into_iter()
         .map(|o| o.ok_or_else(|| DbErr::Custom("an op of the batch was not applied".into())))
         .collect::<Result<_, _>>()?;
-    Ok(Done {
-        outcomes,
+    Ok(Committed {
+        applied,
         settled: settled.into_iter().cloned().collect(),
         notified,
+    })
+}
+
+/// After the commit: the order that holds a taken key, and the result that beat an op (or
+/// [`WriteOutcome::Stale`] when there is none: the order moved elsewhere).
+pub(super) async fn resolve(
+    db: &DatabaseConnection,
+    ops: &[WriteOp],
+    committed: Committed,
+) -> Result<Done, DbErr> {
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for (op, applied) in ops.iter().zip(committed.applied) {
+        outcomes.push(match (applied, op) {
+            (Applied::Done, _) => WriteOutcome::Done,
+            (Applied::KeyTaken, WriteOp::InsertOrder { order, .. }) => {
+                let holder = by_key(
+                    orders::Entity::find()
+                        .filter(orders::Column::UserId.eq(order.user_id.as_str()))
+                        .filter(orders::Column::RequestId.eq(order.request_id.as_str())),
+                    db,
+                )
+                .await?
+                .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
+                WriteOutcome::DuplicateOrder(Box::new(holder))
+            }
+            (
+                Applied::NotMoved { late },
+                WriteOp::StoreResult { result: r, .. } | WriteOp::StoreLateResult { late: r, .. },
+            ) => {
+                let found = by_key(
+                    order_results::Entity::find_by_id((r.order_id.clone(), late)),
+                    db,
+                )
+                .await?;
+                match found {
+                    Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
+                    None => WriteOutcome::Stale,
+                }
+            }
+            _ => return Err(DbErr::Custom("an op's outcome does not fit the op".into())),
+        });
+    }
+    Ok(Done {
+        outcomes,
+        settled: committed.settled,
+        notified: committed.notified,
     })
 }
 
 /// New orders ([`Trigger::Submit`]): one `INSERT … ON CONFLICT DO NOTHING RETURNING id` per
 /// chunk; an order whose id is missing lost to an existing idempotency key. Returns the events of
 /// the inserted orders.
-async fn insert_orders<'a>(
-    txn: &DatabaseTransaction,
+async fn insert_orders<'a, T: Tx>(
+    tx: &T,
     ops: &'a [WriteOp],
-    outcomes: &mut [Option<WriteOutcome>],
+    outcomes: &mut [Option<Applied>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
     let inserts: Vec<(usize, &orders::Model, &PendingEvent)> = ops
         .iter()
@@ -119,21 +234,13 @@ async fn insert_orders<'a>(
         )
         .into_query();
         stmt.returning_col(orders::Column::Id);
-        let inserted = returned_ids(txn, &stmt).await?;
+        let inserted = tx.ids(&stmt).await?;
         for (i, order, event) in chunk {
             if inserted.contains(order.id.as_str()) {
-                outcomes[*i] = Some(WriteOutcome::Done);
+                outcomes[*i] = Some(Applied::Done);
                 events.push(*event);
             } else {
-                let existing = by_key(
-                    orders::Entity::find()
-                        .filter(orders::Column::UserId.eq(order.user_id.as_str()))
-                        .filter(orders::Column::RequestId.eq(order.request_id.as_str())),
-                    txn,
-                )
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
-                outcomes[*i] = Some(WriteOutcome::DuplicateOrder(Box::new(existing)));
+                outcomes[*i] = Some(Applied::KeyTaken);
             }
         }
     }
@@ -144,11 +251,11 @@ async fn insert_orders<'a>(
 /// `result_stored` if it is where its trigger moves from. One that moved meanwhile either has a
 /// result already or is gone. An order that was still `accepted` gets its `dispatched_at` too, so
 /// its story has no gap. Returns the events of the stored results.
-async fn store_results<'a>(
-    txn: &DatabaseTransaction,
+async fn store_results<'a, T: Tx>(
+    tx: &T,
     ops: &'a [WriteOp],
     now: DateTime<Utc>,
-    outcomes: &mut [Option<WriteOutcome>],
+    outcomes: &mut [Option<Applied>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
     let mut by_trigger: HashMap<Trigger, Vec<(usize, &order_results::Model, &PendingEvent)>> =
         HashMap::new();
@@ -168,7 +275,7 @@ async fn store_results<'a>(
             let dispatched_at: SimpleExpr =
                 Func::coalesce([Expr::col(orders::Column::DispatchedAt), Expr::value(now)]).into();
             let moved = move_orders(
-                txn,
+                tx,
                 &ids,
                 trigger,
                 &[(orders::Column::DispatchedAt, dispatched_at)],
@@ -178,27 +285,21 @@ async fn store_results<'a>(
             let moved: HashSet<&str> = moved.iter().map(String::as_str).collect();
             for (i, result, event) in chunk {
                 if moved.contains(result.order_id.as_str()) {
-                    outcomes[*i] = Some(WriteOutcome::Done);
+                    outcomes[*i] = Some(Applied::Done);
                     stored.push(*result);
                     events.push(*event);
-                    continue;
+                } else {
+                    outcomes[*i] = Some(Applied::NotMoved { late: false });
                 }
-                let existing = by_key(
-                    order_results::Entity::find_by_id((result.order_id.clone(), false)),
-                    txn,
-                )
-                .await?;
-                outcomes[*i] = Some(match existing {
-                    Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
-                    None => WriteOutcome::Stale,
-                });
             }
         }
     }
     for chunk in stored.chunks(CHUNK) {
-        order_results::Entity::insert_many(chunk.iter().map(|r| (*r).clone().into_active_model()))
-            .exec_without_returning(txn)
-            .await?;
+        let insert = order_results::Entity::insert_many(
+            chunk.iter().map(|r| (*r).clone().into_active_model()),
+        )
+        .into_query();
+        tx.execute(tx.build(&insert)).await?;
     }
     Ok(events)
 }
@@ -207,11 +308,11 @@ async fn store_results<'a>(
 /// inserted unless the order has one already. An order whose timeout result event is out
 /// (`notified`) moves to `late_result_stored` now ([`Trigger::LateResult`]); one still at
 /// `result_stored` moves when that event is released (see [`mark_released`]).
-async fn store_late_results<'a>(
-    txn: &DatabaseTransaction,
+async fn store_late_results<'a, T: Tx>(
+    tx: &T,
     ops: &'a [WriteOp],
     now: DateTime<Utc>,
-    outcomes: &mut [Option<WriteOutcome>],
+    outcomes: &mut [Option<Applied>],
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
     let wanted: Vec<(usize, &order_results::Model, &PendingEvent)> = ops
         .iter()
@@ -237,38 +338,26 @@ async fn store_late_results<'a>(
         )
         .into_query();
         stmt.returning_col(order_results::Column::OrderId);
-        let rows = txn.query_all(&stmt).await?;
-        let inserted: HashSet<String> = rows
-            .iter()
-            .map(|r| r.try_get::<String>("", "order_id"))
-            .collect::<Result<_, _>>()?;
+        let inserted = tx.ids(&stmt).await?;
         for (i, late, event) in chunk {
             // Two ops for one order can share a batch when an order actor gave up waiting for the
             // first and sent its retry: only the first of them inserted the row and has an event.
             if inserted.contains(late.order_id.as_str()) && taken.insert(late.order_id.as_str()) {
-                outcomes[*i] = Some(WriteOutcome::Done);
+                outcomes[*i] = Some(Applied::Done);
                 events.push(*event);
                 inserted_ids.push(late.order_id.as_str());
-                continue;
+            } else {
+                outcomes[*i] = Some(Applied::NotMoved { late: true });
             }
-            let existing = by_key(
-                order_results::Entity::find_by_id((late.order_id.clone(), true)),
-                txn,
-            )
-            .await?;
-            outcomes[*i] = Some(match existing {
-                Some(e) => WriteOutcome::ResultExists(Box::new(e)),
-                None => WriteOutcome::Stale,
-            });
         }
     }
-    move_orders(txn, &inserted_ids, Trigger::LateResult, &[], now).await?;
+    move_orders(tx, &inserted_ids, Trigger::LateResult, &[], now).await?;
     Ok(events)
 }
 
 /// Every existing order a batch touches: those of its results and late results, of the events
 /// it releases, and of its settlements (new orders are rows of its own).
-fn existing_orders<'a>(batch: &Batch<'a>) -> Vec<&'a str> {
+fn existing_orders(batch: &Batch) -> Vec<&str> {
     let mut ids: Vec<&str> = batch
         .ops
         .iter()
@@ -293,20 +382,19 @@ fn existing_orders<'a>(batch: &Batch<'a>) -> Vec<&'a str> {
 /// would otherwise each miss the other (the late result inserted while the order is still
 /// `result_stored`, the order moved to `notified` without seeing it), and the order would stay
 /// `notified` for good.
-async fn lock_orders(txn: &DatabaseTransaction, ids: &[&str]) -> Result<(), DbErr> {
-    if txn.get_database_backend() != DbBackend::Postgres || ids.is_empty() {
+async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
+    if tx.backend() != DbBackend::Postgres || ids.is_empty() {
         return Ok(());
     }
     for chunk in ids.chunks(CHUNK) {
-        orders::Entity::find()
+        let lock = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
             .filter(orders::Column::Id.is_in(chunk.iter().copied()))
             .order_by_asc(orders::Column::Id)
             .lock_exclusive()
-            .into_tuple::<String>()
-            .all(txn)
-            .await?;
+            .into_query();
+        tx.strings(tx.build(&lock)).await?;
     }
     Ok(())
 }
@@ -317,8 +405,8 @@ async fn lock_orders(txn: &DatabaseTransaction, ids: &[&str]) -> Result<(), DbEr
 /// The settler may hand the same order over more than once before the writer commits (a hint per
 /// auxiliary record, and the scan): only one of them, the one checked at the highest version,
 /// makes an event, or each copy would ride on the one row the update moved.
-async fn settle<'a>(
-    txn: &DatabaseTransaction,
+async fn settle<'a, T: Tx>(
+    tx: &T,
     settle: &'a [(PendingEvent, i32)],
     now: DateTime<Utc>,
 ) -> Result<Vec<&'a PendingEvent>, DbErr> {
@@ -345,7 +433,7 @@ async fn settle<'a>(
                 .filter(orders::Column::Id.is_in(chunk.iter().map(|e| e.order_id.as_str())))
                 .into_query();
             stmt.returning_col(orders::Column::Id);
-            let moved = returned_ids(txn, &stmt).await?;
+            let moved = tx.ids(&stmt).await?;
             made.extend(chunk.iter().filter(|e| moved.contains(e.order_id.as_str())));
         }
     }
@@ -362,8 +450,8 @@ async fn settle<'a>(
 /// went out first, but its release is recorded elsewhere (a peer instance, or the sweep after a
 /// failed batch) and later. Such a late event is left unmarked, so the sweep brings it back
 /// (JetStream drops the copy) and its release is recorded once the order can take it.
-async fn mark_released(
-    txn: &DatabaseTransaction,
+async fn mark_released<T: Tx>(
+    tx: &T,
     published: &[PendingEvent],
     partners: &Partners,
     now: DateTime<Utc>,
@@ -384,28 +472,25 @@ async fn mark_released(
     for (timeout, ids) in dispatched {
         let deadline = now + chrono::Duration::from_std(timeout).unwrap_or_default();
         let deadline = [(orders::Column::ResultDeadline, Expr::value(deadline))];
-        move_orders(txn, &ids, Trigger::StoredOut, &deadline, now).await?;
+        move_orders(tx, &ids, Trigger::StoredOut, &deadline, now).await?;
     }
-    let notified = move_orders(txn, &notified, Trigger::ResultOut, &[], now).await?;
+    let notified = move_orders(tx, &notified, Trigger::ResultOut, &[], now).await?;
     // A late result stored while its timeout's result event was still on its way.
     if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
         let mut waiting = Vec::new();
         for chunk in notified.chunks(CHUNK) {
-            waiting.extend(
-                order_results::Entity::find()
-                    .select_only()
-                    .column(order_results::Column::OrderId)
-                    .filter(order_results::Column::Late.eq(true))
-                    .filter(order_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
-                    .into_tuple::<String>()
-                    .all(txn)
-                    .await?,
-            );
+            let select = order_results::Entity::find()
+                .select_only()
+                .column(order_results::Column::OrderId)
+                .filter(order_results::Column::Late.eq(true))
+                .filter(order_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
+                .into_query();
+            waiting.extend(tx.strings(tx.build(&select)).await?);
         }
         let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
-        move_orders(txn, &waiting, then, &[], now).await?;
+        move_orders(tx, &waiting, then, &[], now).await?;
     }
-    let moved: HashSet<String> = move_orders(txn, &late, Trigger::LateOut, &[], now)
+    let moved: HashSet<String> = move_orders(tx, &late, Trigger::LateOut, &[], now)
         .await?
         .into_iter()
         .collect();
@@ -416,16 +501,13 @@ async fn mark_released(
         .collect();
     let mut early = HashSet::new();
     for chunk in not_moved.chunks(CHUNK) {
-        early.extend(
-            orders::Entity::find()
-                .select_only()
-                .column(orders::Column::Id)
-                .filter(orders::Column::Id.is_in(chunk.iter().copied()))
-                .filter(orders::Column::Version.lt(OrderStatus::LateResultStored.version()))
-                .into_tuple::<String>()
-                .all(txn)
-                .await?,
-        );
+        let select = orders::Entity::find()
+            .select_only()
+            .column(orders::Column::Id)
+            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .filter(orders::Column::Version.lt(OrderStatus::LateResultStored.version()))
+            .into_query();
+        early.extend(tx.strings(tx.build(&select)).await?);
     }
     let marked: Vec<&str> = published
         .iter()
@@ -433,12 +515,12 @@ async fn mark_released(
         .map(|e| e.id.as_str())
         .collect();
     for chunk in marked.chunks(CHUNK) {
-        outbox::Entity::update_many()
+        let update = outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAt, Expr::value(now))
             .filter(outbox::Column::Id.is_in(chunk.iter().copied()))
             .filter(outbox::Column::PublishedAt.is_null())
-            .exec(txn)
-            .await?;
+            .into_query();
+        tx.execute(tx.build(&update)).await?;
     }
     Ok(notified)
 }
@@ -446,8 +528,8 @@ async fn mark_released(
 /// Applies `trigger` to the orders of `ids` that are where it moves from (see
 /// [`lifecycle::TABLE`]): the new status and version, the time of the status reached, and
 /// `also`. Returns the ids that moved.
-async fn move_orders(
-    txn: &DatabaseTransaction,
+async fn move_orders<T: Tx>(
+    tx: &T,
     ids: &[&str],
     trigger: Trigger,
     also: &[(orders::Column, SimpleExpr)],
@@ -470,16 +552,7 @@ async fn move_orders(
             .filter(orders::Column::Id.is_in(chunk.iter().copied()))
             .into_query();
         stmt.returning_col(orders::Column::Id);
-        moved.extend(returned_ids(txn, &stmt).await?);
+        moved.extend(tx.ids(&stmt).await?);
     }
     Ok(moved)
-}
-
-/// Runs a statement with `RETURNING id` and collects the ids.
-async fn returned_ids<S: sea_orm::StatementBuilder>(
-    txn: &DatabaseTransaction,
-    stmt: &S,
-) -> Result<HashSet<String>, DbErr> {
-    let rows = txn.query_all(stmt).await?;
-    rows.iter().map(|r| r.try_get::<String>("", "id")).collect()
 }

@@ -6,10 +6,15 @@
 //!
 //! After a commit the writer hands the batch's new events on ([`Committed`], to the replication
 //! actor), then answers each op.
+//!
+//! On a SQLite file the writer runs its commits on a connection of its own ([`direct`]); on
+//! Postgres, through the primary's pool.
 
 mod commit;
+mod direct;
 
 use commit::{Batch, Done};
+use direct::Direct;
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -150,6 +155,8 @@ pub struct WriterState {
     flush_scheduled: bool,
     /// When the primary last could not be reached; cleared by the next commit.
     primary_down_at: Option<Instant>,
+    /// The SQLite writer's own connection, when the primary is a SQLite file.
+    direct: Option<Direct>,
 }
 
 impl Actor for Writer {
@@ -162,7 +169,18 @@ impl Actor for Writer {
         _myself: ActorRef<Self::Msg>,
         args: WriterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let direct = match direct::primary_file(&args.primary).await {
+            Some(file) => match Direct::open(&file) {
+                Ok(direct) => Some(direct),
+                Err(e) => {
+                    tracing::warn!(error = %e, file = %file.display(), "writing through the pool instead");
+                    None
+                }
+            },
+            None => None,
+        };
         Ok(WriterState {
+            direct,
             primary: args.primary,
             guard: args.guard,
             partners: args.partners,
@@ -222,37 +240,30 @@ impl WriterState {
             return;
         }
         let (ops, callers): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
-        let published = std::mem::take(&mut self.published);
-        let settle = std::mem::take(&mut self.settlements);
         if self
             .primary_down_at
             .is_some_and(|at| at.elapsed() < DOWN_RETRY)
         {
             // Published rows stay unpublished in the outbox (the sweep brings them back), and
             // settlements are found again by the settler's scan.
+            self.published.clear();
+            self.settlements.clear();
             answer(callers, |_| Err(primary_down()));
             return;
         }
         let started = Instant::now();
         let batch = Batch {
-            ops: &ops,
-            published: &published,
-            settle: &settle,
+            ops,
+            published: std::mem::take(&mut self.published),
+            settle: std::mem::take(&mut self.settlements),
         };
-        let committed = commit::commit(&self.primary, batch, &self.partners).await;
-        if let Err(e) = &committed {
-            self.guard.note(e);
-        }
-        self.primary_down_at = committed
-            .as_ref()
-            .err()
-            .filter(|e| unreachable(e))
-            .map(|_| Instant::now());
+        let (released, settled) = (batch.published.len(), batch.settle.len());
+        let (ops, committed) = self.commit(batch).await;
         metrics::histogram!("orderhub_group_commit_ops").record(ops.len() as f64);
         tracing::debug!(
             ops = ops.len(),
-            released = published.len(),
-            settled = settle.len(),
+            released,
+            settled,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "group commit"
         );
@@ -270,30 +281,64 @@ impl WriterState {
         }
     }
 
+    /// Commits a batch and finds what its ops ran into; hands the ops back (none if the SQLite
+    /// writer's thread is gone). Notes a primary that could not be reached.
+    async fn commit(&mut self, batch: Batch) -> (Vec<WriteOp>, Result<Done, DbErr>) {
+        let (ops, committed) = match &self.direct {
+            Some(direct) => match direct.commit(batch, self.partners.clone()).await {
+                Some((batch, committed)) => (batch.ops, committed),
+                None => (
+                    Vec::new(),
+                    Err(DbErr::Custom("the SQLite writer's thread is gone".into())),
+                ),
+            },
+            None => {
+                let committed = commit::commit(&self.primary, &batch, &self.partners).await;
+                (batch.ops, committed)
+            }
+        };
+        let done = match committed {
+            Ok(committed) => commit::resolve(&self.primary, &ops, committed).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &done {
+            self.guard.note(e);
+        }
+        self.primary_down_at = done
+            .as_ref()
+            .err()
+            .filter(|e| unreachable(e))
+            .map(|_| Instant::now());
+        (ops, done)
+    }
+
     /// One bad op must not fail its neighbours: each op alone. Release marks and settlements of
     /// the failed batch are not retried here: the sweep and the settler's scan bring them back.
     async fn one_by_one(&mut self, ops: Vec<WriteOp>, callers: Vec<Caller>) {
-        for (op, caller) in ops.into_iter().zip(callers) {
+        let mut callers = callers.into_iter();
+        for op in ops {
+            let Some(caller) = callers.next() else { break };
             if self.primary_down_at.is_some() {
                 let _ = caller.reply.send(Err(primary_down()));
                 continue;
             }
-            let one = [op];
             let batch = Batch {
-                ops: &one,
+                ops: vec![op],
                 ..Batch::default()
             };
-            match commit::commit(&self.primary, batch, &self.partners).await {
-                Ok(done) => self.finish(&one, vec![caller], done),
-                Err(e) => {
-                    self.guard.note(&e);
-                    if unreachable(&e) {
-                        self.primary_down_at = Some(Instant::now());
-                    }
+            match self.commit(batch).await {
+                (one, Ok(done)) => self.finish(&one, vec![caller], done),
+                (_, Err(e)) => {
                     let _ = caller.reply.send(Err(StoreError::Unavailable(e)));
                 }
             }
         }
+        // Ops lost with the SQLite writer's thread: their callers hear it.
+        answer(callers.collect(), |_| {
+            Err(StoreError::Unavailable(DbErr::Custom(
+                "the SQLite writer's thread is gone".into(),
+            )))
+        });
     }
 
     /// Hands new events to the replication actor and newly notified orders to the settler, then

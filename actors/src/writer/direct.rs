@@ -1,0 +1,217 @@
+//! The SQLite writer's own connection, on a thread of its own. Through sqlx, every statement of a
+//! group commit, and every row it returns, crosses a channel to the connection's thread and back.
+//! Here the writer hands over the whole batch once: the thread runs the group commit's
+//! statements ([`commit::apply`]), each prepared once and kept for the next batch of the same
+//! shape, and hands back what the commit did.
+//!
+//! It writes the file the hub's sqlx pools opened (the path SQLite itself reports), with their
+//! settings: WAL, `synchronous = FULL`, a 5 s busy timeout.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use sea_orm::sea_query::{OptionEnum, Value};
+use sea_orm::{DbBackend, DbErr, RuntimeErr, Statement};
+use tokio::sync::oneshot;
+
+use super::commit::{self, Batch, Committed, Tx};
+use crate::partners::Partners;
+
+/// Prepared statements kept: the group commit's shapes, by how many rows each carries.
+const STATEMENTS: usize = 64;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A handle on the writer's thread; the thread ends when the handle is dropped.
+pub(super) struct Direct {
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Job {
+    batch: Batch,
+    partners: Arc<Partners>,
+    reply: oneshot::Sender<(Batch, Result<Committed, DbErr>)>,
+}
+
+impl Direct {
+    /// Opens `file` (which must exist: the pools created and migrated it) on a new thread.
+    pub(super) fn open(file: &Path) -> Result<Self, DbErr> {
+        let conn = connect(file).map_err(|e| failed(&e))?;
+        let (jobs, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || serve(conn, rx))
+            .map_err(|e| DbErr::Custom(format!("starting the SQLite writer thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `batch` in one transaction; hands the batch back with what it did. `None` when the
+    /// thread is gone (it ends only when the handle is dropped, or if it panicked).
+    pub(super) async fn commit(
+        &self,
+        batch: Batch,
+        partners: Arc<Partners>,
+    ) -> Option<(Batch, Result<Committed, DbErr>)> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                batch,
+                partners,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok()
+    }
+}
+
+fn connect(file: &Path) -> rusqlite::Result<Connection> {
+    // No CREATE: a path that is not the pools' file fails here instead of making a new one.
+    let conn = Connection::open_with_flags(
+        file,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS);
+    Ok(conn)
+}
+
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(Job {
+        batch,
+        partners,
+        reply,
+    }) = jobs.recv()
+    {
+        let done = run(&mut conn, &batch, &partners);
+        // A writer that stopped meanwhile dropped its end: nothing to do.
+        let _ = reply.send((batch, done));
+    }
+}
+
+fn run(conn: &mut Connection, batch: &Batch, partners: &Partners) -> Result<Committed, DbErr> {
+    let txn = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| failed(&e))?;
+    let committed = at_once(commit::apply(&Local(&txn), batch, partners))?;
+    txn.commit().map_err(|e| failed(&e))?;
+    Ok(committed)
+}
+
+/// Polls a future whose every step completes at once (its statements run synchronously).
+fn at_once<T>(f: impl Future<Output = Result<T, DbErr>>) -> Result<T, DbErr> {
+    match pin!(f).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => out,
+        Poll::Pending => Err(DbErr::Custom(
+            "a statement of the SQLite writer did not complete at once".into(),
+        )),
+    }
+}
+
+/// The open transaction of the writer's connection.
+struct Local<'a>(&'a rusqlite::Transaction<'a>);
+
+impl Local<'_> {
+    fn prepared(&self, stmt: &Statement) -> Result<rusqlite::CachedStatement<'_>, DbErr> {
+        let mut prepared = self.0.prepare_cached(&stmt.sql).map_err(|e| failed(&e))?;
+        if let Some(values) = &stmt.values {
+            for (i, value) in values.0.iter().enumerate() {
+                prepared
+                    .raw_bind_parameter(i + 1, bind(value)?)
+                    .map_err(|e| failed(&e))?;
+            }
+        }
+        Ok(prepared)
+    }
+}
+
+impl Tx for Local<'_> {
+    fn backend(&self) -> DbBackend {
+        DbBackend::Sqlite
+    }
+
+    async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr> {
+        let mut prepared = self.prepared(&stmt)?;
+        let mut rows = prepared.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| failed(&e))? {
+            out.push(row.get::<_, String>(0).map_err(|e| failed(&e))?);
+        }
+        Ok(out)
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<(), DbErr> {
+        self.prepared(&stmt)?
+            .raw_execute()
+            .map(drop)
+            .map_err(|e| failed(&e))
+    }
+}
+
+/// A value as sqlx binds it on SQLite, so that the rows read the same whichever connection wrote
+/// them (times as RFC 3339 text, JSON as text, booleans as 0 and 1).
+fn bind(value: &Value) -> Result<Sql, DbErr> {
+    fn or_null<T>(v: &Option<T>, f: impl FnOnce(&T) -> Sql) -> Sql {
+        v.as_ref().map_or(Sql::Null, f)
+    }
+    Ok(match value {
+        Value::Bool(v) => or_null(v, |b| Sql::Integer(i64::from(*b))),
+        Value::TinyInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::SmallInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Int(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::BigInt(v) => or_null(v, |i| Sql::Integer(*i)),
+        Value::TinyUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::SmallUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Unsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Float(v) => or_null(v, |f| Sql::Real(f64::from(*f))),
+        Value::Double(v) => or_null(v, |f| Sql::Real(*f)),
+        Value::String(v) => or_null(v, |s| Sql::Text(s.clone())),
+        Value::Char(v) => or_null(v, |c| Sql::Text(c.to_string())),
+        Value::Enum(OptionEnum::Some(v)) => Sql::Text(v.value.to_string()),
+        Value::Enum(OptionEnum::None(_)) => Sql::Null,
+        Value::Bytes(v) => or_null(v, |b| Sql::Blob(b.clone())),
+        Value::Json(v) => or_null(v, |j| Sql::Text(j.to_string())),
+        Value::ChronoDateTimeUtc(v) => or_null(v, |t| {
+            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        Value::ChronoDateTimeWithTimeZone(v) => or_null(v, |t| {
+            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        Value::ChronoDateTime(v) => or_null(v, |t| Sql::Text(t.format("%F %T%.f").to_string())),
+        other => {
+            return Err(DbErr::Custom(format!(
+                "the SQLite writer cannot bind {other:?}"
+            )));
+        }
+    })
+}
+
+fn failed(e: &rusqlite::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(format!("SQLite: {e}")))
+}
+
+/// The file behind the primary's pool, as SQLite reports it; `None` in memory or on Postgres.
+pub(super) async fn primary_file(db: &sea_orm::DatabaseConnection) -> Option<PathBuf> {
+    use sea_orm::ConnectionTrait;
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        ))
+        .await
+        .ok()??;
+    let file: String = row.try_get_by_index(0).ok()?;
+    (!file.is_empty()).then(|| PathBuf::from(file))
+}
