@@ -49,7 +49,12 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         let settings = Settings::load(self.config.as_deref())?;
         match self.command {
-            Command::Serve => crate::run(settings, crate::startup::shutdown_signal()).await,
+            Command::Serve => {
+                if let Some(warning) = serve_warning(&settings) {
+                    tracing::warn!("{warning}");
+                }
+                crate::run(settings, crate::startup::shutdown_signal()).await
+            }
             Command::Migrate => migrate(&settings).await,
             Command::Status => status(&settings).await,
             Command::Trace { order_id } => crate::trace::run(&settings, &order_id).await,
@@ -61,6 +66,14 @@ impl Cli {
             }
         }
     }
+}
+
+/// What `serve` warns about at start-up: a setting it does not read, set as if it did.
+fn serve_warning(settings: &Settings) -> Option<&'static str> {
+    (settings.nats.spawn_server == Some(true)).then_some(
+        "nats.spawn_server = true is only read by `orderhub demo` and the in-process `orderhub \
+         bench`; `orderhub serve` never starts nats-server: it connects to nats.url",
+    )
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

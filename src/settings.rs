@@ -37,7 +37,7 @@ pub struct NatsSettings {
     pub stream: String,
     /// Read by `orderhub demo` and the in-process `orderhub bench` only: unset or `true`, they
     /// start `nats-server` from `nats.conf` when nothing answers at `url`; `false`, never. The hub
-    /// itself (`orderhub serve`) never starts one.
+    /// itself (`orderhub serve`) never starts one, and warns at start-up when it is `true`.
     #[serde(default)]
     pub spawn_server: Option<bool>,
     #[serde(default = "week", with = "humantime_serde")]

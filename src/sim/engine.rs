@@ -6,7 +6,7 @@
 //! every order's auxiliary records; `bench` is bigger, sends in a closed or an open loop, can
 //! drive an external hub (`--external`) and can print its report as JSON (`--json`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actors::protocol::{StatusReply, Subjects};
@@ -22,6 +22,7 @@ use super::cpu;
 use super::gateway::{GATEWAY_USER, Gateway};
 use super::ledger::Ledger;
 use super::load::{LoadGenerator, Pace, Plan};
+use super::memory::{self, RssTally, Sampler};
 use super::natsserver::{self, NatsServer};
 use super::partner::{self, Behaviour, Partner, PartnerStats};
 use super::summary::{CpuTally, Report, StreamTally};
@@ -194,14 +195,6 @@ fn conclude(report: &Report) -> anyhow::Result<()> {
         [] => Ok(()),
         problems => anyhow::bail!("{}", problems.join("; ")),
     }
-}
-
-/// Peak resident memory of this process (`VmHWM`), in MB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Starts `nats-server` (when none answers) and the hub when asked, runs the flow, stops the hub
@@ -424,6 +417,8 @@ async fn exercise(
     let external_hub = (!options.start_hub).then_some((&observer, &subjects));
     let cpu_start = CpuMark::take(nats, external_hub).await;
     let started = Instant::now();
+    // The memory sampled is this process's: it holds the hub only when the hub runs in-process.
+    let sampler = options.start_hub.then(|| Sampler::start(started));
     let deadline = started + options.duration.unwrap_or_default() + options.timeout;
     let plan = Plan {
         pace: match (options.load, slots) {
@@ -434,8 +429,11 @@ async fn exercise(
         orders: options.orders,
         until: options.duration.map(|d| started + d),
     };
+    // Seconds after `started` when every order had been placed.
+    let placed = OnceLock::new();
     let settling = tokio::time::timeout_at(deadline, async {
         load.submit_all(&plan, ledger, deadline).await;
+        let _ = placed.set(started.elapsed().as_secs_f64());
         ledger.wait_drained().await;
     });
     // `None` once every order settled; else when the wait ended (deadline or Ctrl-C).
@@ -456,6 +454,10 @@ async fn exercise(
         CpuMark::take(nats, external_hub)
             .await
             .since(&cpu_start, tally.settled, options.start_hub);
+    let rss = match sampler {
+        Some(sampler) => RssTally::of(&sampler.stop().await, placed.get().copied()),
+        None => None,
+    };
     let all_settled = cut_short.is_none();
     finish_bar(ledger.progress(), all_settled);
     let mut problems = Vec::new();
@@ -557,10 +559,11 @@ async fn exercise(
         redelivered: tally.redelivered,
         foreign: tally.foreign,
         hub_peak_rss_mb: if options.start_hub {
-            peak_rss_mb()
+            memory::peak_mb()
         } else {
             None
         },
+        rss,
         cpu,
         problems,
     })

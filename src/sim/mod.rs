@@ -29,6 +29,8 @@
 //! - `engine` — `orderhub demo` and `orderhub bench`.
 //! - `natsserver` — finding, installing and starting `nats-server` from `nats.conf`.
 //! - `cpu` — CPU time of this process and of a child, for the bench's figures per story.
+//! - `memory` — this process's resident memory: its peak, and sampled every second over a run
+//!   with its growth fitted.
 
 pub mod audit;
 pub mod backoff;
@@ -38,6 +40,7 @@ mod engine;
 pub mod gateway;
 pub mod ledger;
 pub mod load;
+pub mod memory;
 pub mod natsserver;
 pub mod partner;
 pub mod seen;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::audit::AuditStats;
 use super::gateway::AuxTally;
 use super::ledger::{LateTally, Latencies};
+use super::memory::RssTally;
 use super::partner::PartnerStats;
 
 /// Events in stream `ORDER_EVENTS`.
@@ -77,6 +78,9 @@ pub struct Report {
     pub foreign: u64,
     /// Peak resident memory of the process running the hub, when it is this one.
     pub hub_peak_rss_mb: Option<f64>,
+    /// Resident memory of this process sampled every second from the first submit until every
+    /// order settled, when it runs the hub.
+    pub rss: Option<RssTally>,
     pub cpu: CpuTally,
     /// Why the run failed, if it did; empty on success.
     pub problems: Vec<String>,
@@ -159,6 +163,14 @@ impl Report {
             "settled_per_sec": round2(self.settled_per_sec()),
             "elapsed_s": round2(self.result_span.as_secs_f64()),
             "hub_peak_rss_mb": self.hub_peak_rss_mb.map(round2),
+            "rss_mb": self.rss.map(|m| json!({
+                "first": round2(m.first),
+                "max": round2(m.max),
+                "last": round2(m.last),
+                "samples": m.samples,
+                "growth_mb_per_min": m.growth_mb_per_min.map(round3),
+                "growth_over": m.window.key(),
+            })),
             "cpu_ms_per_story": self.cpu.own.map(round3),
             "nats_cpu_ms_per_story": self.cpu.nats.map(round3),
             "hub_cpu_ms_per_story": self.cpu.hub.map(round3),
@@ -282,6 +294,20 @@ impl Report {
             let _ = writeln!(
                 w,
                 "  memory          peak RSS {mb:.1} MB (hub, simulators and load generator in one process)"
+            );
+        }
+        if let Some(m) = &self.rss {
+            let growth = m
+                .growth_mb_per_min
+                .map_or("unknown".into(), |g| format!("{g:+.2} MB/min"));
+            let _ = writeln!(
+                w,
+                "  rss over time   first {:.1} MB, max {:.1} MB, last {:.1} MB ({} samples, one a second); growth {growth} {}",
+                m.first,
+                m.max,
+                m.last,
+                m.samples,
+                m.window.describe()
             );
         }
         if let Some(line) = self.cpu_line() {

@@ -2,7 +2,8 @@
 //! files, once in a closed loop on this test's nats-server, once in an open loop (`--rate`) on a
 //! nats-server the bench starts itself, and once against a hub already running (`--external`).
 //! The last line of stdout is one JSON object with the throughput, the CPU time per story, the
-//! hub's peak memory, the errors by code and the latency percentiles of every step.
+//! hub's peak memory and its memory sampled every second, the errors by code and the latency
+//! percentiles of every step.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -105,6 +106,11 @@ async fn bench_json(nats: Nats<'_>, dir: &Path, args: &[&str]) -> Value {
         stderr.contains("ms per story"),
         "the table shows the CPU per story:\n{stderr}"
     );
+    assert_eq!(
+        stderr.contains("rss over time"),
+        !args.contains(&"--external"),
+        "the table shows the sampled memory when the hub runs in-process:\n{stderr}"
+    );
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("the last line of stdout is not JSON ({e}): {last:?}\n{stderr}"))
@@ -155,10 +161,29 @@ fn check_report(r: &Value) {
     assert!(ms("stored_event") <= ms("result_event"), "{r:#}");
 }
 
-/// The hub ran in the bench's process.
+/// The hub ran in the bench's process: its peak memory, and its memory sampled every second.
 fn check_in_process(r: &Value) {
-    let rss = r["hub_peak_rss_mb"].as_f64().expect("hub_peak_rss_mb");
-    assert!((1.0..100_000.0).contains(&rss), "peak RSS {rss} MB");
+    let peak = r["hub_peak_rss_mb"].as_f64().expect("hub_peak_rss_mb");
+    assert!((1.0..100_000.0).contains(&peak), "peak RSS {peak} MB");
+    let m = &r["rss_mb"];
+    let mb = |k: &str| {
+        let v = m[k].as_f64().unwrap_or_else(|| panic!("rss_mb.{k}: {m}"));
+        assert!((1.0..100_000.0).contains(&v), "rss_mb.{k}: {m}");
+        v
+    };
+    let (first, max, last) = (mb("first"), mb("max"), mb("last"));
+    assert!(first <= max && last <= max, "{m}");
+    // Sampled memory never exceeds the process's peak (rounded to 0.01 MB both).
+    assert!(max <= peak + 0.01, "max {max} MB, peak {peak} MB");
+    let samples = m["samples"].as_u64().expect("rss_mb.samples");
+    // One when the first order is due and one when the last settled, at the least.
+    assert!(samples >= 2, "{m}");
+    let growth = m["growth_mb_per_min"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("rss_mb.growth_mb_per_min: {m}"));
+    assert!(growth.is_finite(), "{m}");
+    // Runs this short are fitted whole.
+    assert_eq!(m["growth_over"], "whole_run", "{m}");
     assert!(r["hub_cpu_ms_per_story"].is_null(), "{r:#}");
 }
 
@@ -211,6 +236,8 @@ async fn bench_json_external_reads_the_hubs_cpu_from_its_status() {
     check_report(&r);
     // The hub is another process: its CPU comes from `orders.admin.status`.
     positive(&r, "hub_cpu_ms_per_story");
+    // The bench's own memory holds no hub: neither figure is reported.
     assert!(r["hub_peak_rss_mb"].is_null(), "{r:#}");
+    assert!(r["rss_mb"].is_null(), "{r:#}");
     assert!(r["nats_cpu_ms_per_story"].is_null(), "{r:#}");
 }
