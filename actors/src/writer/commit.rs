@@ -92,7 +92,9 @@ pub(super) enum Applied {
     KeyTaken,
     /// `StoreResult` (`late: false`) or `StoreLateResult` (`late: true`) did not move the order:
     /// a result is there already, or the order is not where the op expected it.
-    NotMoved { late: bool },
+    NotMoved {
+        late: bool,
+    },
 }
 
 /// What a group commit did, before [`resolve`].

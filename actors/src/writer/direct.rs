@@ -215,3 +215,96 @@ pub(super) async fn primary_file(db: &sea_orm::DatabaseConnection) -> Option<Pat
     let file: String = row.try_get_by_index(0).ok()?;
     (!file.is_empty()).then(|| PathBuf::from(file))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{DateTime, Duration as Span, Utc};
+    use entities::orders;
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ColumnTrait, Database, EntityTrait, IntoActiveModel, QueryFilter, QueryTrait};
+
+    fn order(id: &str, at: DateTime<Utc>) -> orders::Model {
+        orders::Model {
+            id: id.into(),
+            user_id: "u".into(),
+            request_id: id.into(),
+            partner_id: "acme-air".into(),
+            product: "flight".into(),
+            amount_minor: 12_345,
+            currency: "EUR".into(),
+            items: serde_json::json!([{"sku": "A1", "qty": 2}]),
+            payload: serde_json::json!({"note": "é \"quoted\"", "n": 1.5}),
+            status: "accepted".into(),
+            version: 1,
+            result_deadline: Some(at + Span::seconds(30)),
+            settled_at: None,
+            created_at: at,
+            updated_at: at,
+            dispatched_at: Some(at + Span::nanoseconds(1_500)),
+            result_stored_at: None,
+            notified_at: None,
+            late_result_stored_at: None,
+            late_notified_at: None,
+        }
+    }
+
+    /// Rows the writer's own connection writes read back through sqlx exactly, and their times
+    /// compare with times sqlx binds as the deadline scan compares them (as text).
+    #[tokio::test]
+    async fn rows_it_writes_read_back_through_the_pools_as_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}/orders.db?mode=rwc", dir.path().display());
+        let pool = Database::connect(&url).await.expect("connect");
+        entities::Migrator::up(&pool).await.expect("migrate");
+        let file = primary_file(&pool).await.expect("a file");
+        assert!(file.ends_with("orders.db"), "{}", file.display());
+
+        let at = Utc::now();
+        let written = order("o-1", at);
+        let mut conn = connect(&file).expect("open");
+        let txn = conn.transaction().expect("begin");
+        let insert = orders::Entity::insert(written.clone().into_active_model()).into_query();
+        at_once(Local(&txn).execute(DbBackend::Sqlite.build(&insert))).expect("insert");
+        let update = orders::Entity::update_many()
+            .col_expr(
+                orders::Column::NotifiedAt,
+                Expr::value(at + Span::milliseconds(7)),
+            )
+            .filter(orders::Column::Id.eq("o-1"))
+            .into_query();
+        at_once(Local(&txn).execute(DbBackend::Sqlite.build(&update))).expect("update");
+        txn.commit().expect("commit");
+
+        let read = orders::Entity::find_by_id("o-1")
+            .one(&pool)
+            .await
+            .expect("read")
+            .expect("the row");
+        let mut expected = written.clone();
+        expected.notified_at = Some(at + Span::milliseconds(7));
+        assert_eq!(read, expected);
+
+        let deadline = written.result_deadline.expect("deadline");
+        let due = |before: DateTime<Utc>| {
+            orders::Entity::find()
+                .filter(orders::Column::ResultDeadline.lt(before))
+                .all(&pool)
+        };
+        assert_eq!(
+            due(deadline + Span::microseconds(1))
+                .await
+                .expect("scan")
+                .len(),
+            1
+        );
+        assert!(due(deadline).await.expect("scan").is_empty());
+    }
+
+    #[test]
+    fn values_it_cannot_bind_are_refused_not_guessed() {
+        assert!(bind(&Value::Bool(Some(true))).is_ok());
+        assert!(matches!(bind(&Value::String(None)), Ok(Sql::Null)));
+        assert!(bind(&Value::ChronoDate(None)).is_err());
+    }
+}
