@@ -79,14 +79,17 @@ impl Db {
         }))
     }
 
-    /// Whether the primary holds an order under `(user_id, request_id)`: a retried submit is
-    /// answered as one even while its partner is at `max_pending`.
+    /// Whether the read node holds an order under `(user_id, request_id)`: a retried submit is
+    /// answered as one even while the hub refuses new orders. Asked of the read node, not the
+    /// primary: under overload every refused attempt asks, and the primary's connections are for
+    /// the writes that drain the overload. A key taken so recently that the read node has not
+    /// replayed it yet is refused once more, and found at the client's next retry.
     pub async fn key_used(&self, user_id: &str, request_id: &str) -> Result<bool, StoreError> {
         let found = by_key(
             orders::Entity::find()
                 .filter(orders::Column::UserId.eq(user_id))
                 .filter(orders::Column::RequestId.eq(request_id)),
-            &self.primary,
+            self.reader(),
         )
         .await?;
         Ok(found.is_some())

@@ -35,7 +35,7 @@ use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
-use crate::store::{by_key, status_time_column};
+use crate::store::status_time_column;
 
 /// Rows per multi-row statement: well under SQLite's bind-parameter limit.
 const CHUNK: usize = 256;
@@ -161,41 +161,66 @@ pub(super) async fn apply<T: Tx>(
 }
 
 /// After the commit: the order that holds a taken key, and the result that beat an op (or
-/// [`WriteOutcome::Stale`] when there is none: the order moved elsewhere).
+/// [`WriteOutcome::Stale`] when there is none: the order moved elsewhere). One read per kind for
+/// the whole batch: under overload most of a batch can be retries of taken keys.
 pub(super) async fn resolve(
     db: &DatabaseConnection,
     ops: &[WriteOp],
     committed: Committed,
 ) -> Result<Done, DbErr> {
+    let mut keys = Vec::new();
+    let mut results = Vec::new();
+    for (op, applied) in ops.iter().zip(&committed.applied) {
+        match (applied, op) {
+            (Applied::KeyTaken, WriteOp::InsertOrder { order, .. }) => {
+                keys.push((order.user_id.as_str(), order.request_id.as_str()));
+            }
+            (
+                Applied::NotMoved { .. },
+                WriteOp::StoreResult { result: r, .. } | WriteOp::StoreLateResult { late: r, .. },
+            ) => results.push(r.order_id.as_str()),
+            _ => {}
+        }
+    }
+    let mut holders: HashMap<(String, String), orders::Model> = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        // Users and request ids apart: a superset of the pairs, matched below.
+        let rows = orders::Entity::find()
+            .filter(orders::Column::UserId.is_in(chunk.iter().map(|(u, _)| *u)))
+            .filter(orders::Column::RequestId.is_in(chunk.iter().map(|(_, r)| *r)))
+            .all(db)
+            .await?;
+        holders.extend(
+            rows.into_iter()
+                .map(|o| ((o.user_id.clone(), o.request_id.clone()), o)),
+        );
+    }
+    let mut existing: HashMap<(String, bool), order_results::Model> = HashMap::new();
+    for chunk in results.chunks(CHUNK) {
+        let rows = order_results::Entity::find()
+            .filter(order_results::Column::OrderId.is_in(chunk.iter().copied()))
+            .all(db)
+            .await?;
+        existing.extend(rows.into_iter().map(|r| ((r.order_id.clone(), r.late), r)));
+    }
     let mut outcomes = Vec::with_capacity(ops.len());
     for (op, applied) in ops.iter().zip(committed.applied) {
         outcomes.push(match (applied, op) {
             (Applied::Done, _) => WriteOutcome::Done,
             (Applied::KeyTaken, WriteOp::InsertOrder { order, .. }) => {
-                let holder = by_key(
-                    orders::Entity::find()
-                        .filter(orders::Column::UserId.eq(order.user_id.as_str()))
-                        .filter(orders::Column::RequestId.eq(order.request_id.as_str())),
-                    db,
-                )
-                .await?
-                .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
-                WriteOutcome::DuplicateOrder(Box::new(holder))
+                let key = (order.user_id.clone(), order.request_id.clone());
+                let holder = holders
+                    .get(&key)
+                    .ok_or_else(|| DbErr::RecordNotFound("idempotency key holder".into()))?;
+                WriteOutcome::DuplicateOrder(Box::new(holder.clone()))
             }
             (
                 Applied::NotMoved { late },
                 WriteOp::StoreResult { result: r, .. } | WriteOp::StoreLateResult { late: r, .. },
-            ) => {
-                let found = by_key(
-                    order_results::Entity::find_by_id((r.order_id.clone(), late)),
-                    db,
-                )
-                .await?;
-                match found {
-                    Some(existing) => WriteOutcome::ResultExists(Box::new(existing)),
-                    None => WriteOutcome::Stale,
-                }
-            }
+            ) => match existing.get(&(r.order_id.clone(), late)) {
+                Some(found) => WriteOutcome::ResultExists(Box::new(found.clone())),
+                None => WriteOutcome::Stale,
+            },
             _ => return Err(DbErr::Custom("an op's outcome does not fit the op".into())),
         });
     }
