@@ -32,6 +32,10 @@ use crate::store::Db;
 use crate::supervisor::{OrderSupervisor, Orders, SupervisorMsg};
 use crate::writer::{Writer, WriterArgs, WriterMsg, WriterPool};
 
+/// Refused submits that ask the read node at once whether their key is taken: overload must not
+/// take the read node's connections from the partners' `get`s and the auxiliary systems.
+const REFUSAL_LOOKUPS: usize = 2;
+
 /// What the hub's actors need to start.
 pub struct HubConfig {
     /// This hub instance's id: its actors are registered as `<instance>:<role>`.
@@ -88,6 +92,8 @@ pub struct Hub {
     aux_writes: aux::AuxWrites,
     /// Admission by the whole story.
     backlog: Arc<Backlog>,
+    /// Key lookups of refused submits running now (see [`REFUSAL_LOOKUPS`]).
+    refusal_lookups: Arc<tokio::sync::Semaphore>,
     /// The partners' `get`s, read in batches.
     order_reads: reads::OrderReads,
     backlog_watch: tokio::task::JoinHandle<()>,
@@ -289,6 +295,7 @@ impl Hub {
             built_in_aux,
             aux_writes: aux::AuxWrites::start(config.db.clone(), aux_confirm),
             backlog,
+            refusal_lookups: Arc::new(tokio::sync::Semaphore::new(REFUSAL_LOOKUPS)),
             backlog_watch,
             order_reads: reads::OrderReads::start(config.db.clone()),
             aux_systems: config.aux_systems,
@@ -323,13 +330,18 @@ impl Hub {
             .or_else(|| self.backlog.full());
         if let Some((why, wait)) = refusal {
             // A retry of an order already taken is answered as before (`duplicate` or
-            // `conflict`): it adds nothing to the partner's pending orders or the backlog.
-            let retry = self
-                .ctx
-                .db
-                .key_used(&request.user_id, &request.request_id)
-                .await
-                .unwrap_or(false);
+            // `conflict`): it adds nothing to the partner's pending orders or the backlog. Under
+            // a flood of refused attempts only a few ask at once; the rest are refused without
+            // asking, and a retry finds its key at a later attempt.
+            let retry = match self.refusal_lookups.try_acquire() {
+                Ok(_asking) => self
+                    .ctx
+                    .db
+                    .key_used(&request.user_id, &request.request_id)
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
             if !retry {
                 return Err(ApiError::unavailable(why).retry_after(wait));
             }
