@@ -32,6 +32,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// A handle on the writer's thread; the thread ends when the handle is dropped.
 pub(super) struct Direct {
     jobs: mpsc::Sender<Job>,
+    file: PathBuf,
 }
 
 struct Job {
@@ -49,7 +50,15 @@ impl Direct {
             .name("sqlite-writer".into())
             .spawn(move || serve(conn, rx))
             .map_err(|e| DbErr::Custom(format!("starting the SQLite writer thread: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            file: file.to_owned(),
+        })
+    }
+
+    /// A new thread and connection on the same file, after this one's thread is gone.
+    pub(super) fn reopen(&self) -> Result<Self, DbErr> {
+        Self::open(&self.file)
     }
 
     /// Runs `batch` in one transaction; hands the batch back with what it did. `None` when the

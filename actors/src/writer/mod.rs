@@ -287,10 +287,16 @@ impl WriterState {
         let (ops, committed) = match &self.direct {
             Some(direct) => match direct.commit(batch, self.partners.clone()).await {
                 Some((batch, committed)) => (batch.ops, committed),
-                None => (
-                    Vec::new(),
-                    Err(DbErr::Custom("the SQLite writer's thread is gone".into())),
-                ),
+                None => {
+                    // Its batch is lost with it; the next batch gets a new thread.
+                    match direct.reopen() {
+                        Ok(new) => self.direct = Some(new),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the SQLite writer could not start again")
+                        }
+                    }
+                    (Vec::new(), Err(writer_gone()))
+                }
             },
             None => {
                 let committed = commit::commit(&self.primary, &batch, &self.partners).await;
@@ -335,9 +341,7 @@ impl WriterState {
         }
         // Ops lost with the SQLite writer's thread: their callers hear it.
         answer(callers.collect(), |_| {
-            Err(StoreError::Unavailable(DbErr::Custom(
-                "the SQLite writer's thread is gone".into(),
-            )))
+            Err(StoreError::Unavailable(writer_gone()))
         });
     }
 
@@ -434,6 +438,10 @@ fn primary_down() -> StoreError {
     StoreError::Unavailable(DbErr::Custom(
         "the primary database could not be reached moments ago".into(),
     ))
+}
+
+fn writer_gone() -> DbErr {
+    DbErr::Custom("the SQLite writer's thread is gone".into())
 }
 
 fn clone_err(e: &DbErr) -> DbErr {
