@@ -15,17 +15,17 @@ use std::collections::HashMap;
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
 use async_nats::jetstream::consumer::{FromConsumer, PullConsumer, pull};
-use entities::{aux_records, order_results, orders};
+use entities::aux_records;
 use futures::{FutureExt, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::json;
 
 use crate::link::Link;
-use crate::outbox::{Committed, SettleCheck};
+use crate::outbox::{Committed, Hint, SettleCheck};
 use crate::protocol::{CloudEvent, EventKind};
 use crate::reads::OrderReads;
 use crate::replication::await_replay;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, RecordFacts, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 const BATCH: usize = 256;
@@ -243,9 +243,9 @@ impl AuxState {
                 }
             }
         }
-        let by_id = |rows: Vec<(orders::Model, order_results::Model)>| {
+        let by_id = |rows: Vec<RecordFacts>| {
             rows.into_iter()
-                .map(|(o, r)| (o.id.clone(), (o, r)))
+                .map(|f| (f.order_id.clone(), f))
                 .collect::<HashMap<_, _>>()
         };
         let results = by_id(self.db.with_results(&wanted, false).await?);
@@ -258,11 +258,11 @@ impl AuxState {
                 _ => results.get(&event.data.order_id),
             };
             match found {
-                Some((order, result)) => {
+                Some(facts) => {
                     records.push(if kind == EventKind::Late {
-                        record_late(&self.system, order, result)
+                        record_late(&self.system, facts)
                     } else {
-                        record(&self.system, order, result)
+                        record(&self.system, facts)
                     });
                     done.push(m);
                 }
@@ -286,7 +286,10 @@ impl AuxState {
                 tracing::debug!(error = %e, "ack lost; the event is redelivered and rewritten");
             }
         }
-        if let Err(e) = self.settle.cast(SettleCheck(ids)) {
+        if let Err(e) = self.settle.cast(SettleCheck {
+            orders: ids,
+            hint: Hint::Recorded(self.system.clone()),
+        }) {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         Ok(())
@@ -320,26 +323,22 @@ async fn unreadable(system: &str, order_id: &str, m: &jetstream::Message) {
     }
 }
 
-/// What a built-in system records for a settled order.
-pub fn record(
-    system: &str,
-    order: &orders::Model,
-    result: &order_results::Model,
-) -> aux_records::Model {
-    let confirmed = result.outcome == "confirmed";
+/// What a built-in system records for an order with a result.
+pub fn record(system: &str, facts: &RecordFacts) -> aux_records::Model {
+    let confirmed = facts.outcome == "confirmed";
     let (status, data) = match system {
         "invoice" if confirmed => (
             "invoiced",
-            json!({"amount_minor": order.amount_minor, "currency": order.currency,
-                   "invoice_no": format!("INV-{}", &order.id[..8])}),
+            json!({"amount_minor": facts.amount_minor, "currency": facts.currency,
+                   "invoice_no": format!("INV-{}", &facts.order_id[..8])}),
         ),
-        "invoice" => ("void", json!({"outcome": result.outcome})),
-        "loyalty" if confirmed => ("credited", json!({"points": order.amount_minor / 100})),
-        "loyalty" => ("skipped", json!({"points": 0, "outcome": result.outcome})),
-        _ => ("seen", json!({"outcome": result.outcome})),
+        "invoice" => ("void", json!({"outcome": facts.outcome})),
+        "loyalty" if confirmed => ("credited", json!({"points": facts.amount_minor / 100})),
+        "loyalty" => ("skipped", json!({"points": 0, "outcome": facts.outcome})),
+        _ => ("seen", json!({"outcome": facts.outcome})),
     };
     aux_records::Model {
-        order_id: order.id.clone(),
+        order_id: facts.order_id.clone(),
         system: system.to_owned(),
         status: status.into(),
         data,
@@ -347,17 +346,14 @@ pub fn record(
     }
 }
 
-/// What a built-in system records for a late result: the late outcome replaces the timeout's.
-pub fn record_late(
-    system: &str,
-    order: &orders::Model,
-    late: &order_results::Model,
-) -> aux_records::Model {
-    let mut r = record(system, order, late);
+/// What a built-in system records for a late result (`facts` carry the late result): the late
+/// outcome replaces the timeout's.
+pub fn record_late(system: &str, facts: &RecordFacts) -> aux_records::Model {
+    let mut r = record(system, facts);
     if let Some(data) = r.data.as_object_mut() {
         data.insert("late".into(), json!(true));
-        data.insert("late_outcome".into(), json!(late.outcome));
-        data.insert("late_result_id".into(), json!(late.result_id));
+        data.insert("late_outcome".into(), json!(facts.outcome));
+        data.insert("late_result_id".into(), json!(facts.result_id));
     }
     r
 }

@@ -15,7 +15,7 @@ use crate::backlog::Backlog;
 use crate::context::{Context, Metrics, Tuning};
 use crate::deadline::{DeadlineActor, DeadlineArgs};
 use crate::link::Link;
-use crate::outbox::{Committed, Released, SettleCheck};
+use crate::outbox::{Committed, Hint, Released, SettleCheck};
 use crate::partners::Partners;
 use crate::pipeline::{
     PipelineArgs, PipelineMsg, PipelineSupervisor, Restarts, registry_name, supervised,
@@ -395,7 +395,10 @@ impl Hub {
             request,
         )
         .await?;
-        if let Err(e) = self.settle.cast(SettleCheck(vec![reply.order_id.clone()])) {
+        if let Err(e) = self.settle.cast(SettleCheck {
+            orders: vec![reply.order_id.clone()],
+            hint: Hint::Recorded(reply.system.clone()),
+        }) {
             tracing::debug!(error = %e, "the settler's scan will find this order");
         }
         Ok(reply)

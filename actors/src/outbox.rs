@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use entities::{order_results, orders, outbox};
 
 use crate::protocol::{CloudEvent, EventData, EventKind, Subjects, rfc3339};
+use crate::store::Unsettled;
 use crate::wal::Lsn;
 
 /// A committed (or about to be committed) event on its way to the stream.
@@ -53,8 +54,7 @@ impl PendingEvent {
     /// auxiliary system's record status.
     pub fn settled(
         subjects: &Subjects,
-        order: &orders::Model,
-        outcome: String,
+        order: &Unsettled,
         aux: std::collections::BTreeMap<String, String>,
         now: DateTime<Utc>,
     ) -> Self {
@@ -63,7 +63,7 @@ impl PendingEvent {
             user_id: order.user_id.clone(),
             partner_id: order.partner_id.clone(),
             version: order.version,
-            outcome: Some(outcome),
+            outcome: Some(order.outcome.clone()),
             partner_ref: None,
             aux: Some(aux),
         };
@@ -155,10 +155,22 @@ pub struct Committed {
 #[derive(Debug)]
 pub struct Released(pub Vec<PendingEvent>);
 
-/// Orders whose settlement may be due (their result event is out, or an auxiliary record was
-/// written): writer and auxiliary subscribers → settler.
+/// Orders whose settlement may be due, and why: writer, auxiliary subscribers and the record
+/// endpoint → settler.
 #[derive(Debug)]
-pub struct SettleCheck(pub Vec<String>);
+pub struct SettleCheck {
+    pub orders: Vec<String>,
+    pub hint: Hint,
+}
+
+/// What happened to the orders of a [`SettleCheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hint {
+    /// Their result event is out.
+    ResultOut,
+    /// This auxiliary system's record of each was written.
+    Recorded(String),
+}
 
 /// Events JetStream has acknowledged: relay → writer, which marks their rows published and moves
 /// each order to the status that records the release (`dispatched`, `notified`,

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use entities::aux_records;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{Db, StoreError};
 
@@ -30,14 +30,19 @@ impl Db {
         if ids.is_empty() {
             return Ok(out);
         }
-        for r in aux_records::Entity::find()
+        let rows: Vec<(String, String, String)> = aux_records::Entity::find()
+            .select_only()
+            .columns([
+                aux_records::Column::OrderId,
+                aux_records::Column::System,
+                aux_records::Column::Status,
+            ])
             .filter(aux_records::Column::OrderId.is_in(ids.iter().cloned()))
+            .into_tuple()
             .all(&self.aux)
-            .await?
-        {
-            out.entry(r.order_id)
-                .or_default()
-                .insert(r.system, r.status);
+            .await?;
+        for (order_id, system, status) in rows {
+            out.entry(order_id).or_default().insert(system, status);
         }
         Ok(out)
     }

@@ -7,6 +7,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use super::{Db, StoreError, by_key};
 use crate::lifecycle::{self, Trigger};
 use crate::protocol::OrderStatus;
+use std::collections::HashMap;
 
 impl Db {
     /// An order, read from the read node.
@@ -31,32 +32,54 @@ impl Db {
         Ok(Results::from_rows(rows))
     }
 
-    /// Of `ids`, the orders that have a result (`late`: a late result), each with it, read from
-    /// the read node.
+    /// What a built-in auxiliary system needs of each order of `ids` that has a result (the
+    /// late one with `late`), read from the read node: only those columns, nothing parsed.
     pub async fn with_results(
         &self,
         ids: &[String],
         late: bool,
-    ) -> Result<Vec<(orders::Model, order_results::Model)>, StoreError> {
+    ) -> Result<Vec<RecordFacts>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut by_order: std::collections::HashMap<String, order_results::Model> =
-            order_results::Entity::find()
-                .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
-                .filter(order_results::Column::Late.eq(late))
-                .all(self.reader())
-                .await?
-                .into_iter()
-                .map(|r| (r.order_id.clone(), r))
-                .collect();
-        let orders = orders::Entity::find()
+        let mut by_order: HashMap<String, (String, String)> = order_results::Entity::find()
+            .select_only()
+            .columns([
+                order_results::Column::OrderId,
+                order_results::Column::Outcome,
+                order_results::Column::ResultId,
+            ])
+            .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
+            .filter(order_results::Column::Late.eq(late))
+            .into_tuple::<(String, String, String)>()
+            .all(self.reader())
+            .await?
+            .into_iter()
+            .map(|(id, outcome, result_id)| (id, (outcome, result_id)))
+            .collect();
+        let orders: Vec<(String, i64, String)> = orders::Entity::find()
+            .select_only()
+            .columns([
+                orders::Column::Id,
+                orders::Column::AmountMinor,
+                orders::Column::Currency,
+            ])
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .into_tuple()
             .all(self.reader())
             .await?;
         Ok(orders
             .into_iter()
-            .filter_map(|o| by_order.remove(&o.id).map(|r| (o, r)))
+            .filter_map(|(order_id, amount_minor, currency)| {
+                let (outcome, result_id) = by_order.remove(&order_id)?;
+                Some(RecordFacts {
+                    order_id,
+                    amount_minor,
+                    currency,
+                    outcome,
+                    result_id,
+                })
+            })
             .collect())
     }
 
@@ -104,35 +127,54 @@ impl Db {
             .await?)
     }
 
-    /// Of `ids`, the orders whose result event is out and that are not settled yet, with their
-    /// result's outcome (primary).
-    pub async fn unsettled(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<(orders::Model, String)>, StoreError> {
+    /// What the settler needs of each order of `ids` that is unsettled and whose result event is
+    /// out (primary): only those columns, nothing parsed.
+    pub async fn unsettled(&self, ids: &[String]) -> Result<Vec<Unsettled>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let orders = orders::Entity::find()
+        let orders: Vec<(String, String, String, i32)> = orders::Entity::find()
+            .select_only()
+            .columns([
+                orders::Column::Id,
+                orders::Column::UserId,
+                orders::Column::PartnerId,
+                orders::Column::Version,
+            ])
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
             .filter(orders::Column::SettledAt.is_null())
             .filter(orders::Column::Version.gte(settleable_from()))
+            .into_tuple()
             .all(&self.primary)
             .await?;
         if orders.is_empty() {
             return Ok(Vec::new());
         }
-        let mut outcomes: std::collections::HashMap<String, String> = order_results::Entity::find()
-            .filter(order_results::Column::OrderId.is_in(orders.iter().map(|o| o.id.clone())))
+        let mut outcomes: HashMap<String, String> = order_results::Entity::find()
+            .select_only()
+            .columns([
+                order_results::Column::OrderId,
+                order_results::Column::Outcome,
+            ])
+            .filter(order_results::Column::OrderId.is_in(orders.iter().map(|o| o.0.clone())))
             .filter(order_results::Column::Late.eq(false))
+            .into_tuple::<(String, String)>()
             .all(&self.primary)
             .await?
             .into_iter()
-            .map(|r| (r.order_id, r.outcome))
             .collect();
         Ok(orders
             .into_iter()
-            .filter_map(|o| outcomes.remove(&o.id).map(|outcome| (o, outcome)))
+            .filter_map(|(id, user_id, partner_id, version)| {
+                let outcome = outcomes.remove(&id)?;
+                Some(Unsettled {
+                    id,
+                    user_id,
+                    partner_id,
+                    version,
+                    outcome,
+                })
+            })
             .collect())
     }
 
@@ -286,4 +328,25 @@ fn settleable_from() -> i32 {
         .into_iter()
         .find(|s| lifecycle::settleable(*s))
         .map_or(i32::MAX, OrderStatus::version)
+}
+
+/// What a built-in auxiliary system records from: an order and its result (or late result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordFacts {
+    pub order_id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub outcome: String,
+    pub result_id: String,
+}
+
+/// What a settled event is made of: an unsettled order whose result event is out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsettled {
+    pub id: String,
+    pub user_id: String,
+    pub partner_id: String,
+    /// The version the settlement is conditional on.
+    pub version: i32,
+    pub outcome: String,
 }

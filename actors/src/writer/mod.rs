@@ -25,7 +25,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::{DatabaseConnection, DbErr};
 
 use crate::link::Link;
-use crate::outbox::{Committed, PendingEvent, Published, SettleCheck, Waiter};
+use crate::outbox::{Committed, Hint, PendingEvent, Published, SettleCheck, Waiter};
 use crate::partners::Partners;
 use crate::protocol::TIMEOUT_RESULT_ID;
 use crate::store::{PrimaryGuard, StoreError};
@@ -360,7 +360,10 @@ impl WriterState {
             .collect();
         events.extend(done.settled);
         if !done.notified.is_empty()
-            && let Err(e) = self.settle.cast(SettleCheck(done.notified))
+            && let Err(e) = self.settle.cast(SettleCheck {
+                orders: done.notified,
+                hint: Hint::ResultOut,
+            })
         {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
