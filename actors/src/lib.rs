@@ -62,6 +62,9 @@ pub mod trace;
 pub mod wal;
 pub mod writer;
 
+#[cfg(test)]
+mod testing;
+
 pub use context::Tuning;
 pub use hub::{Hub, HubConfig, HubStatus, StartError};
 pub use partners::Partners;

@@ -183,29 +183,9 @@ mod tests {
     use super::*;
 
     fn order() -> orders::Model {
-        let now = Utc::now();
-        orders::Model {
-            id: "0190c9d2-0000-7000-8000-000000000001".into(),
-            user_id: "u-1".into(),
-            request_id: "r-1".into(),
-            partner_id: "acme-air".into(),
-            product: "flight".into(),
-            amount_minor: 100,
-            currency: "CNY".into(),
-            items: serde_json::json!([]),
-            payload: serde_json::json!({}),
-            status: "accepted".into(),
-            version: 1,
-            result_deadline: None,
-            settled_at: None,
-            created_at: now,
-            updated_at: now,
-            dispatched_at: None,
-            result_stored_at: None,
-            notified_at: None,
-            late_result_stored_at: None,
-            late_notified_at: None,
-        }
+        let mut o = crate::testing::order("0190c9d2-0000-7000-8000-000000000001", Utc::now());
+        (o.request_id, o.amount_minor, o.currency) = ("r-1".into(), 100, "CNY".into());
+        o
     }
 
     #[test]

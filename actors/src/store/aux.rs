@@ -7,7 +7,7 @@ use std::time::Duration;
 use entities::aux_records;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::{Db, StoreError};
+use super::{Db, StoreError, local};
 
 /// How long a query waits for the auxiliary database before it reads `aux_standby` instead.
 const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);
@@ -29,6 +29,25 @@ impl Db {
             std::collections::HashMap::new();
         if ids.is_empty() {
             return Ok(out);
+        }
+        if let Some(local) = &self.local.aux_reads {
+            let ids = local::id_list(ids);
+            let read = local.run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT order_id, system, status FROM aux_records \
+                     WHERE order_id IN (SELECT value FROM json_each(?1))",
+                )?;
+                let rows = stmt.query_map([ids], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<(String, String, String)>>>()
+            });
+            if let Some(read) = read.await {
+                for (order_id, system, status) in read? {
+                    out.entry(order_id).or_default().insert(system, status);
+                }
+                return Ok(out);
+            }
         }
         let rows: Vec<(String, String, String)> = aux_records::Entity::find()
             .select_only()
@@ -77,7 +96,7 @@ impl Db {
     /// stays, and writing it again is harmless).
     pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
         use sea_orm::sea_query::OnConflict;
-        use sea_orm::{IntoActiveModel, TransactionTrait};
+        use sea_orm::{ConnectionTrait, IntoActiveModel, QueryTrait, TransactionTrait};
         if records.is_empty() {
             return Ok(());
         }
@@ -89,9 +108,12 @@ impl Db {
             latest.insert((r.order_id.clone(), r.system.clone()), r);
         }
         let records: Vec<aux_records::Model> = latest.into_values().collect();
-        let txn = self.aux.begin().await?;
-        for chunk in records.chunks(AUX_CHUNK) {
-            aux_records::Entity::insert_many(chunk.iter().cloned().map(|r| r.into_active_model()))
+        let statements: Vec<_> = records
+            .chunks(AUX_CHUNK)
+            .map(|chunk| {
+                aux_records::Entity::insert_many(
+                    chunk.iter().cloned().map(|r| r.into_active_model()),
+                )
                 .on_conflict(
                     OnConflict::columns([
                         aux_records::Column::OrderId,
@@ -104,8 +126,26 @@ impl Db {
                     ])
                     .to_owned(),
                 )
-                .exec_without_returning(&txn)
-                .await?;
+                .build(self.aux.get_database_backend())
+            })
+            .collect();
+        let statements = std::sync::Arc::new(statements);
+        if let Some(local) = &self.local.aux_writes {
+            let batch = statements.clone();
+            let write = local.run(move |c| {
+                let txn = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                for stmt in batch.iter() {
+                    local::execute(&txn, stmt)?;
+                }
+                txn.commit()
+            });
+            if let Some(write) = write.await {
+                return Ok(write?);
+            }
+        }
+        let txn = self.aux.begin().await?;
+        for stmt in statements.iter() {
+            txn.execute_raw(stmt.clone()).await?;
         }
         txn.commit().await?;
         Ok(())

@@ -258,7 +258,9 @@ impl Db {
             }
             _ => None,
         };
+        let local = Arc::new(super::LocalFiles::open(&primary, &aux).await);
         Ok(Self {
+            local,
             primary,
             reads,
             aux,

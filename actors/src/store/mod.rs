@@ -5,10 +5,13 @@
 //! - [`connect`]: the pools, and how the primary's pool follows the primary when it moves;
 //! - [`orders`]: orders, results and the outbox, as the order actors, the settler, the deadline
 //!   actor, the relay's sweep, `get`, `query` and `trace` read them;
-//! - [`aux`]: the auxiliary records.
+//! - [`aux`]: the auxiliary records;
+//! - [`local`]: on SQLite, the hot reads and the auxiliary records' writes on connections of
+//!   their own.
 
 mod aux;
 mod connect;
+pub mod local;
 mod orders;
 
 use std::sync::Arc;
@@ -73,6 +76,45 @@ pub struct Db {
     pub primary_guard: PrimaryGuard,
     /// Which node the primary URL reaches, and how often that changed.
     pub primary_watch: Arc<PrimaryWatch>,
+    /// On SQLite, connections of their own for the hot reads and the auxiliary writes.
+    local: Arc<LocalFiles>,
+}
+
+/// The SQLite files' own connections (see [`local`]), each where its file is SQLite.
+#[derive(Debug, Default)]
+struct LocalFiles {
+    /// Read-only, on the orders' file.
+    orders: Option<local::Local>,
+    /// Read-only, on the auxiliary file.
+    aux_reads: Option<local::Local>,
+    /// The auxiliary file's writer.
+    aux_writes: Option<local::Local>,
+}
+
+impl LocalFiles {
+    /// Threads reading the orders' file.
+    const ORDER_READERS: usize = 2;
+
+    /// Connections on the files behind `primary` and `aux` where they are SQLite files. One that
+    /// cannot be opened is left out, with a warning: its reads and writes go through the pools.
+    async fn open(primary: &DatabaseConnection, aux: &DatabaseConnection) -> Self {
+        let open = |file: &std::path::Path, threads, write, name: &str| {
+            local::Local::open(file, threads, write, name)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, file = %file.display(), "SQLite connection of its own not opened; using the pool")
+                })
+                .ok()
+        };
+        let mut files = Self::default();
+        if let Some(file) = local::file_of(primary).await {
+            files.orders = open(&file, Self::ORDER_READERS, false, "sqlite-reader");
+        }
+        if let Some(file) = local::file_of(aux).await {
+            files.aux_reads = open(&file, 1, false, "sqlite-aux-reader");
+            files.aux_writes = open(&file, 1, true, "sqlite-aux-writer");
+        }
+        files
+    }
 }
 
 impl Db {
@@ -130,5 +172,145 @@ pub fn status_time_column(status: crate::protocol::OrderStatus) -> order_rows::C
         Notified => order_rows::Column::NotifiedAt,
         LateResultStored => order_rows::Column::LateResultStoredAt,
         LateNotified => order_rows::Column::LateNotifiedAt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use entities::{aux_records, order_results};
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+
+    fn order(id: &str, version: i32, settled: bool) -> order_rows::Model {
+        let now = Utc::now();
+        order_rows::Model {
+            user_id: format!("user-{id}"),
+            amount_minor: 12_345 + i64::from(version),
+            status: "notified".into(),
+            version,
+            settled_at: settled.then_some(now),
+            ..crate::testing::order(id, now)
+        }
+    }
+
+    fn result(order_id: &str, late: bool, outcome: &str) -> order_results::Model {
+        order_results::Model {
+            order_id: order_id.into(),
+            late,
+            result_id: format!("r-{order_id}-{late}"),
+            outcome: outcome.into(),
+            partner_ref: None,
+            detail: serde_json::json!({}),
+            received_at: Utc::now(),
+        }
+    }
+
+    /// The reads on SQLite's own connections give what the same reads through the pools give,
+    /// and the auxiliary records they write read back through the pool.
+    #[tokio::test]
+    async fn own_connections_read_what_the_pools_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&DbUrls {
+            primary: url("orders"),
+            replica: String::new(),
+            max_read_lag_bytes: 0,
+            aux: url("aux"),
+            aux_standby: None,
+        })
+        .await
+        .expect("connect");
+        db.migrate().await.expect("migrate");
+        assert!(db.local.orders.is_some() && db.local.aux_writes.is_some());
+        let pools = Db {
+            local: Arc::default(),
+            ..db.clone()
+        };
+
+        // a: due; b: settled already; c: a late result only; d: not yet notified.
+        for o in [
+            order("a", 4, false),
+            order("b", 4, true),
+            order("c", 5, false),
+            order("d", 3, false),
+        ] {
+            o.into_active_model()
+                .insert(&db.primary)
+                .await
+                .expect("order");
+        }
+        for r in [
+            result("a", false, "confirmed"),
+            result("b", false, "rejected"),
+            result("c", false, "timeout"),
+            result("c", true, "confirmed"),
+            result("d", false, "confirmed"),
+        ] {
+            r.into_active_model()
+                .insert(&db.primary)
+                .await
+                .expect("result");
+        }
+        let at = Utc::now();
+        let record = |order_id: &str, system: &str, status: &str| aux_records::Model {
+            order_id: order_id.into(),
+            system: system.into(),
+            status: status.into(),
+            data: serde_json::json!({"x": [1, "two"]}),
+            updated_at: at,
+        };
+        db.upsert_aux(vec![
+            record("a", "invoice", "invoiced"),
+            record("a", "loyalty", "credited"),
+            record("c", "invoice", "void"),
+        ])
+        .await
+        .expect("aux on its own connection");
+        db.upsert_aux(vec![record("a", "invoice", "reissued")])
+            .await
+            .expect("aux replaced");
+        let stored = pools.aux_records("a").await.expect("aux through the pool");
+        assert_eq!(
+            stored,
+            vec![
+                record("a", "invoice", "reissued"),
+                record("a", "loyalty", "credited")
+            ]
+        );
+
+        let ids: Vec<String> = ["a", "b", "c", "d", "missing"].map(String::from).to_vec();
+        let sorted = |mut v: Vec<Unsettled>| {
+            v.sort_by(|x, y| x.id.cmp(&y.id));
+            v
+        };
+        let unsettled = sorted(db.unsettled(&ids).await.expect("local"));
+        assert_eq!(
+            unsettled,
+            sorted(pools.unsettled(&ids).await.expect("pool"))
+        );
+        assert_eq!(
+            unsettled
+                .iter()
+                .map(|u| (u.id.as_str(), u.outcome.as_str()))
+                .collect::<Vec<_>>(),
+            [("a", "confirmed"), ("c", "timeout")]
+        );
+        for late in [false, true] {
+            let by_id = |mut v: Vec<RecordFacts>| {
+                v.sort_by(|x, y| x.order_id.cmp(&y.order_id));
+                v
+            };
+            let local = by_id(db.with_results(&ids, late).await.expect("local"));
+            assert_eq!(
+                local,
+                by_id(pools.with_results(&ids, late).await.expect("pool"))
+            );
+            assert_eq!(local.len(), if late { 1 } else { 4 }, "late: {late}");
+        }
+        let statuses = db.aux_statuses(&ids).await.expect("local");
+        assert_eq!(statuses, pools.aux_statuses(&ids).await.expect("pool"));
+        assert_eq!(statuses["a"]["invoice"], "reissued");
+        assert_eq!(statuses.len(), 2);
     }
 }

@@ -4,7 +4,7 @@
 use entities::{order_results, orders, outbox};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::{Db, StoreError, by_key};
+use super::{Db, StoreError, by_key, local};
 use crate::lifecycle::{self, Trigger};
 use crate::protocol::OrderStatus;
 use std::collections::HashMap;
@@ -41,6 +41,29 @@ impl Db {
     ) -> Result<Vec<RecordFacts>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(local) = &self.local.orders {
+            let ids = local::id_list(ids);
+            let read = local.run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT o.id, o.amount_minor, o.currency, r.outcome, r.result_id \
+                     FROM orders o JOIN order_results r ON r.order_id = o.id \
+                     WHERE o.id IN (SELECT value FROM json_each(?1)) AND r.late = ?2",
+                )?;
+                let rows = stmt.query_map(rusqlite::params![ids, late], |row| {
+                    Ok(RecordFacts {
+                        order_id: row.get(0)?,
+                        amount_minor: row.get(1)?,
+                        currency: row.get(2)?,
+                        outcome: row.get(3)?,
+                        result_id: row.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            });
+            if let Some(read) = read.await {
+                return Ok(read?);
+            }
         }
         let mut by_order: HashMap<String, (String, String)> = order_results::Entity::find()
             .select_only()
@@ -132,6 +155,30 @@ impl Db {
     pub async fn unsettled(&self, ids: &[String]) -> Result<Vec<Unsettled>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
+        }
+        if let Some(local) = &self.local.orders {
+            let (ids, from) = (local::id_list(ids), settleable_from());
+            let read = local.run(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT o.id, o.user_id, o.partner_id, o.version, r.outcome \
+                     FROM orders o JOIN order_results r ON r.order_id = o.id AND r.late = 0 \
+                     WHERE o.id IN (SELECT value FROM json_each(?1)) \
+                     AND o.settled_at IS NULL AND o.version >= ?2",
+                )?;
+                let rows = stmt.query_map(rusqlite::params![ids, from], |row| {
+                    Ok(Unsettled {
+                        id: row.get(0)?,
+                        user_id: row.get(1)?,
+                        partner_id: row.get(2)?,
+                        version: row.get(3)?,
+                        outcome: row.get(4)?,
+                    })
+                })?;
+                rows.collect()
+            });
+            if let Some(read) = read.await {
+                return Ok(read?);
+            }
         }
         let orders: Vec<(String, String, String, i32)> = orders::Entity::find()
             .select_only()

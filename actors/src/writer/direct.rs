@@ -13,21 +13,14 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
-use chrono::SecondsFormat;
-use rusqlite::types::Value as Sql;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use sea_orm::sea_query::{OptionEnum, Value};
-use sea_orm::{DbBackend, DbErr, RuntimeErr, Statement};
+use rusqlite::{Connection, TransactionBehavior};
+use sea_orm::{DbBackend, DbErr, Statement};
 use tokio::sync::oneshot;
 
 use super::commit::{self, Batch, Committed, Tx};
 use crate::partners::Partners;
-
-/// Prepared statements kept: the group commit's shapes, by how many rows each carries.
-const STATEMENTS: usize = 64;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::store::local::{self, failed};
 
 /// A handle on the writer's thread; the thread ends when the handle is dropped.
 pub(super) struct Direct {
@@ -44,7 +37,7 @@ struct Job {
 impl Direct {
     /// Opens `file` (which must exist: the pools created and migrated it) on a new thread.
     pub(super) fn open(file: &Path) -> Result<Self, DbErr> {
-        let conn = connect(file).map_err(|e| failed(&e))?;
+        let conn = local::connect(file, true).map_err(|e| failed(&e))?;
         let (jobs, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -78,20 +71,6 @@ impl Direct {
             .ok()?;
         answer.await.ok()
     }
-}
-
-fn connect(file: &Path) -> rusqlite::Result<Connection> {
-    // No CREATE: a path that is not the pools' file fails here instead of making a new one.
-    let conn = Connection::open_with_flags(
-        file,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", false)?;
-    conn.set_prepared_statement_cache_capacity(STATEMENTS);
-    Ok(conn)
 }
 
 fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
@@ -131,15 +110,7 @@ struct Local<'a>(&'a rusqlite::Transaction<'a>);
 
 impl Local<'_> {
     fn prepared(&self, stmt: &Statement) -> Result<rusqlite::CachedStatement<'_>, DbErr> {
-        let mut prepared = self.0.prepare_cached(&stmt.sql).map_err(|e| failed(&e))?;
-        if let Some(values) = &stmt.values {
-            for (i, value) in values.0.iter().enumerate() {
-                prepared
-                    .raw_bind_parameter(i + 1, bind(value)?)
-                    .map_err(|e| failed(&e))?;
-            }
-        }
-        Ok(prepared)
+        local::prepared(self.0, stmt).map_err(|e| failed(&e))
     }
 }
 
@@ -166,65 +137,6 @@ impl Tx for Local<'_> {
     }
 }
 
-/// A value as sqlx binds it on SQLite, so that the rows read the same whichever connection wrote
-/// them (times as RFC 3339 text, JSON as text, booleans as 0 and 1).
-fn bind(value: &Value) -> Result<Sql, DbErr> {
-    fn or_null<T>(v: &Option<T>, f: impl FnOnce(&T) -> Sql) -> Sql {
-        v.as_ref().map_or(Sql::Null, f)
-    }
-    Ok(match value {
-        Value::Bool(v) => or_null(v, |b| Sql::Integer(i64::from(*b))),
-        Value::TinyInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::SmallInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::Int(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::BigInt(v) => or_null(v, |i| Sql::Integer(*i)),
-        Value::TinyUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::SmallUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::Unsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
-        Value::Float(v) => or_null(v, |f| Sql::Real(f64::from(*f))),
-        Value::Double(v) => or_null(v, |f| Sql::Real(*f)),
-        Value::String(v) => or_null(v, |s| Sql::Text(s.clone())),
-        Value::Char(v) => or_null(v, |c| Sql::Text(c.to_string())),
-        Value::Enum(OptionEnum::Some(v)) => Sql::Text(v.value.to_string()),
-        Value::Enum(OptionEnum::None(_)) => Sql::Null,
-        Value::Bytes(v) => or_null(v, |b| Sql::Blob(b.clone())),
-        Value::Json(v) => or_null(v, |j| Sql::Text(j.to_string())),
-        Value::ChronoDateTimeUtc(v) => or_null(v, |t| {
-            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
-        }),
-        Value::ChronoDateTimeWithTimeZone(v) => or_null(v, |t| {
-            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
-        }),
-        Value::ChronoDateTime(v) => or_null(v, |t| Sql::Text(t.format("%F %T%.f").to_string())),
-        other => {
-            return Err(DbErr::Custom(format!(
-                "the SQLite writer cannot bind {other:?}"
-            )));
-        }
-    })
-}
-
-fn failed(e: &rusqlite::Error) -> DbErr {
-    DbErr::Exec(RuntimeErr::Internal(format!("SQLite: {e}")))
-}
-
-/// The file behind the primary's pool, as SQLite reports it; `None` in memory or on Postgres.
-pub(super) async fn primary_file(db: &sea_orm::DatabaseConnection) -> Option<PathBuf> {
-    use sea_orm::ConnectionTrait;
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return None;
-    }
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Sqlite,
-            "SELECT file FROM pragma_database_list WHERE name = 'main'",
-        ))
-        .await
-        .ok()??;
-    let file: String = row.try_get_by_index(0).ok()?;
-    (!file.is_empty()).then(|| PathBuf::from(file))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,26 +147,11 @@ mod tests {
 
     fn order(id: &str, at: DateTime<Utc>) -> orders::Model {
         orders::Model {
-            id: id.into(),
-            user_id: "u".into(),
-            request_id: id.into(),
-            partner_id: "acme-air".into(),
-            product: "flight".into(),
-            amount_minor: 12_345,
-            currency: "EUR".into(),
             items: serde_json::json!([{"sku": "A1", "qty": 2}]),
             payload: serde_json::json!({"note": "é \"quoted\"", "n": 1.5}),
-            status: "accepted".into(),
-            version: 1,
             result_deadline: Some(at + Span::seconds(30)),
-            settled_at: None,
-            created_at: at,
-            updated_at: at,
             dispatched_at: Some(at + Span::nanoseconds(1_500)),
-            result_stored_at: None,
-            notified_at: None,
-            late_result_stored_at: None,
-            late_notified_at: None,
+            ..crate::testing::order(id, at)
         }
     }
 
@@ -266,12 +163,12 @@ mod tests {
         let url = format!("sqlite://{}/orders.db?mode=rwc", dir.path().display());
         let pool = Database::connect(&url).await.expect("connect");
         entities::Migrator::up(&pool).await.expect("migrate");
-        let file = primary_file(&pool).await.expect("a file");
+        let file = local::file_of(&pool).await.expect("a file");
         assert!(file.ends_with("orders.db"), "{}", file.display());
 
         let at = Utc::now();
         let written = order("o-1", at);
-        let mut conn = connect(&file).expect("open");
+        let mut conn = local::connect(&file, true).expect("open");
         let txn = conn.transaction().expect("begin");
         let insert = orders::Entity::insert(written.clone().into_active_model()).into_query();
         at_once(Local(&txn).execute(DbBackend::Sqlite.build(&insert))).expect("insert");
@@ -308,12 +205,5 @@ mod tests {
             1
         );
         assert!(due(deadline).await.expect("scan").is_empty());
-    }
-
-    #[test]
-    fn values_it_cannot_bind_are_refused_not_guessed() {
-        assert!(bind(&Value::Bool(Some(true))).is_ok());
-        assert!(matches!(bind(&Value::String(None)), Ok(Sql::Null)));
-        assert!(bind(&Value::ChronoDate(None)).is_err());
     }
 }

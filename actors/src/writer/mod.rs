@@ -169,7 +169,7 @@ impl Actor for Writer {
         _myself: ActorRef<Self::Msg>,
         args: WriterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let direct = match direct::primary_file(&args.primary).await {
+        let direct = match crate::store::local::file_of(&args.primary).await {
             Some(file) => match Direct::open(&file) {
                 Ok(direct) => Some(direct),
                 Err(e) => {

@@ -1,0 +1,190 @@
+//! The SQLite files' hot reads, and the auxiliary records' writes, on connections of their own.
+//! Through sqlx every statement, and every row it returns, crosses a channel to the connection's
+//! thread and back, and every column of a model is decoded (JSON parsed, times parsed from text).
+//! Here a whole read goes to a thread that owns a connection, runs there with its statement
+//! prepared once, decodes only the columns the caller asked for, and comes back in one hand-off.
+//!
+//! The connections open the files the hub's pools opened (the paths SQLite itself reports), with
+//! the pools' settings; a read runs on a read-only connection, as the pool's read node does. Only
+//! the embedded default uses them: on Postgres every read goes through the pools.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::SecondsFormat;
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, OpenFlags};
+use sea_orm::sea_query::{OptionEnum, Value};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement};
+use tokio::sync::oneshot;
+
+/// Prepared statements kept per connection: the reads' shapes, by how many ids each carries.
+const STATEMENTS: usize = 64;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// Threads, each with a connection on one SQLite file; a job goes to the next one in turn.
+#[derive(Debug)]
+pub struct Local {
+    threads: Vec<mpsc::Sender<Job>>,
+    next: AtomicUsize,
+}
+
+impl Local {
+    /// Opens `threads` connections on `file` (which must exist), read-only unless `write`.
+    pub fn open(file: &Path, threads: usize, write: bool, name: &str) -> Result<Self, DbErr> {
+        let mut senders = Vec::with_capacity(threads);
+        for _ in 0..threads.max(1) {
+            let conn = connect(file, write).map_err(|e| failed(&e))?;
+            let (tx, rx) = mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || serve(conn, rx))
+                .map_err(|e| DbErr::Custom(format!("starting thread {name}: {e}")))?;
+            senders.push(tx);
+        }
+        Ok(Self {
+            threads: senders,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on one of the connections. `None` when that thread is gone (it ends only if a
+    /// job panicked): the caller reads through the pools instead.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Option<Result<T, DbErr>> {
+        let (reply, answer) = oneshot::channel();
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.threads.len();
+        let job: Job = Box::new(move |conn| {
+            let _ = reply.send(f(conn).map_err(|e| failed(&e)));
+        });
+        self.threads[i].send(job).ok()?;
+        answer.await.ok()
+    }
+}
+
+/// A connection on `file` with the pools' settings; no CREATE: a path that is not the pools'
+/// file fails here instead of making a new one.
+pub fn connect(file: &Path, write: bool) -> rusqlite::Result<Connection> {
+    let mode = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let conn = Connection::open_with_flags(file, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if write {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS);
+    Ok(conn)
+}
+
+fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        job(&mut conn);
+    }
+}
+
+/// Runs `stmt` (built by sea-query for SQLite) with its values bound, prepared once per shape.
+pub fn execute(conn: &Connection, stmt: &Statement) -> rusqlite::Result<usize> {
+    prepared(conn, stmt)?.raw_execute()
+}
+
+/// `stmt` prepared (from the connection's cache) with its values bound.
+pub fn prepared<'c>(
+    conn: &'c Connection,
+    stmt: &Statement,
+) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    let mut prepared = conn.prepare_cached(&stmt.sql)?;
+    if let Some(values) = &stmt.values {
+        for (i, value) in values.0.iter().enumerate() {
+            prepared.raw_bind_parameter(i + 1, bind(value)?)?;
+        }
+    }
+    Ok(prepared)
+}
+
+/// A value as sqlx binds it on SQLite, so that the rows read the same whichever connection wrote
+/// them (times as RFC 3339 text, JSON as text, booleans as 0 and 1).
+pub fn bind(value: &Value) -> rusqlite::Result<Sql> {
+    fn or_null<T>(v: &Option<T>, f: impl FnOnce(&T) -> Sql) -> Sql {
+        v.as_ref().map_or(Sql::Null, f)
+    }
+    Ok(match value {
+        Value::Bool(v) => or_null(v, |b| Sql::Integer(i64::from(*b))),
+        Value::TinyInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::SmallInt(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Int(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::BigInt(v) => or_null(v, |i| Sql::Integer(*i)),
+        Value::TinyUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::SmallUnsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Unsigned(v) => or_null(v, |i| Sql::Integer(i64::from(*i))),
+        Value::Float(v) => or_null(v, |f| Sql::Real(f64::from(*f))),
+        Value::Double(v) => or_null(v, |f| Sql::Real(*f)),
+        Value::String(v) => or_null(v, |s| Sql::Text(s.clone())),
+        Value::Char(v) => or_null(v, |c| Sql::Text(c.to_string())),
+        Value::Enum(OptionEnum::Some(v)) => Sql::Text(v.value.to_string()),
+        Value::Enum(OptionEnum::None(_)) => Sql::Null,
+        Value::Bytes(v) => or_null(v, |b| Sql::Blob(b.clone())),
+        Value::Json(v) => or_null(v, |j| Sql::Text(j.to_string())),
+        Value::ChronoDateTimeUtc(v) => or_null(v, |t| {
+            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        Value::ChronoDateTimeWithTimeZone(v) => or_null(v, |t| {
+            Sql::Text(t.to_rfc3339_opts(SecondsFormat::AutoSi, false))
+        }),
+        Value::ChronoDateTime(v) => or_null(v, |t| Sql::Text(t.format("%F %T%.f").to_string())),
+        other => {
+            return Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("cannot bind {other:?} as sqlx would").into(),
+            ));
+        }
+    })
+}
+
+pub fn failed(e: &rusqlite::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::Internal(format!("SQLite: {e}")))
+}
+
+/// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
+/// statement shape, prepared once, whatever the number of ids.
+pub fn id_list(ids: &[String]) -> String {
+    serde_json::Value::from(ids).to_string()
+}
+
+/// The file behind a SQLite pool, as SQLite reports it; `None` in memory or on Postgres.
+pub async fn file_of(db: &DatabaseConnection) -> Option<PathBuf> {
+    use sea_orm::ConnectionTrait;
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+        ))
+        .await
+        .ok()??;
+    let file: String = row.try_get_by_index(0).ok()?;
+    (!file.is_empty()).then(|| PathBuf::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_it_cannot_bind_are_refused_not_guessed() {
+        assert!(bind(&Value::Bool(Some(true))).is_ok());
+        assert!(matches!(bind(&Value::String(None)), Ok(Sql::Null)));
+        assert!(bind(&Value::ChronoDate(None)).is_err());
+    }
+}
