@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
+use entities::orders;
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
 use sea_orm::sea_query::{OptionEnum, Value};
@@ -154,6 +155,80 @@ pub fn failed(e: &rusqlite::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::Internal(format!("SQLite: {e}")))
 }
 
+/// The columns [`order_row`] reads, in its order.
+pub const ORDER_COLUMNS: &str = "id, user_id, request_id, partner_id, product, amount_minor, \
+     currency, items, payload, status, version, result_deadline, settled_at, created_at, \
+     updated_at, dispatched_at, result_stored_at, notified_at, late_result_stored_at, \
+     late_notified_at";
+
+/// An order from a row of [`ORDER_COLUMNS`], decoded as sqlx decodes it (JSON from text, times
+/// from RFC 3339 text or `YYYY-MM-DD HH:MM:SS[.f]` in UTC); `None` for a row in any other form,
+/// which the caller reads through the pool instead.
+pub fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<orders::Model>> {
+    fn json(text: String) -> Option<serde_json::Value> {
+        serde_json::from_str(&text).ok()
+    }
+    let (Some(items), Some(payload)) = (json(row.get(7)?), json(row.get(8)?)) else {
+        return Ok(None);
+    };
+    let times: Option<Vec<Option<DateTime<Utc>>>> = (11..20)
+        .map(|i| row.get::<_, Option<String>>(i).map(time))
+        .collect::<rusqlite::Result<_>>()?;
+    let Some(
+        [
+            result_deadline,
+            settled_at,
+            Some(created_at),
+            Some(updated_at),
+            dispatched_at,
+            result_stored_at,
+            notified_at,
+            late_result_stored_at,
+            late_notified_at,
+        ],
+    ) = times.map(<[_; 9]>::try_from).and_then(Result::ok)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(orders::Model {
+        id: row.get(0)?,
+        user_id: row.get(1)?,
+        request_id: row.get(2)?,
+        partner_id: row.get(3)?,
+        product: row.get(4)?,
+        amount_minor: row.get(5)?,
+        currency: row.get(6)?,
+        items,
+        payload,
+        status: row.get(9)?,
+        version: row.get(10)?,
+        result_deadline,
+        settled_at,
+        created_at,
+        updated_at,
+        dispatched_at,
+        result_stored_at,
+        notified_at,
+        late_result_stored_at,
+        late_notified_at,
+    }))
+}
+
+/// A time column as sqlx reads it: RFC 3339 text, or `YYYY-MM-DD HH:MM:SS[.f]` in UTC; `None`
+/// for text in any other form.
+fn time(text: Option<String>) -> Option<Option<DateTime<Utc>>> {
+    let Some(text) = text else {
+        return Some(None);
+    };
+    if let Ok(t) = DateTime::parse_from_rfc3339(&text) {
+        return Some(Some(t.with_timezone(&Utc)));
+    }
+    ["%F %T%.f", "%FT%T%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(&text, f).ok())
+        .map(|t| Some(t.and_utc()))
+}
+
 /// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
 /// statement shape, prepared once, whatever the number of ids.
 pub fn id_list(ids: &[String]) -> String {
@@ -180,6 +255,18 @@ pub async fn file_of(db: &DatabaseConnection) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_read_in_the_forms_sqlx_reads() {
+        let read = |t: &str| time(Some(t.into())).flatten().map(|t| t.to_rfc3339());
+        let expected = Some("2026-01-02T03:04:05.678+00:00".to_owned());
+        assert_eq!(read("2026-01-02T03:04:05.678+00:00"), expected);
+        assert_eq!(read("2026-01-02T04:04:05.678+01:00"), expected);
+        assert_eq!(read("2026-01-02 03:04:05.678"), expected);
+        assert_eq!(read("2026-01-02T03:04:05.678"), expected);
+        assert_eq!(time(Some("yesterday".into())), None);
+        assert_eq!(time(None), Some(None));
+    }
 
     #[test]
     fn values_it_cannot_bind_are_refused_not_guessed() {

@@ -180,7 +180,7 @@ mod tests {
     use super::*;
     use chrono::Utc;
     use entities::{aux_records, order_results};
-    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel};
 
     fn order(id: &str, version: i32, settled: bool) -> order_rows::Model {
         let now = Utc::now();
@@ -308,6 +308,54 @@ mod tests {
             );
             assert_eq!(local.len(), if late { 1 } else { 4 }, "late: {late}");
         }
+        // Every time set, in sqlx's form and in the naive form SQL defaults would write.
+        let mut every = order("e", 4, true);
+        let t = every.created_at + chrono::Duration::nanoseconds(1_234_567);
+        every.result_deadline = Some(t);
+        (
+            every.dispatched_at,
+            every.result_stored_at,
+            every.notified_at,
+        ) = (Some(t), Some(t), Some(t));
+        (every.late_result_stored_at, every.late_notified_at) = (Some(t), Some(t));
+        every.payload = serde_json::json!({"note": "é \"quoted\"", "n": [1.5, null]});
+        every
+            .into_active_model()
+            .insert(&db.primary)
+            .await
+            .expect("order");
+        db.primary
+            .execute_unprepared(
+                "UPDATE orders SET updated_at = '2026-01-02 03:04:05.678' WHERE id = 'a'",
+            )
+            .await
+            .expect("naive time");
+        let by_id = |mut v: Vec<order_rows::Model>| {
+            v.sort_by(|x, y| x.id.cmp(&y.id));
+            v
+        };
+        let all: Vec<String> = ["a", "b", "e", "missing"].map(String::from).to_vec();
+        let local = by_id(db.orders_by_ids(&all).await.expect("local"));
+        assert_eq!(local, by_id(pools.orders_by_ids(&all).await.expect("pool")));
+        assert_eq!(local.len(), 3);
+        assert_eq!(
+            local[0].updated_at.to_rfc3339(),
+            "2026-01-02T03:04:05.678+00:00"
+        );
+        // Decoded on the reader's own connection, not by falling back to the pool.
+        let decoded = db.local.orders.as_ref().expect("reader");
+        let decoded = decoded
+            .run(|c| {
+                let sql = format!("SELECT {} FROM orders ORDER BY id", local::ORDER_COLUMNS);
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([], local::order_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .expect("thread")
+            .expect("read");
+        assert!(decoded.iter().all(Option::is_some), "{decoded:?}");
+
         let statuses = db.aux_statuses(&ids).await.expect("local");
         assert_eq!(statuses, pools.aux_statuses(&ids).await.expect("pool"));
         assert_eq!(statuses["a"]["invoice"], "reissued");

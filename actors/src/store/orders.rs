@@ -17,6 +17,23 @@ impl Db {
 
     /// The orders of `ids` that exist, read from the read node.
     pub async fn orders_by_ids(&self, ids: &[String]) -> Result<Vec<orders::Model>, StoreError> {
+        if let Some(local) = &self.local.orders {
+            let ids = local::id_list(ids);
+            let read = local.run(move |c| {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {} FROM orders WHERE id IN (SELECT value FROM json_each(?1))",
+                    local::ORDER_COLUMNS
+                ))?;
+                let rows = stmt.query_map([ids], local::order_row)?;
+                rows.collect::<rusqlite::Result<Option<Vec<_>>>>()
+            });
+            match read.await {
+                Some(Ok(Some(orders))) => return Ok(orders),
+                Some(Err(e)) => return Err(e.into()),
+                // A row written in a form this decoder does not know, or the thread is gone.
+                Some(Ok(None)) | None => {}
+            }
+        }
         Ok(orders::Entity::find()
             .filter(orders::Column::Id.is_in(ids.iter().cloned()))
             .all(self.reader())
