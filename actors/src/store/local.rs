@@ -24,6 +24,8 @@ use tokio::sync::oneshot;
 /// Prepared statements kept per connection: the reads' shapes, by how many ids each carries.
 const STATEMENTS: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The page cache of a connection that writes, in KiB.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -82,6 +84,8 @@ pub fn connect(file: &Path, write: bool) -> rusqlite::Result<Connection> {
     if write {
         conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The writer's page cache holds the indexes a commit changes (negative: KiB).
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     }
     conn.pragma_update(None, "foreign_keys", false)?;
     conn.set_prepared_statement_cache_capacity(STATEMENTS);
