@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 const STATEMENTS: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The page cache of a connection that writes, in KiB.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
