@@ -400,7 +400,7 @@ async fn assert_hub_counted(
             if last == want {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            tokio::time::sleep(POLL).await;
         }
     })
     .await;

@@ -412,7 +412,7 @@ async fn every_message_of_a_whole_run_matches_its_schema(hub: TestHub) {
             "acme-air takes no orders: {:?}",
             b.body
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
 
     // The external auxiliary system: the result event, its record (twice: stored, replaced).

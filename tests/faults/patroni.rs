@@ -88,7 +88,7 @@ impl HaTest {
                 return s;
             }
             assert!(Instant::now() < deadline, "status never showed {what}: {s}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(SLOW_POLL).await;
         }
     }
 
@@ -123,7 +123,7 @@ impl HaTest {
                 self.results_seen() - from,
                 self.load.retried_since(deadline - within)
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(SLOW_POLL).await;
         }
     }
 

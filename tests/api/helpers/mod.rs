@@ -142,7 +142,10 @@ pub async fn submit(gateway: &Client, user: &str, request_id: &str, partner: &st
         .to_owned()
 }
 
-/// Polls `check` until it returns `Some`, or panics after `timeout`.
+/// How often a test checks a condition it waits for, against a deadline.
+pub const POLL: Duration = Duration::from_millis(25);
+
+/// Polls `check` every [`POLL`] until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -154,7 +157,7 @@ where
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
 

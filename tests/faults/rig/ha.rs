@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 
+use super::SLOW_POLL;
 use crate::helpers::*;
 
 /// How long one `scripts/pg-ha` command may take (each of its waits allows 90 s).
@@ -333,7 +334,7 @@ impl PgHa {
                 "the cluster does not run all three nodes after {within:?}:\n{}",
                 self.status().await
             );
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(SLOW_POLL).await;
         }
     }
 

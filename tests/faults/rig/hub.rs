@@ -122,7 +122,7 @@ impl HubProc {
         let stderr = child.stderr.take().expect("stderr");
         let (serving, log, name) = (self.serving.clone(), self.log.clone(), self.name.clone());
         let echo = std::env::var_os("TEST_LOG").is_some();
-        tokio::spawn(async move {
+        let mut logged = tokio::spawn(async move {
             let mut file = tokio::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -148,7 +148,8 @@ impl HubProc {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Its last lines: the log ends when the pipe does.
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut logged).await;
                 panic!(
                     "hub {} exited ({status}) before serving:\n{}",
                     self.name,
@@ -161,7 +162,7 @@ impl HubProc {
                 self.name,
                 self.log_tail(40)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(POLL).await;
         }
         println!(
             "{}: serving {:.1} s after it was started",

@@ -34,6 +34,9 @@ pub fn rate(default: f64) -> f64 {
 
 pub const PARTNERS: [&str; 2] = ["acme-air", "globex-hotels"];
 pub const AUX_SYSTEMS: [&str; 3] = ["audit", "invoice", "loyalty"];
+/// How often a fault test checks a condition that costs the system under test something to ask
+/// (a status request, a query per order, a cluster listing), against a deadline.
+pub const SLOW_POLL: Duration = Duration::from_millis(200);
 
 /// Each fault test runs hubs, NATS and the databases under load on a machine of two cores: two at
 /// once would starve each other into faults of their own. A test holds its turn to the end.

@@ -62,7 +62,7 @@ pub async fn lost_orders(gateway: &Client, acked: &[Acked]) -> Vec<Acked> {
                                 a.order_id,
                                 LOST_ORDERS_DEADLINE
                             );
-                            tokio::time::sleep(Duration::from_millis(200)).await
+                            tokio::time::sleep(SLOW_POLL).await
                         }
                     }
                 }
@@ -139,7 +139,8 @@ pub async fn verify(
             );
         }
         if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // A query per pending order each pass: a pass in a while.
+            tokio::time::sleep(SLOW_POLL * 2).await;
         }
     }
     println!(
@@ -177,7 +178,7 @@ pub async fn verify(
             Instant::now() < deadline + Duration::from_secs(90),
             "the stream keeps growing, or consumers keep events unacknowledged"
         );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(SLOW_POLL).await;
     }
 
     // The final answers, asked again now that nothing moves (a late result may have come after
@@ -199,7 +200,7 @@ pub async fn verify(
                         a.order_id,
                         r.body
                     );
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(SLOW_POLL).await;
                 }
             }
         })
