@@ -31,16 +31,10 @@ impl Db {
             return Ok(out);
         }
         if let Some(local) = &self.local.aux_reads {
-            let ids = local::id_list(ids);
-            let read = local.run(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT order_id, system, status FROM aux_records \
-                     WHERE order_id IN (SELECT value FROM json_each(?1))",
-                )?;
-                let rows = stmt.query_map([ids], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
-                })?;
-                rows.collect::<rusqlite::Result<Vec<(String, String, String)>>>()
+            let sql = "SELECT order_id, system, status FROM aux_records \
+                 WHERE order_id IN (SELECT value FROM json_each(?1))";
+            let read = local.rows(sql, ids, Vec::new(), |row| {
+                Ok((row.get::<_, String>(0)?, row.get(1)?, row.get(2)?))
             });
             if let Some(read) = read.await {
                 for (order_id, system, status) in read? {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
 use entities::orders;
-use rusqlite::types::Value as Sql;
+pub use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
 use sea_orm::sea_query::{OptionEnum, Value};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, Statement};
@@ -68,6 +68,27 @@ impl Local {
         });
         self.threads[i].send(job).ok()?;
         answer.await.ok()
+    }
+}
+
+impl Local {
+    /// The rows of `sql` mapped by `row`, on one of the connections: `?1` is bound to `ids` (see
+    /// [`id_list`]) and `?2`, … to `more`. `None` as for [`Local::run`].
+    pub async fn rows<T: Send + 'static>(
+        &self,
+        sql: impl AsRef<str> + Send + 'static,
+        ids: &[String],
+        more: Vec<Sql>,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Option<Result<Vec<T>, DbErr>> {
+        let mut params = vec![Sql::Text(id_list(ids))];
+        params.extend(more);
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(sql.as_ref())?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(params), row)?;
+            rows.collect()
+        })
+        .await
     }
 }
 

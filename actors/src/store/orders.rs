@@ -18,20 +18,19 @@ impl Db {
     /// The orders of `ids` that exist, read from the read node.
     pub async fn orders_by_ids(&self, ids: &[String]) -> Result<Vec<orders::Model>, StoreError> {
         if let Some(local) = &self.local.orders {
-            let ids = local::id_list(ids);
-            let read = local.run(move |c| {
-                let mut stmt = c.prepare_cached(&format!(
-                    "SELECT {} FROM orders WHERE id IN (SELECT value FROM json_each(?1))",
-                    local::ORDER_COLUMNS
-                ))?;
-                let rows = stmt.query_map([ids], local::order_row)?;
-                rows.collect::<rusqlite::Result<Option<Vec<_>>>>()
-            });
-            match read.await {
-                Some(Ok(Some(orders))) => return Ok(orders),
+            let sql = format!(
+                "SELECT {} FROM orders WHERE id IN (SELECT value FROM json_each(?1))",
+                local::ORDER_COLUMNS
+            );
+            match local.rows(sql, ids, Vec::new(), local::order_row).await {
+                Some(Ok(rows)) => {
+                    // `None` if a row is in a form the decoder does not know.
+                    if let Some(orders) = rows.into_iter().collect() {
+                        return Ok(orders);
+                    }
+                }
                 Some(Err(e)) => return Err(e.into()),
-                // A row written in a form this decoder does not know, or the thread is gone.
-                Some(Ok(None)) | None => {}
+                None => {}
             }
         }
         Ok(orders::Entity::find()
@@ -60,23 +59,18 @@ impl Db {
             return Ok(Vec::new());
         }
         if let Some(local) = &self.local.orders {
-            let ids = local::id_list(ids);
-            let read = local.run(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT o.id, o.amount_minor, o.currency, r.outcome, r.result_id \
-                     FROM orders o JOIN order_results r ON r.order_id = o.id \
-                     WHERE o.id IN (SELECT value FROM json_each(?1)) AND r.late = ?2",
-                )?;
-                let rows = stmt.query_map(rusqlite::params![ids, late], |row| {
-                    Ok(RecordFacts {
-                        order_id: row.get(0)?,
-                        amount_minor: row.get(1)?,
-                        currency: row.get(2)?,
-                        outcome: row.get(3)?,
-                        result_id: row.get(4)?,
-                    })
-                })?;
-                rows.collect()
+            let sql = "SELECT o.id, o.amount_minor, o.currency, r.outcome, r.result_id \
+                 FROM orders o JOIN order_results r ON r.order_id = o.id \
+                 WHERE o.id IN (SELECT value FROM json_each(?1)) AND r.late = ?2";
+            let late = vec![local::Sql::Integer(i64::from(late))];
+            let read = local.rows(sql, ids, late, |row| {
+                Ok(RecordFacts {
+                    order_id: row.get(0)?,
+                    amount_minor: row.get(1)?,
+                    currency: row.get(2)?,
+                    outcome: row.get(3)?,
+                    result_id: row.get(4)?,
+                })
             });
             if let Some(read) = read.await {
                 return Ok(read?);
@@ -174,24 +168,19 @@ impl Db {
             return Ok(Vec::new());
         }
         if let Some(local) = &self.local.orders {
-            let (ids, from) = (local::id_list(ids), settleable_from());
-            let read = local.run(move |c| {
-                let mut stmt = c.prepare_cached(
-                    "SELECT o.id, o.user_id, o.partner_id, o.version, r.outcome \
-                     FROM orders o JOIN order_results r ON r.order_id = o.id AND r.late = 0 \
-                     WHERE o.id IN (SELECT value FROM json_each(?1)) \
-                     AND o.settled_at IS NULL AND o.version >= ?2",
-                )?;
-                let rows = stmt.query_map(rusqlite::params![ids, from], |row| {
-                    Ok(Unsettled {
-                        id: row.get(0)?,
-                        user_id: row.get(1)?,
-                        partner_id: row.get(2)?,
-                        version: row.get(3)?,
-                        outcome: row.get(4)?,
-                    })
-                })?;
-                rows.collect()
+            let sql = "SELECT o.id, o.user_id, o.partner_id, o.version, r.outcome \
+                 FROM orders o JOIN order_results r ON r.order_id = o.id AND r.late = 0 \
+                 WHERE o.id IN (SELECT value FROM json_each(?1)) \
+                 AND o.settled_at IS NULL AND o.version >= ?2";
+            let from = vec![local::Sql::Integer(i64::from(settleable_from()))];
+            let read = local.rows(sql, ids, from, |row| {
+                Ok(Unsettled {
+                    id: row.get(0)?,
+                    user_id: row.get(1)?,
+                    partner_id: row.get(2)?,
+                    version: row.get(3)?,
+                    outcome: row.get(4)?,
+                })
             });
             if let Some(read) = read.await {
                 return Ok(read?);
