@@ -71,6 +71,7 @@ struct Tally {
 
 /// Hints tallied per order; an order leaves once it is due, or when it has waited [`STRAGGLER`].
 struct Tallies {
+    /// Every configured auxiliary system, built-in and external.
     systems: Vec<String>,
     open: HashMap<String, Tally>,
     /// When each order's tally opened, oldest first (an order due meanwhile is no longer open;
@@ -156,7 +157,6 @@ pub struct SettlerArgs {
 pub struct SettlerState {
     db: Db,
     subjects: Subjects,
-    systems: Vec<String>,
     writers: WriterPool,
     backlog: Arc<Backlog>,
     tallies: Tallies,
@@ -182,8 +182,7 @@ impl Actor for Settler {
         Ok(SettlerState {
             db: args.db,
             subjects: args.subjects,
-            tallies: Tallies::new(args.systems.clone()),
-            systems: args.systems,
+            tallies: Tallies::new(args.systems),
             writers: args.writers,
             backlog: args.backlog,
             pending: HashSet::new(),
@@ -273,7 +272,7 @@ impl SettlerState {
         let now = chrono::Utc::now();
         let mut by_writer: HashMap<usize, Vec<(PendingEvent, i32)>> = HashMap::new();
         for order in unsettled {
-            let Some(aux) = due(&self.systems, statuses.get(&order.id)) else {
+            let Some(aux) = due(&self.tallies.systems, statuses.get(&order.id)) else {
                 continue;
             };
             let event = PendingEvent::settled(&self.subjects, &order, aux, now);

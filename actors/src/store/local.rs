@@ -69,9 +69,7 @@ impl Local {
         self.threads[i].send(job).ok()?;
         answer.await.ok()
     }
-}
 
-impl Local {
     /// The rows of `sql` mapped by `row`, on one of the connections: `?1` is bound to `ids` (see
     /// [`id_list`]) and `?2`, … to `more`. `None` as for [`Local::run`].
     pub async fn rows<T: Send + 'static>(
@@ -256,7 +254,7 @@ fn time(text: Option<String>) -> Option<Option<DateTime<Utc>>> {
 
 /// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
 /// statement shape, prepared once, whatever the number of ids.
-pub fn id_list(ids: &[String]) -> String {
+fn id_list(ids: &[String]) -> String {
     serde_json::Value::from(ids).to_string()
 }
 
