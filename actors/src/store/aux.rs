@@ -60,9 +60,23 @@ impl Db {
         Ok(out)
     }
 
-    /// Every auxiliary record of an order, by system name: from the auxiliary database, or while
+    /// Every auxiliary record of an order, by system name: from the auxiliary database (on its
+    /// own connection when it is a SQLite file), or while
     /// it does not answer, from its copy on the replica (`aux_standby`) when there is one.
     pub async fn aux_records(&self, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
+        if let Some(local) = &self.local.aux_reads {
+            let sql = format!(
+                "SELECT {} FROM aux_records WHERE order_id IN (SELECT value FROM json_each(?1)) \
+                 ORDER BY system",
+                local::AUX_COLUMNS
+            );
+            let read = local
+                .rows(sql, &[order_id.to_owned()], Vec::new(), local::aux_row)
+                .await;
+            if let Some(records) = local::decoded(read)? {
+                return Ok(records);
+            }
+        }
         let Some(standby) = &self.aux_standby else {
             return aux_records_on(&self.aux, order_id).await;
         };

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, Utc};
-use entities::orders;
+use entities::{aux_records, order_results, orders};
 pub use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OpenFlags};
 use sea_orm::sea_query::{OptionEnum, Value};
@@ -188,9 +188,6 @@ pub const ORDER_COLUMNS: &str = "id, user_id, request_id, partner_id, product, a
 /// from RFC 3339 text or `YYYY-MM-DD HH:MM:SS[.f]` in UTC); `None` for a row in any other form,
 /// which the caller reads through the pool instead.
 pub fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<orders::Model>> {
-    fn json(text: String) -> Option<serde_json::Value> {
-        serde_json::from_str(&text).ok()
-    }
     let (Some(items), Some(payload)) = (json(row.get(7)?), json(row.get(8)?)) else {
         return Ok(None);
     };
@@ -235,6 +232,61 @@ pub fn order_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<orders::Mod
         late_result_stored_at,
         late_notified_at,
     }))
+}
+
+/// The columns [`result_row`] reads, in its order.
+pub const RESULT_COLUMNS: &str =
+    "order_id, late, result_id, outcome, partner_ref, detail, received_at";
+
+/// A result from a row of [`RESULT_COLUMNS`], decoded as sqlx decodes it; `None` as for
+/// [`order_row`].
+pub fn result_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<order_results::Model>> {
+    let (Some(detail), Some(Some(received_at))) = (json(row.get(5)?), time(row.get(6)?)) else {
+        return Ok(None);
+    };
+    Ok(Some(order_results::Model {
+        order_id: row.get(0)?,
+        late: row.get(1)?,
+        result_id: row.get(2)?,
+        outcome: row.get(3)?,
+        partner_ref: row.get(4)?,
+        detail,
+        received_at,
+    }))
+}
+
+/// The columns [`aux_row`] reads, in its order.
+pub const AUX_COLUMNS: &str = "order_id, system, status, data, updated_at";
+
+/// An auxiliary record from a row of [`AUX_COLUMNS`], decoded as sqlx decodes it; `None` as for
+/// [`order_row`].
+pub fn aux_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<aux_records::Model>> {
+    let (Some(data), Some(Some(updated_at))) = (json(row.get(3)?), time(row.get(4)?)) else {
+        return Ok(None);
+    };
+    Ok(Some(aux_records::Model {
+        order_id: row.get(0)?,
+        system: row.get(1)?,
+        status: row.get(2)?,
+        data,
+        updated_at,
+    }))
+}
+
+/// What a read of rows decoded by [`order_row`], [`result_row`] or [`aux_row`] gave: the rows,
+/// or `None` when the caller reads through the pool instead (the thread is gone, or a row is
+/// in a form the decoder does not know).
+pub fn decoded<T>(read: Option<Result<Vec<Option<T>>, DbErr>>) -> Result<Option<Vec<T>>, DbErr> {
+    match read {
+        Some(Ok(rows)) => Ok(rows.into_iter().collect()),
+        Some(Err(e)) => Err(e),
+        None => Ok(None),
+    }
+}
+
+/// A JSON column as sqlx reads it: parsed from text; `None` for text that is not JSON.
+fn json(text: String) -> Option<serde_json::Value> {
+    serde_json::from_str(&text).ok()
 }
 
 /// A time column as sqlx reads it: RFC 3339 text, or `YYYY-MM-DD HH:MM:SS[.f]` in UTC; `None`

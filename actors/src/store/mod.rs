@@ -356,6 +356,52 @@ mod tests {
             .expect("read");
         assert!(decoded.iter().all(Option::is_some), "{decoded:?}");
 
+        for id in ["a", "c", "e", "missing"] {
+            let local = db.order(id).await.expect("local");
+            assert_eq!(local, pools.order(id).await.expect("pool"), "{id}");
+            assert_eq!(local.is_some(), id != "missing");
+            let (here, there) = (
+                db.results(id).await.expect("local"),
+                pools.results(id).await.expect("pool"),
+            );
+            assert_eq!((&here.result, &here.late), (&there.result, &there.late));
+            assert_eq!(
+                db.aux_records(id).await.expect("local"),
+                pools.aux_records(id).await.expect("pool")
+            );
+        }
+        let both = db.results("c").await.expect("local");
+        assert_eq!(
+            (both.result.map(|r| r.outcome), both.late.map(|r| r.outcome)),
+            (Some("timeout".into()), Some("confirmed".into()))
+        );
+        assert_eq!(db.aux_records("a").await.expect("local").len(), 2);
+        // Results and records decoded on their own connections too.
+        let results = db.local.orders.as_ref().expect("reader");
+        let results = results
+            .run(|c| {
+                let sql = format!("SELECT {} FROM order_results", local::RESULT_COLUMNS);
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([], local::result_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .expect("thread")
+            .expect("read");
+        assert!(results.len() == 5 && results.iter().all(Option::is_some));
+        let records = db.local.aux_reads.as_ref().expect("aux reader");
+        let records = records
+            .run(|c| {
+                let sql = format!("SELECT {} FROM aux_records", local::AUX_COLUMNS);
+                let mut stmt = c.prepare(&sql)?;
+                let rows = stmt.query_map([], local::aux_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .expect("thread")
+            .expect("read");
+        assert!(records.len() == 3 && records.iter().all(Option::is_some));
+
         let statuses = db.aux_statuses(&ids).await.expect("local");
         assert_eq!(statuses, pools.aux_statuses(&ids).await.expect("pool"));
         assert_eq!(statuses["a"]["invoice"], "reissued");

@@ -12,6 +12,9 @@ use std::collections::HashMap;
 impl Db {
     /// An order, read from the read node.
     pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
+        if self.local.orders.is_some() {
+            return Ok(self.orders_by_ids(&[id.to_owned()]).await?.pop());
+        }
         Ok(by_key(orders::Entity::find_by_id(id.to_owned()), self.reader()).await?)
     }
 
@@ -22,15 +25,9 @@ impl Db {
                 "SELECT {} FROM orders WHERE id IN (SELECT value FROM json_each(?1))",
                 local::ORDER_COLUMNS
             );
-            match local.rows(sql, ids, Vec::new(), local::order_row).await {
-                Some(Ok(rows)) => {
-                    // `None` if a row is in a form the decoder does not know.
-                    if let Some(orders) = rows.into_iter().collect() {
-                        return Ok(orders);
-                    }
-                }
-                Some(Err(e)) => return Err(e.into()),
-                None => {}
+            let read = local.rows(sql, ids, Vec::new(), local::order_row).await;
+            if let Some(orders) = local::decoded(read)? {
+                return Ok(orders);
             }
         }
         Ok(orders::Entity::find()
@@ -41,6 +38,18 @@ impl Db {
 
     /// An order's result and late result, read from the read node.
     pub async fn results(&self, id: &str) -> Result<Results, StoreError> {
+        if let Some(local) = &self.local.orders {
+            let sql = format!(
+                "SELECT {} FROM order_results WHERE order_id IN (SELECT value FROM json_each(?1))",
+                local::RESULT_COLUMNS
+            );
+            let read = local
+                .rows(sql, &[id.to_owned()], Vec::new(), local::result_row)
+                .await;
+            if let Some(rows) = local::decoded(read)? {
+                return Ok(Results::from_rows(rows));
+            }
+        }
         let rows = order_results::Entity::find()
             .filter(order_results::Column::OrderId.eq(id))
             .all(self.reader())
