@@ -2,7 +2,10 @@
 //! deadline actor, the replication actor's sweep, `get`, `query` and `trace` read.
 
 use entities::{order_results, orders, outbox};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 
 use super::{Db, StoreError, by_key, local};
 use crate::lifecycle::{self, Trigger};
@@ -246,16 +249,7 @@ impl Db {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
-        let mut q = orders::Entity::find()
-            .select_only()
-            .column(orders::Column::Id)
-            .filter(orders::Column::SettledAt.is_null())
-            .filter(orders::Column::Version.gte(settleable_from()));
-        if let Some(after) = after {
-            q = q.filter(orders::Column::Id.gt(after));
-        }
-        Ok(q.order_by_asc(orders::Column::Id)
-            .limit(limit)
+        Ok(unsettled_scan(after, limit)
             .into_tuple::<String>()
             .all(&self.primary)
             .await?)
@@ -280,12 +274,7 @@ impl Db {
 
     /// Outbox rows not yet published, oldest first.
     pub async fn unpublished(&self, limit: u64) -> Result<Vec<outbox::Model>, StoreError> {
-        Ok(outbox::Entity::find()
-            .filter(outbox::Column::PublishedAt.is_null())
-            .order_by_asc(outbox::Column::Id)
-            .limit(limit)
-            .all(&self.primary)
-            .await?)
+        Ok(unpublished_scan(limit).all(&self.primary).await?)
     }
 
     /// How many outbox rows wait to be published.
@@ -312,18 +301,14 @@ impl Db {
     }
 
     /// Of each of these partners, the accepted orders that have no result yet (primary): one
-    /// range of `ix_orders_pending` each.
+    /// range of `ix_orders_pending_by_partner` each.
     pub async fn pending_counts(
         &self,
         partners: impl IntoIterator<Item = &str>,
     ) -> Result<std::collections::HashMap<String, u64>, StoreError> {
         let mut counts = std::collections::HashMap::new();
         for partner in partners {
-            let n = orders::Entity::find()
-                .filter(orders::Column::PartnerId.eq(partner))
-                .filter(orders::Column::Version.is_in(lifecycle::from_versions(Trigger::Result)))
-                .count(&self.primary)
-                .await?;
+            let n = pending_scan(partner).count(&self.primary).await?;
             counts.insert(partner.to_owned(), n);
         }
         Ok(counts)
@@ -335,24 +320,59 @@ impl Db {
         now: chrono::DateTime<chrono::Utc>,
         limit: u64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(orders::Entity::find()
-            .select_only()
-            .column(orders::Column::Id)
-            .filter(
-                orders::Column::Status.is_in(
-                    lifecycle::transition(Trigger::Timeout)
-                        .from
-                        .iter()
-                        .map(|s| s.as_str()),
-                ),
-            )
-            .filter(orders::Column::ResultDeadline.lte(now))
-            .order_by_asc(orders::Column::ResultDeadline)
-            .limit(limit)
+        Ok(overdue_scan(now, limit)
             .into_tuple::<String>()
             .all(&self.primary)
             .await?)
     }
+}
+
+/// The condition of `ix_orders_dispatched_by_deadline`: the orders [`Trigger::Timeout`] moves
+/// from. The predicates of the partial indexes (migration `0006_partial_indexes`) are written
+/// into the queries as they are in the indexes, literals and not bound values: a planner uses a
+/// partial index only where the query's condition implies the index's, and Postgres's generic
+/// plan of a prepared statement knows no bound value.
+const DISPATCHED: &str = "version = 2";
+/// The condition of `ix_orders_pending_by_partner`: the orders [`Trigger::Result`] moves from.
+const PENDING: &str = "version < 3";
+
+/// The ids of dispatched orders whose deadline is `now` or earlier, soonest first.
+fn overdue_scan(now: chrono::DateTime<chrono::Utc>, limit: u64) -> Select<orders::Entity> {
+    orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Id)
+        .filter(Expr::cust(DISPATCHED))
+        .filter(orders::Column::ResultDeadline.lte(now))
+        .order_by_asc(orders::Column::ResultDeadline)
+        .limit(limit)
+}
+
+/// The pending orders of a partner.
+fn pending_scan(partner: &str) -> Select<orders::Entity> {
+    orders::Entity::find()
+        .filter(orders::Column::PartnerId.eq(partner))
+        .filter(Expr::cust(PENDING))
+}
+
+/// The ids of unsettled orders whose result event is out, by id after `after`.
+fn unsettled_scan(after: Option<&str>, limit: u64) -> Select<orders::Entity> {
+    let mut q = orders::Entity::find()
+        .select_only()
+        .column(orders::Column::Id)
+        .filter(orders::Column::SettledAt.is_null())
+        .filter(orders::Column::Version.gte(settleable_from()));
+    if let Some(after) = after {
+        q = q.filter(orders::Column::Id.gt(after));
+    }
+    q.order_by_asc(orders::Column::Id).limit(limit)
+}
+
+/// Outbox rows not yet published, by id.
+fn unpublished_scan(limit: u64) -> Select<outbox::Entity> {
+    outbox::Entity::find()
+        .filter(outbox::Column::PublishedAt.is_null())
+        .order_by_asc(outbox::Column::Id)
+        .limit(limit)
 }
 
 /// An order's result and late result.
@@ -411,4 +431,95 @@ pub struct Unsettled {
     /// The version the settlement is conditional on.
     pub version: i32,
     pub outcome: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{DbBackend, QueryTrait};
+
+    #[test]
+    fn partial_index_conditions_are_the_lifecycle_s() {
+        let versions = |t| {
+            let mut v = lifecycle::from_versions(t);
+            v.sort();
+            v
+        };
+        assert_eq!(versions(Trigger::Timeout), [2], "{DISPATCHED}");
+        let below_3: Vec<i32> = OrderStatus::ALL
+            .iter()
+            .map(|s| s.version())
+            .filter(|v| *v < 3)
+            .collect();
+        assert_eq!(versions(Trigger::Result), below_3, "{PENDING}");
+    }
+
+    /// On SQLite, which keeps no statistics, each scan of live rows reads its partial index, in
+    /// the order it returns rows.
+    #[tokio::test]
+    async fn scans_of_live_rows_read_their_partial_indexes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
+        let db = Db::connect(&super::super::DbUrls {
+            primary: url("orders"),
+            replica: String::new(),
+            max_read_lag_bytes: 0,
+            aux: url("aux"),
+            aux_standby: None,
+        })
+        .await
+        .expect("connect");
+        db.migrate().await.expect("migrate");
+        // A connection opened after the migrations: a pooled one opened before them would plan
+        // an EXPLAIN, which reads no table and so never checks the schema, on the old schema.
+        let file = local::file_of(&db.primary).await.expect("a file");
+        let conn = local::connect(&file, false).expect("connection");
+        let sqlite = DbBackend::Sqlite;
+        for (scan, index) in [
+            (
+                overdue_scan(chrono::Utc::now(), 100).build(sqlite),
+                "ix_orders_dispatched_by_deadline",
+            ),
+            (
+                pending_scan("p").build(sqlite),
+                "ix_orders_pending_by_partner",
+            ),
+            (
+                unsettled_scan(None, 100).build(sqlite),
+                "ix_orders_unsettled_ids",
+            ),
+            (
+                unsettled_scan(Some("x"), 100).build(sqlite),
+                "ix_orders_unsettled_ids",
+            ),
+            (
+                unpublished_scan(100).build(sqlite),
+                "ix_outbox_unpublished_ids",
+            ),
+        ] {
+            let values: Vec<local::Sql> = scan
+                .values
+                .iter()
+                .flat_map(|v| v.0.iter())
+                .map(|v| match v {
+                    // A LIMIT's value, which the hub's own reads never bind.
+                    sea_orm::Value::BigUnsigned(Some(n)) => local::Sql::Integer(*n as i64),
+                    v => local::bind(v).expect("bind"),
+                })
+                .collect();
+            let mut stmt = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", scan.sql))
+                .expect("explain");
+            let plan = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| {
+                    r.get::<_, String>(3)
+                })
+                .expect("plan")
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .expect("plan")
+                .join("; ");
+            assert!(plan.contains(index), "{index}: {plan} ({})", scan.sql);
+            assert!(!plan.contains("TEMP B-TREE"), "{index} sorts: {plan}");
+        }
+    }
 }
