@@ -8,7 +8,7 @@ use sea_orm::{
 };
 
 use super::{Db, StoreError, by_key, local};
-use crate::lifecycle::{self, Trigger};
+use crate::lifecycle;
 use crate::protocol::OrderStatus;
 use std::collections::HashMap;
 
@@ -327,13 +327,14 @@ impl Db {
     }
 }
 
-/// The condition of `ix_orders_dispatched_by_deadline`: the orders [`Trigger::Timeout`] moves
-/// from. The predicates of the partial indexes (migration `0006_partial_indexes`) are written
-/// into the queries as they are in the indexes, literals and not bound values: a planner uses a
-/// partial index only where the query's condition implies the index's, and Postgres's generic
-/// plan of a prepared statement knows no bound value.
+/// The condition of `ix_orders_dispatched_by_deadline`: the orders
+/// [`lifecycle::Trigger::Timeout`] moves from. The predicates of the partial indexes (migration
+/// `0006_partial_indexes`) are written into the queries as they are in the indexes, literals and
+/// not bound values: a planner uses a partial index only where the query's condition implies the
+/// index's, and Postgres's generic plan of a prepared statement knows no bound value.
 const DISPATCHED: &str = "version = 2";
-/// The condition of `ix_orders_pending_by_partner`: the orders [`Trigger::Result`] moves from.
+/// The condition of `ix_orders_pending_by_partner`: the orders [`lifecycle::Trigger::Result`]
+/// moves from.
 const PENDING: &str = "version < 3";
 
 /// The ids of dispatched orders whose deadline is `now` or earlier, soonest first.
@@ -436,6 +437,7 @@ pub struct Unsettled {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::Trigger;
     use sea_orm::{DbBackend, QueryTrait};
 
     #[test]
