@@ -666,3 +666,51 @@ async fn postgres_story_moves_into_the_order() {
     let db = shared_pg().create_database().await;
     story_moves_into_the_order(&db.primary_url).await;
 }
+
+/// On Postgres each scan of live rows reads its partial index (migration 0006) even in a generic
+/// plan, the one a prepared statement may settle on, which knows none of the bound values: the
+/// index's condition is written into the query as a literal.
+#[tokio::test]
+async fn postgres_scans_of_live_rows_read_their_partial_indexes_in_generic_plans() {
+    use sea_orm::TransactionTrait;
+    use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder};
+    let db = shared_pg().create_database().await;
+    let conn = connect(&db.primary_url).await;
+    Migrator::up(&conn).await.expect("migrate");
+    let backend = DbBackend::Postgres;
+    for (i, (index, scan)) in actors::store::live_row_scans(backend)
+        .into_iter()
+        .enumerate()
+    {
+        let args: Vec<String> = scan
+            .values
+            .iter()
+            .flat_map(|v| v.0.iter())
+            .map(|v| PostgresQueryBuilder.value_to_string(v))
+            .collect();
+        // One connection for the settings and the prepared statement: a transaction's.
+        let txn = conn.begin().await.expect("begin");
+        txn.execute_unprepared(&format!(
+            "SET LOCAL plan_cache_mode = force_generic_plan; \
+             SET LOCAL enable_seqscan = off; \
+             PREPARE scan_{i} AS {}",
+            scan.sql
+        ))
+        .await
+        .expect("prepare");
+        let plan: Vec<String> = txn
+            .query_all_raw(Statement::from_string(
+                backend,
+                format!("EXPLAIN EXECUTE scan_{i}({})", args.join(", ")),
+            ))
+            .await
+            .expect("explain")
+            .iter()
+            .map(|r| r.try_get("", "QUERY PLAN").expect("a plan line"))
+            .collect();
+        txn.rollback().await.expect("rollback");
+        let plan = plan.join("\n");
+        assert!(plan.contains(index), "{index}:\n{plan}\n({})", scan.sql);
+        assert!(!plan.contains("Sort"), "{index} sorts:\n{plan}");
+    }
+}

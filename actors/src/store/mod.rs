@@ -23,7 +23,7 @@ use entities::orders as order_rows;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Select};
 
 pub use connect::{PrimaryGuard, PrimaryWatch, primary_may_have_moved};
-pub use orders::{OrderState, RecordFacts, Results, Unsettled};
+pub use orders::{OrderState, RecordFacts, Results, Unsettled, live_row_scans};
 
 /// What callers of the store see when a database does not answer as it should.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,8 @@
 use entities::{order_results, orders, outbox};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Select, Statement,
 };
 
 use super::{Db, StoreError, by_key, local};
@@ -376,6 +377,33 @@ fn unpublished_scan(limit: u64) -> Select<outbox::Entity> {
         .limit(limit)
 }
 
+/// Each scan of live rows as `backend` runs it, with the partial index it is written to read:
+/// what a check of the plans (`EXPLAIN`) needs.
+pub fn live_row_scans(backend: DbBackend) -> Vec<(&'static str, Statement)> {
+    vec![
+        (
+            "ix_orders_dispatched_by_deadline",
+            overdue_scan(chrono::Utc::now(), 100).build(backend),
+        ),
+        (
+            "ix_orders_pending_by_partner",
+            pending_scan("p").build(backend),
+        ),
+        (
+            "ix_orders_unsettled_ids",
+            unsettled_scan(None, 100).build(backend),
+        ),
+        (
+            "ix_orders_unsettled_ids",
+            unsettled_scan(Some("x"), 100).build(backend),
+        ),
+        (
+            "ix_outbox_unpublished_ids",
+            unpublished_scan(100).build(backend),
+        ),
+    ]
+}
+
 /// An order's result and late result.
 #[derive(Clone, Debug, Default)]
 pub struct Results {
@@ -438,7 +466,6 @@ pub struct Unsettled {
 mod tests {
     use super::*;
     use crate::lifecycle::Trigger;
-    use sea_orm::{DbBackend, QueryTrait};
 
     #[test]
     fn partial_index_conditions_are_the_lifecycle_s() {
@@ -476,29 +503,7 @@ mod tests {
         // an EXPLAIN, which reads no table and so never checks the schema, on the old schema.
         let file = local::file_of(&db.primary).await.expect("a file");
         let conn = local::connect(&file, false).expect("connection");
-        let sqlite = DbBackend::Sqlite;
-        for (scan, index) in [
-            (
-                overdue_scan(chrono::Utc::now(), 100).build(sqlite),
-                "ix_orders_dispatched_by_deadline",
-            ),
-            (
-                pending_scan("p").build(sqlite),
-                "ix_orders_pending_by_partner",
-            ),
-            (
-                unsettled_scan(None, 100).build(sqlite),
-                "ix_orders_unsettled_ids",
-            ),
-            (
-                unsettled_scan(Some("x"), 100).build(sqlite),
-                "ix_orders_unsettled_ids",
-            ),
-            (
-                unpublished_scan(100).build(sqlite),
-                "ix_outbox_unpublished_ids",
-            ),
-        ] {
+        for (index, scan) in live_row_scans(DbBackend::Sqlite) {
             let values: Vec<local::Sql> = scan
                 .values
                 .iter()
