@@ -61,8 +61,8 @@ impl Db {
     }
 
     /// Every auxiliary record of an order, by system name: from the auxiliary database (on its
-    /// own connection when it is a SQLite file), or while
-    /// it does not answer, from its copy on the replica (`aux_standby`) when there is one.
+    /// own connection when it is a SQLite file), or while it does not answer, from its copy on
+    /// the replica (`aux_standby`) when there is one.
     pub async fn aux_records(&self, order_id: &str) -> Result<Vec<aux_records::Model>, StoreError> {
         if let Some(local) = &self.local.aux_reads {
             let sql = format!(
