@@ -175,6 +175,23 @@ pub fn status_time_column(status: crate::protocol::OrderStatus) -> order_rows::C
     }
 }
 
+/// A store on SQLite files `orders.db` and `aux.db` in `dir`, migrated.
+#[cfg(test)]
+async fn on_sqlite_files(dir: &std::path::Path) -> Db {
+    let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.display());
+    let db = Db::connect(&DbUrls {
+        primary: url("orders"),
+        replica: String::new(),
+        max_read_lag_bytes: 0,
+        aux: url("aux"),
+        aux_standby: None,
+    })
+    .await
+    .expect("connect");
+    db.migrate().await.expect("migrate");
+    db
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,17 +228,7 @@ mod tests {
     #[tokio::test]
     async fn own_connections_read_what_the_pools_read() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
-        let db = Db::connect(&DbUrls {
-            primary: url("orders"),
-            replica: String::new(),
-            max_read_lag_bytes: 0,
-            aux: url("aux"),
-            aux_standby: None,
-        })
-        .await
-        .expect("connect");
-        db.migrate().await.expect("migrate");
+        let db = on_sqlite_files(dir.path()).await;
         assert!(db.local.orders.is_some() && db.local.aux_writes.is_some());
         let pools = Db {
             local: Arc::default(),

@@ -287,13 +287,11 @@ impl Db {
     }
 
     /// How old the oldest unpublished outbox row is, in ms (primary); `None` when there is none.
+    /// The first by id is the oldest (ids are UUIDv7, in the order they were made): one entry
+    /// of the partial index, where ordering by `created_at` sorted every unpublished row, and
+    /// `status` asks this while a NATS outage holds them by the thousand.
     pub async fn outbox_oldest_ms(&self) -> Result<Option<u64>, StoreError> {
-        let oldest = outbox::Entity::find()
-            .filter(outbox::Column::PublishedAt.is_null())
-            .order_by_asc(outbox::Column::CreatedAt)
-            .limit(1)
-            .one(&self.primary)
-            .await?;
+        let oldest = unpublished_scan(1).one(&self.primary).await?;
         Ok(oldest.map(|row| {
             (chrono::Utc::now() - row.created_at)
                 .num_milliseconds()
@@ -488,17 +486,7 @@ mod tests {
     #[tokio::test]
     async fn scans_of_live_rows_read_their_partial_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = |name: &str| format!("sqlite://{}/{name}.db?mode=rwc", dir.path().display());
-        let db = Db::connect(&super::super::DbUrls {
-            primary: url("orders"),
-            replica: String::new(),
-            max_read_lag_bytes: 0,
-            aux: url("aux"),
-            aux_standby: None,
-        })
-        .await
-        .expect("connect");
-        db.migrate().await.expect("migrate");
+        let db = super::super::on_sqlite_files(dir.path()).await;
         // A connection opened after the migrations: a pooled one opened before them would plan
         // an EXPLAIN, which reads no table and so never checks the schema, on the old schema.
         let file = local::file_of(&db.primary).await.expect("a file");
@@ -528,5 +516,33 @@ mod tests {
             assert!(plan.contains(index), "{index}: {plan} ({})", scan.sql);
             assert!(!plan.contains("TEMP B-TREE"), "{index} sorts: {plan}");
         }
+    }
+
+    /// The oldest unpublished outbox row is the first by id; published rows do not count.
+    #[tokio::test]
+    async fn the_oldest_unpublished_event_is_the_first_by_id() {
+        use sea_orm::{ActiveModelTrait, IntoActiveModel};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = super::super::on_sqlite_files(dir.path()).await;
+        assert_eq!(db.outbox_oldest_ms().await.expect("read"), None);
+        let now = chrono::Utc::now();
+        let row = |ago_s: i64, published: bool| outbox::Model {
+            id: uuid::Uuid::now_v7().to_string(),
+            order_id: "o".into(),
+            subject: "orders.events.stored.p".into(),
+            payload: "{}".into(),
+            created_at: now - chrono::Duration::seconds(ago_s),
+            published_at: published.then_some(now),
+        };
+        // Made in this order: a published one, the oldest unpublished, a newer unpublished.
+        for r in [row(60, true), row(5, false), row(1, false)] {
+            r.into_active_model()
+                .insert(&db.primary)
+                .await
+                .expect("outbox row");
+        }
+        let oldest = db.outbox_oldest_ms().await.expect("read").expect("some");
+        assert!((5_000..60_000).contains(&oldest), "{oldest} ms");
+        assert_eq!(db.outbox_pending().await.expect("count"), 2);
     }
 }
