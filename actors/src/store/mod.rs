@@ -199,6 +199,24 @@ mod tests {
     use entities::{aux_records, order_results};
     use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel};
 
+    /// Every row of `table`, `columns` of it decoded by `row` on one of `local`'s connections.
+    async fn every_row<T: Send + 'static>(
+        local: &local::Local,
+        columns: &'static str,
+        table: &'static str,
+        row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<Option<T>>,
+    ) -> Vec<Option<T>> {
+        local
+            .run(move |c| {
+                let mut stmt = c.prepare(&format!("SELECT {columns} FROM {table}"))?;
+                let rows = stmt.query_map([], row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .expect("thread")
+            .expect("read")
+    }
+
     fn order(id: &str, version: i32, settled: bool) -> order_rows::Model {
         let now = Utc::now();
         order_rows::Model {
@@ -350,17 +368,8 @@ mod tests {
             "2026-01-02T03:04:05.678+00:00"
         );
         // Decoded on the reader's own connection, not by falling back to the pool.
-        let decoded = db.local.orders.as_ref().expect("reader");
-        let decoded = decoded
-            .run(|c| {
-                let sql = format!("SELECT {} FROM orders ORDER BY id", local::ORDER_COLUMNS);
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map([], local::order_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await
-            .expect("thread")
-            .expect("read");
+        let reader = db.local.orders.as_ref().expect("reader");
+        let decoded = every_row(reader, local::ORDER_COLUMNS, "orders", local::order_row).await;
         assert!(decoded.iter().all(Option::is_some), "{decoded:?}");
 
         for id in ["a", "c", "e", "missing"] {
@@ -384,29 +393,22 @@ mod tests {
         );
         assert_eq!(db.aux_records("a").await.expect("local").len(), 2);
         // Results and records decoded on their own connections too.
-        let results = db.local.orders.as_ref().expect("reader");
-        let results = results
-            .run(|c| {
-                let sql = format!("SELECT {} FROM order_results", local::RESULT_COLUMNS);
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map([], local::result_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await
-            .expect("thread")
-            .expect("read");
+        let results = every_row(
+            reader,
+            local::RESULT_COLUMNS,
+            "order_results",
+            local::result_row,
+        );
+        let results = results.await;
         assert!(results.len() == 5 && results.iter().all(Option::is_some));
-        let records = db.local.aux_reads.as_ref().expect("aux reader");
-        let records = records
-            .run(|c| {
-                let sql = format!("SELECT {} FROM aux_records", local::AUX_COLUMNS);
-                let mut stmt = c.prepare(&sql)?;
-                let rows = stmt.query_map([], local::aux_row)?;
-                rows.collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await
-            .expect("thread")
-            .expect("read");
+        let aux_reader = db.local.aux_reads.as_ref().expect("aux reader");
+        let records = every_row(
+            aux_reader,
+            local::AUX_COLUMNS,
+            "aux_records",
+            local::aux_row,
+        );
+        let records = records.await;
         assert!(records.len() == 3 && records.iter().all(Option::is_some));
 
         let statuses = db.aux_statuses(&ids).await.expect("local");
