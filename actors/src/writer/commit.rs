@@ -47,6 +47,11 @@ pub(super) trait Tx {
     async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr>;
     async fn execute(&self, stmt: Statement) -> Result<(), DbErr>;
 
+    /// Rows per multi-row statement: [`CHUNK`] where each statement is a round trip.
+    fn rows_per_statement(&self) -> usize {
+        CHUNK
+    }
+
     fn build<S: StatementBuilder>(&self, stmt: &S) -> Statement {
         self.backend().build(stmt)
     }
@@ -142,7 +147,7 @@ pub(super) async fn apply<T: Tx>(
     events.extend(store_late_results(tx, ops, now, &mut applied).await?);
     let settled = settle(tx, &batch.settle, now).await?;
     events.extend(settled.iter());
-    for chunk in events.chunks(CHUNK) {
+    for chunk in events.chunks(tx.rows_per_statement()) {
         let insert =
             outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
                 .into_query();
@@ -248,7 +253,7 @@ async fn insert_orders<'a, T: Tx>(
         })
         .collect();
     let mut events = Vec::with_capacity(inserts.len());
-    for chunk in inserts.chunks(CHUNK) {
+    for chunk in inserts.chunks(tx.rows_per_statement()) {
         let mut stmt = orders::Entity::insert_many(
             chunk
                 .iter()
@@ -297,7 +302,7 @@ async fn store_results<'a, T: Tx>(
     let mut stored = Vec::new();
     let mut events = Vec::new();
     for (trigger, wanted) in by_trigger {
-        for chunk in wanted.chunks(CHUNK) {
+        for chunk in wanted.chunks(tx.rows_per_statement()) {
             let ids: Vec<&str> = chunk.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
             let dispatched_at: SimpleExpr =
                 Func::coalesce([Expr::col(orders::Column::DispatchedAt), Expr::value(now)]).into();
@@ -321,7 +326,7 @@ async fn store_results<'a, T: Tx>(
             }
         }
     }
-    for chunk in stored.chunks(CHUNK) {
+    for chunk in stored.chunks(tx.rows_per_statement()) {
         let insert = order_results::Entity::insert_many(
             chunk.iter().map(|r| (*r).clone().into_active_model()),
         )
@@ -352,7 +357,7 @@ async fn store_late_results<'a, T: Tx>(
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
-    for chunk in wanted.chunks(CHUNK) {
+    for chunk in wanted.chunks(tx.rows_per_statement()) {
         let mut stmt = order_results::Entity::insert_many(
             chunk
                 .iter()
@@ -413,7 +418,7 @@ async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
     if tx.backend() != DbBackend::Postgres || ids.is_empty() {
         return Ok(());
     }
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(tx.rows_per_statement()) {
         let lock = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
@@ -452,7 +457,7 @@ async fn settle<'a, T: Tx>(
     }
     let mut made = Vec::new();
     for (version, events) in by_version {
-        for chunk in events.chunks(CHUNK) {
+        for chunk in events.chunks(tx.rows_per_statement()) {
             let mut stmt = orders::Entity::update_many()
                 .col_expr(orders::Column::SettledAt, Expr::value(now))
                 .filter(orders::Column::SettledAt.is_null())
@@ -505,7 +510,7 @@ async fn mark_released<T: Tx>(
     // A late result stored while its timeout's result event was still on its way.
     if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
         let mut waiting = Vec::new();
-        for chunk in notified.chunks(CHUNK) {
+        for chunk in notified.chunks(tx.rows_per_statement()) {
             let select = order_results::Entity::find()
                 .select_only()
                 .column(order_results::Column::OrderId)
@@ -527,7 +532,7 @@ async fn mark_released<T: Tx>(
         .filter(|id| !moved.contains(*id))
         .collect();
     let mut early = HashSet::new();
-    for chunk in not_moved.chunks(CHUNK) {
+    for chunk in not_moved.chunks(tx.rows_per_statement()) {
         let select = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
@@ -541,7 +546,7 @@ async fn mark_released<T: Tx>(
         .filter(|e| !(e.kind == EventKind::Late && early.contains(&e.order_id)))
         .map(|e| e.id.as_str())
         .collect();
-    for chunk in marked.chunks(CHUNK) {
+    for chunk in marked.chunks(tx.rows_per_statement()) {
         let update = outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAt, Expr::value(now))
             .filter(outbox::Column::Id.is_in(chunk.iter().copied()))
@@ -565,7 +570,7 @@ async fn move_orders<T: Tx>(
     let to = lifecycle::transition(trigger).to;
     let from = lifecycle::from_versions(trigger);
     let mut moved = Vec::new();
-    for chunk in ids.chunks(CHUNK) {
+    for chunk in ids.chunks(tx.rows_per_statement()) {
         let mut update = orders::Entity::update_many()
             .col_expr(orders::Column::Status, Expr::value(to.as_str()))
             .col_expr(orders::Column::Version, Expr::value(to.version()))
