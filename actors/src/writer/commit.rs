@@ -1,5 +1,6 @@
-//! The statements of one group commit. Each kind of op goes out as one multi-row statement per
-//! chunk, and `RETURNING id` tells which rows it touched. In one transaction, in this order: new
+//! The statements of one group commit. Each kind of op goes out as one statement per chunk of
+//! [`Tx::rows_per_statement`] rows (many on Postgres, one on SQLite), and `RETURNING id` tells
+//! which rows it touched. In one transaction, in this order: new
 //! orders, results, late results, settlements, and the release marks of published events.
 //!
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
