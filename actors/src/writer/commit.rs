@@ -1,7 +1,7 @@
 //! The statements of one group commit. Each kind of op goes out as one statement per chunk of
 //! [`Tx::rows_per_statement`] rows (many on Postgres, one on SQLite), and `RETURNING id` tells
-//! which rows it touched. In one transaction, in this order: new
-//! orders, results, late results, settlements, and the release marks of published events.
+//! which rows it touched. In one transaction, in this order: new orders, results, late results,
+//! settlements, and the release marks of published events.
 //!
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
 //! statuses its trigger moves from, so a move that lost a race (a peer instance, a repeated
@@ -38,7 +38,8 @@ use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
 use crate::store::status_time_column;
 
-/// Rows per multi-row statement: well under SQLite's bind-parameter limit.
+/// Rows per multi-row statement where a statement is a round trip (Postgres), and per read after
+/// a commit: well under the bind-parameter limits.
 const CHUNK: usize = 256;
 
 /// Where a group commit's statements run, inside an open transaction.
