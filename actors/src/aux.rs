@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::link::Link;
 use crate::outbox::{Committed, Hint, SettleCheck};
-use crate::protocol::{CloudEvent, EventKind};
+use crate::protocol::{EventKind, EventRef};
 use crate::reads::OrderReads;
 use crate::replication::await_replay;
 use crate::store::{Db, RecordFacts, StoreError};
@@ -224,18 +224,16 @@ impl AuxState {
         let (mut wanted, mut wanted_late) = (Vec::new(), Vec::new());
         let mut events = Vec::with_capacity(messages.len());
         for m in messages {
-            let decoded = serde_json::from_slice::<CloudEvent>(&m.payload)
-                .ok()
-                .filter(|e| e.source == "orderhub")
-                .and_then(|e| EventKind::from_type(&e.kind).map(|k| (k, e)));
+            let decoded =
+                EventRef::parse(&m.payload).map(|(kind, e)| (kind, e.data.order_id.into_owned()));
             match decoded {
-                Some((kind @ (EventKind::ResultStored | EventKind::Late), event)) => {
+                Some((kind @ (EventKind::ResultStored | EventKind::Late), order_id)) => {
                     if kind == EventKind::Late {
-                        wanted_late.push(event.data.order_id.clone());
+                        wanted_late.push(order_id.clone());
                     } else {
-                        wanted.push(event.data.order_id.clone());
+                        wanted.push(order_id.clone());
                     }
-                    events.push((kind, event, m));
+                    events.push((kind, order_id, m));
                 }
                 _ => {
                     tracing::warn!(subject = %m.subject, "not an orderhub result or late event; dropping it");
@@ -252,10 +250,10 @@ impl AuxState {
         let late = by_id(self.db.with_results(&wanted_late, true).await?);
         let mut records = Vec::with_capacity(events.len());
         let mut done = Vec::with_capacity(events.len());
-        for (kind, event, m) in events {
+        for (kind, order_id, m) in events {
             let found = match kind {
-                EventKind::Late => late.get(&event.data.order_id),
-                _ => results.get(&event.data.order_id),
+                EventKind::Late => late.get(&order_id),
+                _ => results.get(&order_id),
             };
             match found {
                 Some(facts) => {
@@ -270,7 +268,7 @@ impl AuxState {
                 // behind (it comes back shortly) or an event of another database (a stream
                 // kept across a database reset, a replica rebuilt): after a few deliveries it
                 // is dropped, loudly, so it cannot fill the consumer's unacknowledged window.
-                None => unreadable(&self.system, &event.data.order_id, &m).await,
+                None => unreadable(&self.system, &order_id, &m).await,
             }
         }
         let ids: Vec<String> = records.iter().map(|r| r.order_id.clone()).collect();

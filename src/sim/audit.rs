@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actors::protocol::{CloudEvent, ErrorCode, EventKind, RecordReply, consumer};
+use actors::protocol::{ErrorCode, EventKind, EventRef, RecordReply, consumer};
 use async_nats::jetstream::{self, AckKind};
 use serde_json::json;
 
@@ -59,11 +59,8 @@ impl Auditor {
     }
 
     async fn handle(&self, msg: jetstream::Message) {
-        let (kind, event) = match serde_json::from_slice::<CloudEvent>(&msg.payload) {
-            Ok(e) if e.source == "orderhub" => match EventKind::from_type(&e.kind) {
-                Some(kind @ (EventKind::ResultStored | EventKind::Late)) => (kind, e),
-                _ => return self.refuse(&msg).await,
-            },
+        let (kind, event) = match EventRef::parse(&msg.payload) {
+            Some((kind @ (EventKind::ResultStored | EventKind::Late), e)) => (kind, e),
             _ => return self.refuse(&msg).await,
         };
         let late = kind == EventKind::Late;

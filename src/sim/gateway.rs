@@ -2,11 +2,12 @@
 //! durable consumer `gateway`, and reads orders back with `orders.query`. Submitting is the load
 //! generator's ([`super::load`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use actors::protocol::{CloudEvent, EventKind, QueryReply, consumer};
+use actors::protocol::{EventKind, EventRef, QueryReply, consumer};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
@@ -75,13 +76,10 @@ impl Gateway {
             let ledger = ledger.clone();
             async move {
                 let at = std::time::Instant::now();
-                let event = serde_json::from_slice::<CloudEvent>(&msg.payload)
-                    .ok()
-                    .filter(|e| e.source == "orderhub")
-                    .and_then(|e| EventKind::from_type(&e.kind).map(|k| (k, e)));
+                let event = EventRef::parse(&msg.payload);
                 match (event, &ledger) {
                     (Some((EventKind::ResultStored, e)), Some(ledger)) => {
-                        let outcome = e.data.outcome.unwrap_or_else(|| "unknown".into());
+                        let outcome = e.data.outcome.map_or_else(|| "unknown".into(), Cow::into_owned);
                         ledger.result_event(&e.data.order_id, outcome, at);
                     }
                     (Some((EventKind::Settled, e)), Some(ledger)) => {

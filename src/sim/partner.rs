@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use actors::protocol::{
-    CloudEvent, ErrorCode, EventKind, OrderReply, OrderView, SubmitReply, consumer,
+    ErrorCode, EventKind, EventRef, OrderReply, OrderView, SubmitReply, consumer,
 };
 use async_nats::jetstream::{self, AckKind};
 use serde::Serialize;
@@ -179,15 +179,10 @@ impl Partner {
 
     async fn handle(self: Arc<Self>, msg: jetstream::Message) {
         let at = Instant::now();
-        let event = match serde_json::from_slice::<CloudEvent>(&msg.payload) {
-            Ok(e)
-                if e.source == "orderhub"
-                    && EventKind::from_type(&e.kind) == Some(EventKind::Stored) =>
-            {
-                e
-            }
-            other => {
-                tracing::warn!(partner = %self.id, subject = %msg.subject, ok = other.is_ok(), "not a stored event");
+        let event = match EventRef::parse(&msg.payload) {
+            Some((EventKind::Stored, e)) => e,
+            _ => {
+                tracing::warn!(partner = %self.id, subject = %msg.subject, "not a stored event");
                 self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 return ack(&msg, AckKind::Term).await;
             }

@@ -1,5 +1,6 @@
 //! The events of `docs/protocol.md` "Events": structured-mode CloudEvents 1.0 JSON, thin data.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,47 @@ impl CloudEvent {
     }
 }
 
+/// What a consumer acts on in an event, read in place from the message's bytes: the strings are
+/// borrowed unless JSON escapes forced a copy, and the fields a consumer does not need are
+/// skipped without being copied. [`CloudEvent`] is the whole event.
+#[derive(Debug, Deserialize)]
+pub struct EventRef<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub source: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub data: EventDataRef<'a>,
+}
+
+/// The part of [`EventData`] consumers act on, borrowed.
+#[derive(Debug, Deserialize)]
+pub struct EventDataRef<'a> {
+    #[serde(borrow)]
+    pub order_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub partner_id: Cow<'a, str>,
+    pub version: i32,
+    #[serde(default, borrow)]
+    pub outcome: Option<Cow<'a, str>>,
+}
+
+impl<'a> EventRef<'a> {
+    /// An orderhub event and its kind; `None` for anything else (not JSON, another source, a
+    /// type orderhub does not send).
+    pub fn parse(bytes: &'a [u8]) -> Option<(EventKind, Self)> {
+        let event: Self = serde_json::from_slice(bytes).ok()?;
+        if event.source != "orderhub" {
+            return None;
+        }
+        Some((EventKind::from_type(&event.kind)?, event))
+    }
+}
+
 /// `Option<Option<T>>` that tells an absent field from an explicit `null`.
 mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -129,6 +171,41 @@ mod tests {
         assert!(v["data"]["partner_ref"].is_null());
         let back: CloudEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, ev);
+    }
+
+    /// A consumer's view reads what the whole event holds, borrowing the strings of a body
+    /// without escapes and copying the ones with; it takes only orderhub's own events.
+    #[test]
+    fn event_ref_reads_what_the_event_holds() {
+        let data = EventData {
+            order_id: "o-1".into(),
+            user_id: "u \"quoted\"".into(),
+            partner_id: "acme-air".into(),
+            version: 3,
+            outcome: Some("confirmed".into()),
+            partner_ref: Some(None),
+            aux: None,
+        };
+        let event = CloudEvent::new(EventKind::ResultStored, "e-1".into(), "t".into(), data);
+        let bytes = serde_json::to_vec(&event).unwrap();
+        let (kind, seen) = EventRef::parse(&bytes).expect("an orderhub event");
+        assert_eq!(kind, EventKind::ResultStored);
+        assert_eq!(seen.id, "e-1");
+        assert_eq!(seen.data.order_id, "o-1");
+        assert_eq!(seen.data.user_id, "u \"quoted\"");
+        assert_eq!(seen.data.partner_id, "acme-air");
+        assert_eq!(seen.data.version, 3);
+        assert_eq!(seen.data.outcome.as_deref(), Some("confirmed"));
+        assert!(matches!(seen.data.order_id, Cow::Borrowed(_)));
+        assert!(matches!(seen.data.user_id, Cow::Owned(_)));
+
+        let mut other = serde_json::to_value(&event).unwrap();
+        other["source"] = "elsewhere".into();
+        assert!(EventRef::parse(&serde_json::to_vec(&other).unwrap()).is_none());
+        other["source"] = "orderhub".into();
+        other["type"] = "orderhub.order.unknown".into();
+        assert!(EventRef::parse(&serde_json::to_vec(&other).unwrap()).is_none());
+        assert!(EventRef::parse(b"not json").is_none());
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod subjects;
 mod views;
 
 pub use error::{ApiError, DEFAULT_RETRY_AFTER_MS, ErrorCode, RETRY_AFTER_HEADER};
-pub use events::{COMMIT_LSN_HEADER, CloudEvent, EventData, EventKind, TIMEOUT_RESULT_ID};
+pub use events::{
+    COMMIT_LSN_HEADER, CloudEvent, EventData, EventDataRef, EventKind, EventRef, TIMEOUT_RESULT_ID,
+};
 pub use requests::{
     AuxRecordRequest, GetRequest, MAX_JSON_OBJECT_BYTES, Outcome, QueryRequest, ResultRequest,
     SubmitRequest, validate_token,

@@ -307,7 +307,7 @@ fn time(text: Option<String>) -> Option<Option<DateTime<Utc>>> {
 /// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
 /// statement shape, prepared once, whatever the number of ids.
 fn id_list(ids: &[String]) -> String {
-    serde_json::Value::from(ids).to_string()
+    serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 
 /// The file behind a SQLite pool, as SQLite reports it; `None` in memory or on Postgres.
