@@ -153,17 +153,22 @@ mod double_option {
 mod tests {
     use super::*;
 
-    #[test]
-    fn result_event_carries_null_partner_ref() {
-        let data = EventData {
-            order_id: "o".into(),
-            user_id: "u".into(),
-            partner_id: "p".into(),
+    /// A result event's data without a partner reference.
+    fn result_data(order_id: &str, user_id: &str, partner_id: &str, outcome: &str) -> EventData {
+        EventData {
+            order_id: order_id.into(),
+            user_id: user_id.into(),
+            partner_id: partner_id.into(),
             version: 3,
-            outcome: Some("timeout".into()),
+            outcome: Some(outcome.into()),
             partner_ref: Some(None),
             aux: None,
-        };
+        }
+    }
+
+    #[test]
+    fn result_event_carries_null_partner_ref() {
+        let data = result_data("o", "u", "p", "timeout");
         let ev = CloudEvent::new(EventKind::ResultStored, "e".into(), "t".into(), data);
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "orderhub.order.result_stored");
@@ -177,15 +182,7 @@ mod tests {
     /// without escapes and copying the ones with; it takes only orderhub's own events.
     #[test]
     fn event_ref_reads_what_the_event_holds() {
-        let data = EventData {
-            order_id: "o-1".into(),
-            user_id: "u \"quoted\"".into(),
-            partner_id: "acme-air".into(),
-            version: 3,
-            outcome: Some("confirmed".into()),
-            partner_ref: Some(None),
-            aux: None,
-        };
+        let data = result_data("o-1", "u \"quoted\"", "acme-air", "confirmed");
         let event = CloudEvent::new(EventKind::ResultStored, "e-1".into(), "t".into(), data);
         let bytes = serde_json::to_vec(&event).unwrap();
         let (kind, seen) = EventRef::parse(&bytes).expect("an orderhub event");
