@@ -1,6 +1,6 @@
 //! The statements of one group commit. Each kind of op goes out as one statement per chunk of
-//! [`Tx::rows_per_statement`] rows (many on Postgres, one on SQLite), and `RETURNING id` tells
-//! which rows it touched. In one transaction, in this order: new orders, results, late results,
+//! rows (inserts one row each on SQLite, see [`Tx::rows_per_insert`]; ids as [`Tx::ids_in`]), and
+//! `RETURNING id` tells which rows it touched. In one transaction, in this order: new orders, results, late results,
 //! settlements, and the release marks of published events.
 //!
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
@@ -49,9 +49,32 @@ pub(super) trait Tx {
     async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr>;
     async fn execute(&self, stmt: Statement) -> Result<(), DbErr>;
 
-    /// Rows per multi-row statement: [`CHUNK`] where each statement is a round trip.
-    fn rows_per_statement(&self) -> usize {
+    /// Rows per `INSERT`: [`CHUNK`] where each statement is a round trip.
+    fn rows_per_insert(&self) -> usize {
         CHUNK
+    }
+
+    /// `column IN (ids)`. On SQLite the ids are one bound value, a JSON array read by
+    /// `json_each`, so the statement has one shape, prepared once, whatever the number of ids;
+    /// on Postgres a list of bound values.
+    fn ids_in<'i, C: ColumnTrait>(
+        &self,
+        column: C,
+        ids: impl IntoIterator<Item = &'i str>,
+    ) -> SimpleExpr {
+        if self.backend() == DbBackend::Sqlite {
+            let ids: Vec<&str> = ids.into_iter().collect();
+            let list = serde_json::to_string(&ids).expect("a list of strings is JSON");
+            Expr::cust_with_values(
+                format!(
+                    "\"{}\" IN (SELECT value FROM json_each(?))",
+                    column.as_str()
+                ),
+                [list],
+            )
+        } else {
+            column.is_in(ids)
+        }
     }
 
     fn build<S: StatementBuilder>(&self, stmt: &S) -> Statement {
@@ -149,7 +172,7 @@ pub(super) async fn apply<T: Tx>(
     events.extend(store_late_results(tx, ops, now, &mut applied).await?);
     let settled = settle(tx, &batch.settle, now).await?;
     events.extend(settled.iter());
-    for chunk in events.chunks(tx.rows_per_statement()) {
+    for chunk in events.chunks(tx.rows_per_insert()) {
         let insert =
             outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
                 .into_query();
@@ -255,7 +278,7 @@ async fn insert_orders<'a, T: Tx>(
         })
         .collect();
     let mut events = Vec::with_capacity(inserts.len());
-    for chunk in inserts.chunks(tx.rows_per_statement()) {
+    for chunk in inserts.chunks(tx.rows_per_insert()) {
         let mut stmt = orders::Entity::insert_many(
             chunk
                 .iter()
@@ -304,7 +327,7 @@ async fn store_results<'a, T: Tx>(
     let mut stored = Vec::new();
     let mut events = Vec::new();
     for (trigger, wanted) in by_trigger {
-        for chunk in wanted.chunks(tx.rows_per_statement()) {
+        for chunk in wanted.chunks(CHUNK) {
             let ids: Vec<&str> = chunk.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
             let dispatched_at: SimpleExpr =
                 Func::coalesce([Expr::col(orders::Column::DispatchedAt), Expr::value(now)]).into();
@@ -328,7 +351,7 @@ async fn store_results<'a, T: Tx>(
             }
         }
     }
-    for chunk in stored.chunks(tx.rows_per_statement()) {
+    for chunk in stored.chunks(tx.rows_per_insert()) {
         let insert = order_results::Entity::insert_many(
             chunk.iter().map(|r| (*r).clone().into_active_model()),
         )
@@ -359,7 +382,7 @@ async fn store_late_results<'a, T: Tx>(
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
-    for chunk in wanted.chunks(tx.rows_per_statement()) {
+    for chunk in wanted.chunks(tx.rows_per_insert()) {
         let mut stmt = order_results::Entity::insert_many(
             chunk
                 .iter()
@@ -420,7 +443,7 @@ async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
     if tx.backend() != DbBackend::Postgres || ids.is_empty() {
         return Ok(());
     }
-    for chunk in ids.chunks(tx.rows_per_statement()) {
+    for chunk in ids.chunks(CHUNK) {
         let lock = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
@@ -459,12 +482,15 @@ async fn settle<'a, T: Tx>(
     }
     let mut made = Vec::new();
     for (version, events) in by_version {
-        for chunk in events.chunks(tx.rows_per_statement()) {
+        for chunk in events.chunks(CHUNK) {
             let mut stmt = orders::Entity::update_many()
                 .col_expr(orders::Column::SettledAt, Expr::value(now))
                 .filter(orders::Column::SettledAt.is_null())
                 .filter(orders::Column::Version.eq(version))
-                .filter(orders::Column::Id.is_in(chunk.iter().map(|e| e.order_id.as_str())))
+                .filter(tx.ids_in(
+                    orders::Column::Id,
+                    chunk.iter().map(|e| e.order_id.as_str()),
+                ))
                 .into_query();
             stmt.returning_col(orders::Column::Id);
             let moved = tx.ids(&stmt).await?;
@@ -512,12 +538,15 @@ async fn mark_released<T: Tx>(
     // A late result stored while its timeout's result event was still on its way.
     if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
         let mut waiting = Vec::new();
-        for chunk in notified.chunks(tx.rows_per_statement()) {
+        for chunk in notified.chunks(CHUNK) {
             let select = order_results::Entity::find()
                 .select_only()
                 .column(order_results::Column::OrderId)
                 .filter(order_results::Column::Late.eq(true))
-                .filter(order_results::Column::OrderId.is_in(chunk.iter().map(String::as_str)))
+                .filter(tx.ids_in(
+                    order_results::Column::OrderId,
+                    chunk.iter().map(String::as_str),
+                ))
                 .into_query();
             waiting.extend(tx.strings(tx.build(&select)).await?);
         }
@@ -534,11 +563,11 @@ async fn mark_released<T: Tx>(
         .filter(|id| !moved.contains(*id))
         .collect();
     let mut early = HashSet::new();
-    for chunk in not_moved.chunks(tx.rows_per_statement()) {
+    for chunk in not_moved.chunks(CHUNK) {
         let select = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
-            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
             .filter(orders::Column::Version.lt(OrderStatus::LateResultStored.version()))
             .into_query();
         early.extend(tx.strings(tx.build(&select)).await?);
@@ -548,10 +577,10 @@ async fn mark_released<T: Tx>(
         .filter(|e| !(e.kind == EventKind::Late && early.contains(&e.order_id)))
         .map(|e| e.id.as_str())
         .collect();
-    for chunk in marked.chunks(tx.rows_per_statement()) {
+    for chunk in marked.chunks(CHUNK) {
         let update = outbox::Entity::update_many()
             .col_expr(outbox::Column::PublishedAt, Expr::value(now))
-            .filter(outbox::Column::Id.is_in(chunk.iter().copied()))
+            .filter(tx.ids_in(outbox::Column::Id, chunk.iter().copied()))
             .filter(outbox::Column::PublishedAt.is_null())
             .into_query();
         tx.execute(tx.build(&update)).await?;
@@ -572,7 +601,7 @@ async fn move_orders<T: Tx>(
     let to = lifecycle::transition(trigger).to;
     let from = lifecycle::from_versions(trigger);
     let mut moved = Vec::new();
-    for chunk in ids.chunks(tx.rows_per_statement()) {
+    for chunk in ids.chunks(CHUNK) {
         let mut update = orders::Entity::update_many()
             .col_expr(orders::Column::Status, Expr::value(to.as_str()))
             .col_expr(orders::Column::Version, Expr::value(to.version()))
@@ -583,7 +612,7 @@ async fn move_orders<T: Tx>(
         }
         let mut stmt = update
             .filter(orders::Column::Version.is_in(from.iter().copied()))
-            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
             .into_query();
         stmt.returning_col(orders::Column::Id);
         moved.extend(tx.ids(&stmt).await?);

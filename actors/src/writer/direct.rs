@@ -130,8 +130,8 @@ impl Tx for Local<'_> {
     }
 
     /// One: a statement costs no round trip here, and with one row each keeps one shape per kind,
-    /// prepared once, where multi-row statements are parsed anew for each count of rows.
-    fn rows_per_statement(&self) -> usize {
+    /// prepared once, where multi-row inserts are parsed anew for each count of rows.
+    fn rows_per_insert(&self) -> usize {
         1
     }
 
