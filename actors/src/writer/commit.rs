@@ -27,8 +27,8 @@ use entities::{order_results, orders, outbox};
 use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
-    StatementBuilder, TransactionTrait,
+    EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Statement, StatementBuilder, TransactionTrait,
 };
 
 use super::{WriteOp, WriteOutcome};
@@ -172,12 +172,8 @@ pub(super) async fn apply<T: Tx>(
     events.extend(store_late_results(tx, ops, now, &mut applied).await?);
     let settled = settle(tx, &batch.settle, now).await?;
     events.extend(settled.iter());
-    for chunk in events.chunks(tx.rows_per_insert()) {
-        let insert =
-            outbox::Entity::insert_many(chunk.iter().map(|e| e.row(now).into_active_model()))
-                .into_query();
-        tx.execute(tx.build(&insert)).await?;
-    }
+    let rows: Vec<outbox::Model> = events.iter().map(|e| e.row(now)).collect();
+    insert_rows::<_, outbox::Entity>(tx, &rows.iter().collect::<Vec<_>>(), None, None).await?;
     let notified = mark_released(tx, &batch.published, partners, now).await?;
     let applied = applied
         .into_iter()
@@ -277,28 +273,20 @@ async fn insert_orders<'a, T: Tx>(
             _ => None,
         })
         .collect();
+    let rows: Vec<&orders::Model> = inserts.iter().map(|(_, o, _)| *o).collect();
+    let key_taken = OnConflict::columns([orders::Column::UserId, orders::Column::RequestId])
+        .do_nothing()
+        .to_owned();
+    let inserted =
+        insert_rows::<_, orders::Entity>(tx, &rows, Some(&key_taken), Some(orders::Column::Id))
+            .await?;
     let mut events = Vec::with_capacity(inserts.len());
-    for chunk in inserts.chunks(tx.rows_per_insert()) {
-        let mut stmt = orders::Entity::insert_many(
-            chunk
-                .iter()
-                .map(|(_, o, _)| (*o).clone().into_active_model()),
-        )
-        .on_conflict(
-            OnConflict::columns([orders::Column::UserId, orders::Column::RequestId])
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-        stmt.returning_col(orders::Column::Id);
-        let inserted = tx.ids(&stmt).await?;
-        for (i, order, event) in chunk {
-            if inserted.contains(order.id.as_str()) {
-                outcomes[*i] = Some(Applied::Done);
-                events.push(*event);
-            } else {
-                outcomes[*i] = Some(Applied::KeyTaken);
-            }
+    for (i, order, event) in inserts {
+        if inserted.contains(order.id.as_str()) {
+            outcomes[i] = Some(Applied::Done);
+            events.push(event);
+        } else {
+            outcomes[i] = Some(Applied::KeyTaken);
         }
     }
     Ok(events)
@@ -351,13 +339,7 @@ async fn store_results<'a, T: Tx>(
             }
         }
     }
-    for chunk in stored.chunks(tx.rows_per_insert()) {
-        let insert = order_results::Entity::insert_many(
-            chunk.iter().map(|r| (*r).clone().into_active_model()),
-        )
-        .into_query();
-        tx.execute(tx.build(&insert)).await?;
-    }
+    insert_rows::<_, order_results::Entity>(tx, &stored, None, None).await?;
     Ok(events)
 }
 
@@ -382,34 +364,87 @@ async fn store_late_results<'a, T: Tx>(
     let mut events = Vec::with_capacity(wanted.len());
     let mut inserted_ids = Vec::with_capacity(wanted.len());
     let mut taken = HashSet::new();
-    for chunk in wanted.chunks(tx.rows_per_insert()) {
-        let mut stmt = order_results::Entity::insert_many(
-            chunk
-                .iter()
-                .map(|(_, r, _)| (*r).clone().into_active_model()),
-        )
-        .on_conflict(
-            OnConflict::columns([order_results::Column::OrderId, order_results::Column::Late])
-                .do_nothing()
-                .to_owned(),
-        )
-        .into_query();
-        stmt.returning_col(order_results::Column::OrderId);
-        let inserted = tx.ids(&stmt).await?;
-        for (i, late, event) in chunk {
-            // Two ops for one order can share a batch when an order actor gave up waiting for the
-            // first and sent its retry: only the first of them inserted the row and has an event.
-            if inserted.contains(late.order_id.as_str()) && taken.insert(late.order_id.as_str()) {
-                outcomes[*i] = Some(Applied::Done);
-                events.push(*event);
-                inserted_ids.push(late.order_id.as_str());
-            } else {
-                outcomes[*i] = Some(Applied::NotMoved { late: true });
-            }
+    let rows: Vec<&order_results::Model> = wanted.iter().map(|(_, r, _)| *r).collect();
+    let taken_already =
+        OnConflict::columns([order_results::Column::OrderId, order_results::Column::Late])
+            .do_nothing()
+            .to_owned();
+    let inserted = insert_rows::<_, order_results::Entity>(
+        tx,
+        &rows,
+        Some(&taken_already),
+        Some(order_results::Column::OrderId),
+    )
+    .await?;
+    for (i, late, event) in wanted {
+        // Two ops for one order can share a batch when an order actor gave up waiting for the
+        // first and sent its retry: only the first of them inserted the row and has an event.
+        if inserted.contains(late.order_id.as_str()) && taken.insert(late.order_id.as_str()) {
+            outcomes[i] = Some(Applied::Done);
+            events.push(event);
+            inserted_ids.push(late.order_id.as_str());
+        } else {
+            outcomes[i] = Some(Applied::NotMoved { late: true });
         }
     }
     move_orders(tx, &inserted_ids, Trigger::LateResult, &[], now).await?;
     Ok(events)
+}
+
+/// Inserts `rows` of one entity, with `conflict` when given, and returns the `returning` column of
+/// the rows inserted (nothing without `returning`). A statement carries
+/// [`Tx::rows_per_insert`] rows; with one row each, the statement is built once and every further
+/// row brings only its values, in the entity's column order (the order an insert of a whole model
+/// lists them in).
+async fn insert_rows<T: Tx, E: EntityTrait>(
+    tx: &T,
+    rows: &[&E::Model],
+    conflict: Option<&OnConflict>,
+    returning: Option<E::Column>,
+) -> Result<HashSet<String>, DbErr>
+where
+    E::Model: IntoActiveModel<E::ActiveModel>,
+{
+    let build = |chunk: &[&E::Model]| {
+        let mut stmt =
+            E::insert_many(chunk.iter().map(|m| (*m).clone().into_active_model())).into_query();
+        if let Some(conflict) = conflict {
+            stmt.on_conflict(conflict.clone());
+        }
+        if let Some(column) = returning {
+            stmt.returning_col(column);
+        }
+        tx.build(&stmt)
+    };
+    let mut statements = Vec::new();
+    if tx.rows_per_insert() == 1 {
+        let mut sql = None;
+        for row in rows {
+            statements.push(match &sql {
+                None => {
+                    let first = build(&[*row]);
+                    sql = Some(first.sql.clone());
+                    first
+                }
+                Some(sql) => Statement::from_sql_and_values(
+                    tx.backend(),
+                    sql.clone(),
+                    E::Column::iter().map(|column| row.get(column)),
+                ),
+            });
+        }
+    } else {
+        statements.extend(rows.chunks(tx.rows_per_insert()).map(build));
+    }
+    let mut out = HashSet::new();
+    for stmt in statements {
+        if returning.is_some() {
+            out.extend(tx.strings(stmt).await?);
+        } else {
+            tx.execute(stmt).await?;
+        }
+    }
+    Ok(out)
 }
 
 /// Every existing order a batch touches: those of its results and late results, of the events
@@ -618,4 +653,61 @@ async fn move_orders<T: Tx>(
         moved.extend(tx.ids(&stmt).await?);
     }
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::Value;
+
+    /// The values an insert of the whole model binds, and the ones [`insert_rows`] takes from
+    /// the model column by column for each further row.
+    fn both_ways<E: EntityTrait>(model: &E::Model) -> (Vec<Value>, Vec<Value>)
+    where
+        E::Model: IntoActiveModel<E::ActiveModel>,
+    {
+        let insert = E::insert_many([model.clone().into_active_model()]).into_query();
+        let built = DbBackend::Sqlite.build(&insert);
+        let built = built.values.expect("an insert binds its values").0;
+        let by_column = E::Column::iter().map(|c| model.get(c)).collect();
+        (built, by_column)
+    }
+
+    /// [`insert_rows`] reuses the first row's statement text with each further row's values
+    /// taken column by column: they must come in the order the statement lists the columns, for
+    /// every entity the writer inserts.
+    #[test]
+    fn a_rows_values_come_in_the_order_its_insert_lists_the_columns() {
+        let at = Utc::now();
+        let order = orders::Model {
+            result_deadline: Some(at),
+            dispatched_at: Some(at),
+            ..crate::testing::order("o-1", at)
+        };
+        let (built, by_column) = both_ways::<orders::Entity>(&order);
+        assert_eq!(built, by_column);
+
+        let result = order_results::Model {
+            order_id: "o-1".into(),
+            late: true,
+            result_id: "r-1".into(),
+            outcome: "confirmed".into(),
+            partner_ref: None,
+            detail: serde_json::json!({"seat": "12A"}),
+            received_at: at,
+        };
+        let (built, by_column) = both_ways::<order_results::Entity>(&result);
+        assert_eq!(built, by_column);
+
+        let row = outbox::Model {
+            id: "e-1".into(),
+            order_id: "o-1".into(),
+            subject: "orders.events.stored.acme-air.o-1".into(),
+            payload: "{}".into(),
+            created_at: at,
+            published_at: None,
+        };
+        let (built, by_column) = both_ways::<outbox::Entity>(&row);
+        assert_eq!(built, by_column);
+    }
 }
