@@ -1,7 +1,7 @@
 //! The statements of one group commit. Each kind of op goes out as one statement per chunk of
 //! rows (inserts one row each on SQLite, see [`Tx::rows_per_insert`]; ids as [`Tx::ids_in`]), and
-//! `RETURNING id` tells which rows it touched. In one transaction, in this order: new orders, results, late results,
-//! settlements, and the release marks of published events.
+//! `RETURNING id` tells which rows it touched. In one transaction, in this order: new orders,
+//! results, late results, settlements, and the release marks of published events.
 //!
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
 //! statuses its trigger moves from, so a move that lost a race (a peer instance, a repeated
