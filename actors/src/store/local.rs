@@ -306,7 +306,7 @@ fn time(text: Option<String>) -> Option<Option<DateTime<Utc>>> {
 
 /// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
 /// statement shape, prepared once, whatever the number of ids.
-fn id_list(ids: &[String]) -> String {
+pub(crate) fn id_list<S: AsRef<str> + serde::Serialize>(ids: &[S]) -> String {
     serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 

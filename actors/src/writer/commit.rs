@@ -64,13 +64,12 @@ pub(super) trait Tx {
     ) -> SimpleExpr {
         if self.backend() == DbBackend::Sqlite {
             let ids: Vec<&str> = ids.into_iter().collect();
-            let list = serde_json::to_string(&ids).expect("a list of strings is JSON");
             Expr::cust_with_values(
                 format!(
                     "\"{}\" IN (SELECT value FROM json_each(?))",
                     column.as_str()
                 ),
-                [list],
+                [crate::store::local::id_list(&ids)],
             )
         } else {
             column.is_in(ids)
