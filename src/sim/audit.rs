@@ -15,8 +15,9 @@ use super::client::{Role, Running, Stop, ack, ask};
 
 /// The NATS user every external auxiliary system connects as.
 pub const AUX_USER: &str = "aux";
-/// Events handled at once.
-const CONCURRENCY: usize = 64;
+/// Events handled at once: each waits for the hub's answer to its record (after the replica has
+/// it), so this many in flight keep pace with a few thousand orders a second.
+const CONCURRENCY: usize = 256;
 
 #[derive(Debug, Default)]
 pub struct AuditStats {

@@ -5,16 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use entities::aux_records;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{Db, StoreError, local};
+use super::{Db, StoreError, local, shapes};
 
 /// How long a query waits for the auxiliary database before it reads `aux_standby` instead.
 const AUX_READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// After the auxiliary database failed a read, queries go straight to `aux_standby` this long.
 const AUX_DOWN_FOR: Duration = Duration::from_secs(2);
-/// Auxiliary records per statement (five bound values each).
-const AUX_CHUNK: usize = 1000;
 
 impl Db {
     /// Each order's auxiliary records, as `system → status` (auxiliary database).
@@ -43,17 +41,14 @@ impl Db {
                 return Ok(out);
             }
         }
-        let rows: Vec<(String, String, String)> = aux_records::Entity::find()
-            .select_only()
-            .columns([
-                aux_records::Column::OrderId,
-                aux_records::Column::System,
-                aux_records::Column::Status,
-            ])
-            .filter(aux_records::Column::OrderId.is_in(ids.iter().cloned()))
-            .into_tuple()
-            .all(&self.aux)
-            .await?;
+        let rows: Vec<(String, String, String)> = shapes::rows_by_key(
+            &self.aux,
+            ("aux_records", &["order_id", "system", "status"]),
+            "order_id",
+            ids,
+            &[],
+        )
+        .await?;
         for (order_id, system, status) in rows {
             out.entry(order_id).or_default().insert(system, status);
         }
@@ -104,7 +99,7 @@ impl Db {
     /// stays, and writing it again is harmless).
     pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
         use sea_orm::sea_query::OnConflict;
-        use sea_orm::{ConnectionTrait, IntoActiveModel, QueryTrait, TransactionTrait};
+        use sea_orm::{ConnectionTrait, TransactionTrait};
         if records.is_empty() {
             return Ok(());
         }
@@ -116,27 +111,21 @@ impl Db {
             latest.insert((r.order_id.clone(), r.system.clone()), r);
         }
         let records: Vec<aux_records::Model> = latest.into_values().collect();
-        let statements: Vec<_> = records
-            .chunks(AUX_CHUNK)
-            .map(|chunk| {
-                aux_records::Entity::insert_many(
-                    chunk.iter().cloned().map(|r| r.into_active_model()),
-                )
-                .on_conflict(
-                    OnConflict::columns([
-                        aux_records::Column::OrderId,
-                        aux_records::Column::System,
-                    ])
-                    .update_columns([
-                        aux_records::Column::Status,
-                        aux_records::Column::Data,
-                        aux_records::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-                )
-                .build(self.aux.get_database_backend())
-            })
-            .collect();
+        let rows: Vec<&aux_records::Model> = records.iter().collect();
+        let conflict =
+            OnConflict::columns([aux_records::Column::OrderId, aux_records::Column::System])
+                .update_columns([
+                    aux_records::Column::Status,
+                    aux_records::Column::Data,
+                    aux_records::Column::UpdatedAt,
+                ])
+                .to_owned();
+        let statements = shapes::inserts::<aux_records::Entity>(
+            self.aux.get_database_backend(),
+            &rows,
+            Some(&conflict),
+            None,
+        )?;
         let statements = std::sync::Arc::new(statements);
         if let Some(local) = &self.local.aux_writes {
             let batch = statements.clone();

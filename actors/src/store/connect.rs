@@ -171,7 +171,14 @@ fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
         .sqlx_logging(false);
     if url.starts_with("postgres") {
         opt.acquire_timeout(PG_ACQUIRE_TIMEOUT)
-            .test_before_acquire(true);
+            .test_before_acquire(true)
+            // The hub's statements keep one shape whatever their lists of ids (`store::shapes`):
+            // planned at each execution, each plan sees its own list and the tables' size now,
+            // where a generic plan made on a young, small table would scan it for good. Its
+            // statements are short, and compiling one costs more than running it.
+            .map_sqlx_postgres_opts(|o| {
+                o.options([("plan_cache_mode", "force_custom_plan"), ("jit", "off")])
+            });
     }
     opt.map_sqlx_sqlite_opts(move |o| {
         let o = o

@@ -71,7 +71,7 @@ impl Local {
     }
 
     /// The rows of `sql` mapped by `row`, on one of the connections: `?1` is bound to `ids` (see
-    /// [`id_list`]) and `?2`, … to `more`. `None` as for [`Local::run`].
+    /// [`super::shapes::id_list`]) and `?2`, … to `more`. `None` as for [`Local::run`].
     pub async fn rows<T: Send + 'static>(
         &self,
         sql: impl AsRef<str> + Send + 'static,
@@ -79,7 +79,7 @@ impl Local {
         more: Vec<Sql>,
         row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
     ) -> Option<Result<Vec<T>, DbErr>> {
-        let mut params = vec![Sql::Text(id_list(ids))];
+        let mut params = vec![Sql::Text(super::shapes::id_list(ids))];
         params.extend(more);
         self.run(move |c| {
             let mut stmt = c.prepare_cached(sql.as_ref())?;
@@ -302,12 +302,6 @@ fn time(text: Option<String>) -> Option<Option<DateTime<Utc>>> {
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(&text, f).ok())
         .map(|t| Some(t.and_utc()))
-}
-
-/// `ids` as one bound value, a JSON array, for `IN (SELECT value FROM json_each(?))`: one
-/// statement shape, prepared once, whatever the number of ids.
-pub(crate) fn id_list<S: AsRef<str> + serde::Serialize>(ids: &[S]) -> String {
-    serde_json::to_string(ids).expect("a list of strings is JSON")
 }
 
 /// The file behind a SQLite pool, as SQLite reports it; `None` in memory or on Postgres.

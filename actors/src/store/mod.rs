@@ -7,12 +7,15 @@
 //!   actor, the relay's sweep, `get`, `query` and `trace` read them;
 //! - [`aux`]: the auxiliary records;
 //! - [`local`]: on SQLite, the hot reads and the auxiliary records' writes on connections of
-//!   their own.
+//!   their own;
+//! - [`shapes`]: lists of ids and rows bound as one value, so a statement keeps one shape
+//!   whatever their length.
 
 mod aux;
 mod connect;
 pub mod local;
 mod orders;
+pub(crate) mod shapes;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

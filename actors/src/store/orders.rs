@@ -8,7 +8,7 @@ use sea_orm::{
     QueryTrait, Select, Statement,
 };
 
-use super::{Db, StoreError, by_key, local};
+use super::{Db, StoreError, by_key, local, shapes};
 use crate::lifecycle;
 use crate::protocol::OrderStatus;
 use std::collections::HashMap;
@@ -35,7 +35,7 @@ impl Db {
             }
         }
         Ok(orders::Entity::find()
-            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .filter(shapes::id_in(self.backend(), orders::Column::Id, ids))
             .all(self.reader())
             .await?)
     }
@@ -89,17 +89,14 @@ impl Db {
                 return Ok(read?);
             }
         }
-        let mut by_order: HashMap<String, (String, String)> = order_results::Entity::find()
-            .select_only()
-            .columns([
-                order_results::Column::OrderId,
-                order_results::Column::Outcome,
-                order_results::Column::ResultId,
-            ])
-            .filter(order_results::Column::OrderId.is_in(ids.iter().cloned()))
-            .filter(order_results::Column::Late.eq(late))
-            .into_tuple::<(String, String, String)>()
-            .all(self.reader())
+        let mut by_order: HashMap<String, (String, String)> =
+            shapes::rows_by_key::<(String, String, String), _>(
+                self.reader(),
+                ("order_results", &["order_id", "outcome", "result_id"]),
+                "order_id",
+                ids,
+                &[("late", late.into())],
+            )
             .await?
             .into_iter()
             .map(|(id, outcome, result_id)| (id, (outcome, result_id)))
@@ -111,7 +108,7 @@ impl Db {
                 orders::Column::AmountMinor,
                 orders::Column::Currency,
             ])
-            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .filter(shapes::id_in(self.backend(), orders::Column::Id, ids))
             .into_tuple()
             .all(self.reader())
             .await?;
@@ -207,7 +204,7 @@ impl Db {
                 orders::Column::PartnerId,
                 orders::Column::Version,
             ])
-            .filter(orders::Column::Id.is_in(ids.iter().cloned()))
+            .filter(shapes::id_in(self.backend(), orders::Column::Id, ids))
             .filter(orders::Column::SettledAt.is_null())
             .filter(orders::Column::Version.gte(settleable_from()))
             .into_tuple()
@@ -216,19 +213,17 @@ impl Db {
         if orders.is_empty() {
             return Ok(Vec::new());
         }
-        let mut outcomes: HashMap<String, String> = order_results::Entity::find()
-            .select_only()
-            .columns([
-                order_results::Column::OrderId,
-                order_results::Column::Outcome,
-            ])
-            .filter(order_results::Column::OrderId.is_in(orders.iter().map(|o| o.0.clone())))
-            .filter(order_results::Column::Late.eq(false))
-            .into_tuple::<(String, String)>()
-            .all(&self.primary)
-            .await?
-            .into_iter()
-            .collect();
+        let ids: Vec<&str> = orders.iter().map(|o| o.0.as_str()).collect();
+        let mut outcomes: HashMap<String, String> = shapes::rows_by_key::<(String, String), _>(
+            &self.primary,
+            ("order_results", &["order_id", "outcome"]),
+            "order_id",
+            &ids,
+            &[("late", false.into())],
+        )
+        .await?
+        .into_iter()
+        .collect();
         Ok(orders
             .into_iter()
             .filter_map(|(id, user_id, partner_id, version)| {

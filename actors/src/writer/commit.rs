@@ -1,5 +1,5 @@
 //! The statements of one group commit. Each kind of op goes out as one statement per chunk of
-//! rows (inserts one row each on SQLite, see [`Tx::rows_per_insert`]; ids as [`Tx::ids_in`]), and
+//! rows (inserts as [`shapes::inserts`], ids as [`Tx::ids_in`]: one shape whatever the rows), and
 //! `RETURNING id` tells which rows it touched. In one transaction, in this order: new orders,
 //! results, late results, settlements, and the release marks of published events.
 //!
@@ -27,8 +27,8 @@ use entities::{order_results, orders, outbox};
 use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, Iterable, ModelTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Statement, StatementBuilder, TransactionTrait,
+    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    StatementBuilder, TransactionTrait,
 };
 
 use super::{WriteOp, WriteOutcome};
@@ -36,7 +36,7 @@ use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
-use crate::store::status_time_column;
+use crate::store::{shapes, status_time_column};
 
 /// Rows per multi-row statement where a statement is a round trip (Postgres), and per read after
 /// a commit: well under the bind-parameter limits.
@@ -49,31 +49,15 @@ pub(super) trait Tx {
     async fn strings(&self, stmt: Statement) -> Result<Vec<String>, DbErr>;
     async fn execute(&self, stmt: Statement) -> Result<(), DbErr>;
 
-    /// Rows per `INSERT`: [`CHUNK`] where each statement is a round trip.
-    fn rows_per_insert(&self) -> usize {
-        CHUNK
-    }
-
-    /// `column IN (ids)`. On SQLite the ids are one bound value, a JSON array read by
-    /// `json_each`, so the statement has one shape, prepared once, whatever the number of ids;
-    /// on Postgres a list of bound values.
+    /// `column IN (ids)`, with the ids as one bound value, so the statement has one shape,
+    /// prepared once, whatever the number of ids ([`shapes::id_in`]).
     fn ids_in<'i, C: ColumnTrait>(
         &self,
         column: C,
         ids: impl IntoIterator<Item = &'i str>,
     ) -> SimpleExpr {
-        if self.backend() == DbBackend::Sqlite {
-            let ids: Vec<&str> = ids.into_iter().collect();
-            Expr::cust_with_values(
-                format!(
-                    "\"{}\" IN (SELECT value FROM json_each(?))",
-                    column.as_str()
-                ),
-                [crate::store::local::id_list(&ids)],
-            )
-        } else {
-            column.is_in(ids)
-        }
+        let ids: Vec<&str> = ids.into_iter().collect();
+        shapes::id_in(self.backend(), column, &ids)
     }
 
     fn build<S: StatementBuilder>(&self, stmt: &S) -> Statement {
@@ -207,12 +191,14 @@ pub(super) async fn resolve(
             _ => {}
         }
     }
+    let backend = db.get_database_backend();
     let mut holders: HashMap<(String, String), orders::Model> = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
+        let (users, requests): (Vec<&str>, Vec<&str>) = chunk.iter().copied().unzip();
         // Users and request ids apart: a superset of the pairs, matched below.
         let rows = orders::Entity::find()
-            .filter(orders::Column::UserId.is_in(chunk.iter().map(|(u, _)| *u)))
-            .filter(orders::Column::RequestId.is_in(chunk.iter().map(|(_, r)| *r)))
+            .filter(shapes::id_in(backend, orders::Column::UserId, &users))
+            .filter(shapes::id_in(backend, orders::Column::RequestId, &requests))
             .all(db)
             .await?;
         holders.extend(
@@ -223,7 +209,11 @@ pub(super) async fn resolve(
     let mut existing: HashMap<(String, bool), order_results::Model> = HashMap::new();
     for chunk in results.chunks(CHUNK) {
         let rows = order_results::Entity::find()
-            .filter(order_results::Column::OrderId.is_in(chunk.iter().copied()))
+            .filter(shapes::id_in(
+                backend,
+                order_results::Column::OrderId,
+                chunk,
+            ))
             .all(db)
             .await?;
         existing.extend(rows.into_iter().map(|r| ((r.order_id.clone(), r.late), r)));
@@ -391,10 +381,7 @@ async fn store_late_results<'a, T: Tx>(
 }
 
 /// Inserts `rows` of one entity, with `conflict` when given, and returns the `returning` column of
-/// the rows inserted (nothing without `returning`). A statement carries
-/// [`Tx::rows_per_insert`] rows; with one row each, the statement is built once and every further
-/// row brings only its values, in the entity's column order (the order an insert of a whole model
-/// lists them in).
+/// the rows inserted (nothing without `returning`); the statements are [`shapes::inserts`].
 async fn insert_rows<T: Tx, E: EntityTrait>(
     tx: &T,
     rows: &[&E::Model],
@@ -404,39 +391,8 @@ async fn insert_rows<T: Tx, E: EntityTrait>(
 where
     E::Model: IntoActiveModel<E::ActiveModel>,
 {
-    let build = |chunk: &[&E::Model]| {
-        let mut stmt =
-            E::insert_many(chunk.iter().map(|m| (*m).clone().into_active_model())).into_query();
-        if let Some(conflict) = conflict {
-            stmt.on_conflict(conflict.clone());
-        }
-        if let Some(column) = returning {
-            stmt.returning_col(column);
-        }
-        tx.build(&stmt)
-    };
-    let mut statements = Vec::new();
-    if tx.rows_per_insert() == 1 {
-        let mut sql = None;
-        for row in rows {
-            statements.push(match &sql {
-                None => {
-                    let first = build(&[*row]);
-                    sql = Some(first.sql.clone());
-                    first
-                }
-                Some(sql) => Statement::from_sql_and_values(
-                    tx.backend(),
-                    sql.clone(),
-                    E::Column::iter().map(|column| row.get(column)),
-                ),
-            });
-        }
-    } else {
-        statements.extend(rows.chunks(tx.rows_per_insert()).map(build));
-    }
     let mut out = HashSet::new();
-    for stmt in statements {
+    for stmt in shapes::inserts::<E>(tx.backend(), rows, conflict, returning)? {
         if returning.is_some() {
             out.extend(tx.strings(stmt).await?);
         } else {
@@ -481,7 +437,7 @@ async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
         let lock = orders::Entity::find()
             .select_only()
             .column(orders::Column::Id)
-            .filter(orders::Column::Id.is_in(chunk.iter().copied()))
+            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
             .order_by_asc(orders::Column::Id)
             .lock_exclusive()
             .into_query();
@@ -652,61 +608,4 @@ async fn move_orders<T: Tx>(
         moved.extend(tx.ids(&stmt).await?);
     }
     Ok(moved)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use sea_orm::Value;
-
-    /// The values an insert of the whole model binds, and the ones [`insert_rows`] takes from
-    /// the model column by column for each further row.
-    fn both_ways<E: EntityTrait>(model: &E::Model) -> (Vec<Value>, Vec<Value>)
-    where
-        E::Model: IntoActiveModel<E::ActiveModel>,
-    {
-        let insert = E::insert_many([model.clone().into_active_model()]).into_query();
-        let built = DbBackend::Sqlite.build(&insert);
-        let built = built.values.expect("an insert binds its values").0;
-        let by_column = E::Column::iter().map(|c| model.get(c)).collect();
-        (built, by_column)
-    }
-
-    /// [`insert_rows`] reuses the first row's statement text with each further row's values
-    /// taken column by column: they must come in the order the statement lists the columns, for
-    /// every entity the writer inserts.
-    #[test]
-    fn a_rows_values_come_in_the_order_its_insert_lists_the_columns() {
-        let at = Utc::now();
-        let order = orders::Model {
-            result_deadline: Some(at),
-            dispatched_at: Some(at),
-            ..crate::testing::order("o-1", at)
-        };
-        let (built, by_column) = both_ways::<orders::Entity>(&order);
-        assert_eq!(built, by_column);
-
-        let result = order_results::Model {
-            order_id: "o-1".into(),
-            late: true,
-            result_id: "r-1".into(),
-            outcome: "confirmed".into(),
-            partner_ref: None,
-            detail: serde_json::json!({"seat": "12A"}),
-            received_at: at,
-        };
-        let (built, by_column) = both_ways::<order_results::Entity>(&result);
-        assert_eq!(built, by_column);
-
-        let row = outbox::Model {
-            id: "e-1".into(),
-            order_id: "o-1".into(),
-            subject: "orders.events.stored.acme-air.o-1".into(),
-            payload: "{}".into(),
-            created_at: at,
-            published_at: None,
-        };
-        let (built, by_column) = both_ways::<outbox::Entity>(&row);
-        assert_eq!(built, by_column);
-    }
 }

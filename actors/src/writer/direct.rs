@@ -129,12 +129,6 @@ impl Tx for Local<'_> {
         Ok(out)
     }
 
-    /// One: a statement costs no round trip here, and with one row each keeps one shape per kind,
-    /// prepared once, where multi-row inserts are parsed anew for each count of rows.
-    fn rows_per_insert(&self) -> usize {
-        1
-    }
-
     async fn execute(&self, stmt: Statement) -> Result<(), DbErr> {
         self.prepared(&stmt)?
             .raw_execute()

@@ -1,0 +1,405 @@
+//! Statements of one shape whatever the number of rows they concern.
+//!
+//! A statement that lists n bound values (`id IN ($1, …, $n)`, or n rows of `VALUES`) is a new
+//! statement for every n: the database parses and plans it anew, and the driver's cache of
+//! prepared statements churns (on Postgres each new one is also a round trip to prepare it). A
+//! group commit or a batched read brings a new n nearly every time. Here the ids, or the rows, go
+//! as one bound value, a JSON array, which the statement unpacks: one shape per kind of
+//! statement, prepared once per connection, planned once.
+
+use chrono::SecondsFormat;
+use sea_orm::sea_query::{
+    Alias, Expr, Func, InsertStatement, IntoIden, OnConflict, Query, SelectStatement, SimpleExpr,
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, IntoActiveModel,
+    Iterable, ModelTrait, QueryTrait, Statement, TryGetableMany, Value,
+};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+/// `ids` as one bound value, a JSON array (SQLite's `json_each` reads it).
+pub(crate) fn id_list<S: AsRef<str> + Serialize>(ids: &[S]) -> String {
+    serde_json::to_string(ids).expect("a list of strings is JSON")
+}
+
+/// `ids` as one bound value, a Postgres array literal of text: every element quoted, with `"`
+/// and `\` escaped by a backslash, so any id reads back as itself.
+fn text_array<S: AsRef<str>>(ids: &[S]) -> String {
+    let mut out =
+        String::with_capacity(2 + ids.iter().map(|i| i.as_ref().len() + 3).sum::<usize>());
+    out.push('{');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        for c in id.as_ref().chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// The `columns` of the rows of `table` whose `key` is one of `ids` and whose columns of `eq`
+/// hold the values given, decoded positionally: for a key that leads a primary key without
+/// being unique (`order_results.order_id`, `aux_records.order_id`).
+///
+/// On Postgres `key = ANY($1)` would do where the table has statistics. Until its first
+/// `ANALYZE` (which autovacuum runs within about a minute), Postgres assumes each id of such a
+/// list matches 0.5 % of the rows, and for more than about 24 ids it reads the whole table. A
+/// slow read lets the next batch of ids grow, so one such plan would keep a young hub in it.
+/// Here each id is one probe of the key's index (the `OFFSET 0` keeps the planner from turning
+/// the probes back into one join), whatever the table's statistics and the number of ids. On
+/// SQLite the ids are read by `json_each`, and each is looked up in the index as well.
+pub(crate) async fn rows_by_key<T: TryGetableMany, S: AsRef<str> + Serialize>(
+    db: &impl ConnectionTrait,
+    (table, columns): (&str, &[&str]),
+    key: &str,
+    ids: &[S],
+    eq: &[(&str, Value)],
+) -> Result<Vec<T>, DbErr> {
+    let backend = db.get_database_backend();
+    let sql = rows_by_key_sql(backend, (table, columns), key, eq.iter().map(|(c, _)| *c));
+    let values = std::iter::once(ids_value(backend, ids)).chain(eq.iter().map(|(_, v)| v.clone()));
+    db.query_all_raw(Statement::from_sql_and_values(backend, sql, values))
+        .await?
+        .iter()
+        .map(|row| T::try_get_many_by_index(row).map_err(DbErr::from))
+        .collect()
+}
+
+fn rows_by_key_sql<'c>(
+    backend: DbBackend,
+    (table, columns): (&str, &[&str]),
+    key: &str,
+    eq: impl Iterator<Item = &'c str>,
+) -> String {
+    let list = columns
+        .iter()
+        .map(|c| format!("\"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let postgres = backend == DbBackend::Postgres;
+    let and: String = eq
+        .enumerate()
+        .map(|(i, c)| match postgres {
+            true => format!(" AND \"{c}\" = ${}", i + 2),
+            false => format!(" AND \"{c}\" = ?"),
+        })
+        .collect();
+    if postgres {
+        format!(
+            "SELECT {list} FROM unnest(CAST($1 AS text[])) AS ids(id) CROSS JOIN LATERAL \
+             (SELECT {list} FROM \"{table}\" WHERE \"{key}\" = ids.id{and} OFFSET 0) AS found"
+        )
+    } else {
+        format!(
+            "SELECT {list} FROM \"{table}\" WHERE \"{key}\" IN (SELECT value FROM json_each(?)){and}"
+        )
+    }
+}
+
+/// `ids` as the value [`id_in`] and [`rows_by_key`] bind on `backend`.
+fn ids_value<S: AsRef<str> + Serialize>(backend: DbBackend, ids: &[S]) -> Value {
+    match backend {
+        DbBackend::Postgres => text_array(ids).into(),
+        _ => id_list(ids).into(),
+    }
+}
+
+/// `column IN (ids)`, with the ids as one bound value: on Postgres `column = ANY($1::text[])`,
+/// which the planner sees as a list of constants when it plans the statement (the hub's
+/// sessions plan each execution, see `store::connect`), and looks up in the column's index; on
+/// SQLite a JSON array read by `json_each`.
+pub(crate) fn id_in<C: ColumnTrait, S: AsRef<str> + Serialize>(
+    backend: DbBackend,
+    column: C,
+    ids: &[S],
+) -> SimpleExpr {
+    let table = column.entity_name().to_string();
+    let column = column.as_str();
+    let sql = match backend {
+        DbBackend::Postgres => format!("\"{table}\".\"{column}\" = ANY(CAST($1 AS text[]))"),
+        _ => format!("\"{table}\".\"{column}\" IN (SELECT value FROM json_each(?))"),
+    };
+    Expr::cust_with_values(sql, [ids_value(backend, ids)])
+}
+
+/// Rows per Postgres insert: each is one statement, so one round trip, whatever its rows.
+const ROWS_PER_INSERT: usize = 256;
+
+/// The statements that insert `rows`, with `conflict` and `returning` as for a multi-row
+/// `VALUES` insert: on Postgres one per [`ROWS_PER_INSERT`] rows, which go as one JSON array
+/// ([`insert_json`]); on SQLite, where a statement costs no round trip, one per row, the
+/// statement's text built once and each further row bringing only its values, in the entity's
+/// column order (the order an insert of a whole model lists them in).
+pub(crate) fn inserts<E: EntityTrait>(
+    backend: DbBackend,
+    rows: &[&E::Model],
+    conflict: Option<&OnConflict>,
+    returning: Option<E::Column>,
+) -> Result<Vec<Statement>, DbErr>
+where
+    E::Model: IntoActiveModel<E::ActiveModel>,
+{
+    if backend == DbBackend::Postgres {
+        return rows
+            .chunks(ROWS_PER_INSERT)
+            .map(|chunk| Ok(backend.build(&insert_json::<E>(chunk, conflict, returning)?)))
+            .collect();
+    }
+    let Some((first, rest)) = rows.split_first() else {
+        return Ok(Vec::new());
+    };
+    let mut insert = E::insert_many([(*first).clone().into_active_model()]).into_query();
+    if let Some(conflict) = conflict {
+        insert.on_conflict(conflict.clone());
+    }
+    if let Some(column) = returning {
+        insert.returning_col(column.into_iden());
+    }
+    let first = backend.build(&insert);
+    let mut statements = Vec::with_capacity(rows.len());
+    statements.extend(rest.iter().map(|row| {
+        Statement::from_sql_and_values(
+            backend,
+            first.sql.clone(),
+            E::Column::iter().map(|column| row.get(column)),
+        )
+    }));
+    statements.insert(0, first);
+    Ok(statements)
+}
+
+/// An insert of `rows` that binds them as one JSON array of objects, one key per column,
+/// unpacked by Postgres' `jsonb_populate_recordset` into the table's row type.
+fn insert_json<E: EntityTrait>(
+    rows: &[&E::Model],
+    conflict: Option<&OnConflict>,
+    returning: Option<E::Column>,
+) -> Result<InsertStatement, DbErr> {
+    let table = E::default().table_name().to_owned();
+    let mut array = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut object = Map::new();
+        for column in E::Column::iter() {
+            object.insert(column.as_str().to_owned(), json_of(row.get(column))?);
+        }
+        array.push(Json::Object(object));
+    }
+    let unpack = Func::cust(Alias::new("jsonb_populate_recordset"))
+        .arg(Expr::cust(format!("NULL::\"{table}\"")))
+        .arg(Expr::value(Value::Json(Some(Box::new(Json::Array(array))))));
+    let mut select: SelectStatement = Query::select();
+    select
+        .columns(E::Column::iter().map(|c| c.into_iden()))
+        .from_function(unpack, Alias::new("r"));
+    let mut insert = Query::insert();
+    insert
+        .into_table(E::default().into_iden())
+        .columns(E::Column::iter().map(|c| c.into_iden()))
+        .select_from(select)
+        .map_err(|e| DbErr::Custom(format!("insert of {table}: {e}")))?;
+    if let Some(conflict) = conflict {
+        insert.on_conflict(conflict.clone());
+    }
+    if let Some(column) = returning {
+        insert.returning_col(column.into_iden());
+    }
+    Ok(insert)
+}
+
+/// A column's value as `jsonb_populate_recordset` reads it back into the column's type: times
+/// in RFC 3339 (microseconds, as the database keeps them), JSON columns as they are. Values of
+/// any other type are refused, not guessed.
+fn json_of(value: Value) -> Result<Json, DbErr> {
+    Ok(match value {
+        Value::String(s) => s.map_or(Json::Null, Json::String),
+        Value::Bool(b) => b.map_or(Json::Null, Json::Bool),
+        Value::Int(i) => i.map_or(Json::Null, Json::from),
+        Value::BigInt(i) => i.map_or(Json::Null, Json::from),
+        Value::Json(j) => j.map_or(Json::Null, |j| *j),
+        Value::ChronoDateTimeUtc(t) => t.map_or(Json::Null, |t| {
+            Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        }),
+        other => return Err(DbErr::Custom(format!("no JSON form for {other:?}"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use entities::{order_results, orders, outbox};
+
+    #[test]
+    fn an_id_list_is_one_bound_value_whatever_its_length() {
+        let one = DbBackend::Postgres.build(
+            sea_orm::sea_query::Query::select()
+                .column(outbox::Column::Id)
+                .from(outbox::Entity)
+                .and_where(id_in(DbBackend::Postgres, outbox::Column::Id, &["a"])),
+        );
+        let three = DbBackend::Postgres.build(
+            sea_orm::sea_query::Query::select()
+                .column(outbox::Column::Id)
+                .from(outbox::Entity)
+                .and_where(id_in(
+                    DbBackend::Postgres,
+                    outbox::Column::Id,
+                    &["a", "b", "c"],
+                )),
+        );
+        assert_eq!(one.sql, three.sql);
+        assert!(
+            three
+                .sql
+                .contains("\"outbox\".\"id\" = ANY(CAST($1 AS text[]))"),
+            "{}",
+            three.sql
+        );
+        let values = three.values.expect("bound").0;
+        assert_eq!(values, vec![Value::from(r#"{"a","b","c"}"#)]);
+
+        // Numbered after the statement's other values.
+        let update = DbBackend::Postgres.build(
+            sea_orm::sea_query::Query::update()
+                .table(outbox::Entity)
+                .value(outbox::Column::Subject, "s")
+                .and_where(id_in(DbBackend::Postgres, outbox::Column::Id, &["a"]))
+                .and_where(id_in(DbBackend::Postgres, outbox::Column::OrderId, &["o"])),
+        );
+        assert!(update.sql.contains("\"subject\" = $1"), "{}", update.sql);
+        assert!(update.sql.contains("CAST($2 AS text[])"), "{}", update.sql);
+        assert!(update.sql.contains("CAST($3 AS text[])"), "{}", update.sql);
+    }
+
+    #[test]
+    fn a_text_array_quotes_every_element_and_escapes_quotes_and_backslashes() {
+        assert_eq!(text_array::<&str>(&[]), "{}");
+        assert_eq!(text_array(&["a-1"]), r#"{"a-1"}"#);
+        assert_eq!(
+            text_array(&["x,y", r#"q"q"#, r"b\s", "{}", "NULL", " "]),
+            r#"{"x,y","q\"q","b\\s","{}","NULL"," "}"#
+        );
+    }
+
+    #[test]
+    fn rows_go_as_one_json_array_under_their_column_names() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let rows = [
+            outbox::Model {
+                id: "e-1".into(),
+                order_id: "o-1".into(),
+                subject: "s".into(),
+                payload: "{}".into(),
+                created_at: at,
+                published_at: None,
+            },
+            outbox::Model {
+                id: "e-2".into(),
+                order_id: "o-1".into(),
+                subject: "s".into(),
+                payload: "{}".into(),
+                created_at: at,
+                published_at: Some(at),
+            },
+        ];
+        let refs: Vec<&outbox::Model> = rows.iter().collect();
+        let one = insert_json::<outbox::Entity>(&refs[..1], None, None).unwrap();
+        let two = insert_json::<outbox::Entity>(&refs, None, Some(outbox::Column::Id)).unwrap();
+        let one = DbBackend::Postgres.build(&one);
+        let two = DbBackend::Postgres.build(&two);
+        assert!(two.sql.starts_with(&one.sql), "{} / {}", one.sql, two.sql);
+        assert!(two.sql.ends_with("RETURNING \"id\""), "{}", two.sql);
+        let Some(Value::Json(Some(array))) = two.values.clone().expect("bound").0.pop() else {
+            panic!("the rows go as one JSON value");
+        };
+        assert_eq!(
+            *array,
+            serde_json::json!([
+                {"id": "e-1", "order_id": "o-1", "subject": "s", "payload": "{}",
+                 "created_at": "2026-01-02T03:04:05.000000Z", "published_at": null},
+                {"id": "e-2", "order_id": "o-1", "subject": "s", "payload": "{}",
+                 "created_at": "2026-01-02T03:04:05.000000Z",
+                 "published_at": "2026-01-02T03:04:05.000000Z"},
+            ])
+        );
+    }
+
+    /// Each further row's statement on SQLite: the first row's text with the row's own values,
+    /// which must come in the order the text lists the columns, for every entity inserted so.
+    fn further_row_reads_as_its_own_insert<E: EntityTrait>(first: &E::Model, row: &E::Model)
+    where
+        E::Model: IntoActiveModel<E::ActiveModel>,
+    {
+        let statements = inserts::<E>(DbBackend::Sqlite, &[first, row], None, None).unwrap();
+        let alone = E::insert_many([row.clone().into_active_model()]).into_query();
+        let alone = DbBackend::Sqlite.build(&alone);
+        assert_eq!(statements.len(), 2);
+        assert_eq!(statements[1].sql, alone.sql);
+        assert_eq!(statements[1].values, alone.values);
+    }
+
+    #[test]
+    fn on_sqlite_each_row_is_its_own_insert_of_one_shape() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let first = crate::testing::order("o-1", at);
+        let order = orders::Model {
+            result_deadline: Some(at),
+            dispatched_at: Some(at),
+            ..crate::testing::order("o-2", at)
+        };
+        further_row_reads_as_its_own_insert::<orders::Entity>(&first, &order);
+
+        let result = |late| order_results::Model {
+            order_id: "o-1".into(),
+            late,
+            result_id: "r-1".into(),
+            outcome: "confirmed".into(),
+            partner_ref: None,
+            detail: serde_json::json!({"seat": "12A"}),
+            received_at: at,
+        };
+        further_row_reads_as_its_own_insert::<order_results::Entity>(&result(false), &result(true));
+
+        let event = |id: &str| outbox::Model {
+            id: id.into(),
+            order_id: "o-1".into(),
+            subject: "orders.events.stored.acme-air.o-1".into(),
+            payload: "{}".into(),
+            created_at: at,
+            published_at: None,
+        };
+        further_row_reads_as_its_own_insert::<outbox::Entity>(&event("e-1"), &event("e-2"));
+    }
+
+    #[test]
+    fn rows_by_key_probe_the_key_once_per_id_on_postgres() {
+        let table = ("order_results", &["order_id", "outcome"][..]);
+        let late = || ["late"].into_iter();
+        assert_eq!(
+            rows_by_key_sql(DbBackend::Postgres, table, "order_id", late()),
+            "SELECT \"order_id\", \"outcome\" FROM unnest(CAST($1 AS text[])) AS ids(id) \
+             CROSS JOIN LATERAL (SELECT \"order_id\", \"outcome\" FROM \"order_results\" \
+             WHERE \"order_id\" = ids.id AND \"late\" = $2 OFFSET 0) AS found"
+        );
+        assert_eq!(
+            rows_by_key_sql(DbBackend::Sqlite, table, "order_id", late()),
+            "SELECT \"order_id\", \"outcome\" FROM \"order_results\" \
+             WHERE \"order_id\" IN (SELECT value FROM json_each(?)) AND \"late\" = ?"
+        );
+    }
+
+    #[test]
+    fn values_without_a_json_form_are_refused() {
+        assert!(json_of(Value::Double(Some(1.5))).is_err());
+        assert_eq!(json_of(Value::String(None)).unwrap(), Json::Null);
+    }
+}
