@@ -75,7 +75,7 @@ pub struct DatabaseSettings {
     #[serde(default)]
     pub replica_url: String,
     pub aux_url: String,
-    /// Group-commit writers; 0 picks 1 on SQLite and 4 on Postgres.
+    /// Group-commit writers; 0 picks 1.
     #[serde(default)]
     pub writers: usize,
     /// `replica`: a write is acknowledged once the replica has replayed it (only with a
@@ -312,13 +312,13 @@ impl Settings {
         )
     }
 
-    /// Writers for the group commit: SQLite has one writer at a time.
+    /// Writers for the group commit: one unless configured. SQLite has one writer at a time; on
+    /// Postgres one writer makes the largest batches, so the fewest statements and commits per
+    /// order (on two cores shared with the database it sustained a fifth more orders than four
+    /// writers, and halved the open loop's p99). More writers overlap their round trips, which
+    /// pays where the database has cores to spare and is far away.
     pub fn writers(&self) -> usize {
-        match self.database.writers {
-            0 if self.database.primary_url.starts_with("sqlite") => 1,
-            0 => 4,
-            n => n,
-        }
+        self.database.writers.max(1)
     }
 }
 
