@@ -328,12 +328,15 @@ async fn idempotent_submit_and_conflicting_reuse(hub: TestHub) {
     assert_eq!(orders[0]["amount_minor"], 129900);
 
     // Concurrent retries of one key all get the same order: each one accepted, exactly one of
-    // them as the original and every other as a duplicate of it.
+    // them as the original and every other as a duplicate of it. The key holds every character
+    // a list of keys in one bound value escapes or splits on (quotes, a backslash, a comma,
+    // braces), and the retries that lose the race find the holder by such a list.
+    let key = r#"b"u,r{s}t\1"#;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let g = gateway.clone();
         tasks.push(tokio::spawn(async move {
-            request(&g, "orders.submit", order("u-3", "burst", "globex-hotels")).await
+            request(&g, "orders.submit", order("u-3", key, "globex-hotels")).await
         }));
     }
     let mut ids = Vec::new();
