@@ -38,8 +38,8 @@ use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
 use crate::store::{shapes, status_time_column};
 
-/// Rows per multi-row statement where a statement is a round trip (Postgres), and per read after
-/// a commit: well under the bind-parameter limits.
+/// Ids per statement of a group commit, and per read after a commit: the ids go as one bound
+/// value ([`Tx::ids_in`]), so this only bounds the work and the size of each statement.
 const CHUNK: usize = 256;
 
 /// Where a group commit's statements run, inside an open transaction.
