@@ -93,10 +93,9 @@ impl Db {
         aux_records_on(standby, order_id).await
     }
 
-    /// Stores or replaces records in the auxiliary database, in one transaction; with
-    /// [`Db::aux_ack_after_replica`], returns only once the replica has replayed it
-    /// ([`StoreError::Unconfirmed`] if it has not within [`AUX_CONFIRM_WITHIN`]: the write
-    /// stays, and writing it again is harmless).
+    /// Stores or replaces records in the auxiliary database, in one transaction, each kind of
+    /// statement of one shape ([`shapes::inserts`]). Waiting for the replica to replay the write,
+    /// where that is asked, is the caller's ([`crate::aux::upsert`]).
     pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
         use sea_orm::sea_query::OnConflict;
         use sea_orm::{ConnectionTrait, TransactionTrait};
