@@ -95,7 +95,7 @@ impl Db {
 
     /// Stores or replaces records in the auxiliary database, in one transaction, each kind of
     /// statement of one shape ([`shapes::inserts`]). Waiting for the replica to replay the write,
-    /// where that is asked, is the caller's ([`crate::aux::upsert`]).
+    /// where that is asked, is the caller's: the auxiliary systems' `upsert`.
     pub async fn upsert_aux(&self, records: Vec<aux_records::Model>) -> Result<(), StoreError> {
         use sea_orm::sea_query::OnConflict;
         use sea_orm::{ConnectionTrait, TransactionTrait};
