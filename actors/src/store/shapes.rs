@@ -4,8 +4,9 @@
 //! statement for every n: the database parses and plans it anew, and the driver's cache of
 //! prepared statements churns (on Postgres each new one is also a round trip to prepare it). A
 //! group commit or a batched read brings a new n nearly every time. Here the ids, or the rows, go
-//! as one bound value, a JSON array, which the statement unpacks: one shape per kind of
-//! statement, prepared once per connection, planned once.
+//! as one bound value which the statement unpacks (ids as a text array on Postgres and a JSON
+//! array on SQLite, rows as a JSON array on Postgres; SQLite inserts one row per statement): one
+//! shape per kind of statement, prepared once per connection.
 
 use chrono::SecondsFormat;
 use sea_orm::sea_query::{
