@@ -1,7 +1,8 @@
-//! What the unit tests share: an order row to start from.
+//! What the unit tests share: an order row to start from, and a way to write it.
 
 use chrono::{DateTime, Utc};
 use entities::orders;
+use sea_orm::{ActiveModelTrait, DatabaseConnection, IntoActiveModel};
 
 /// An `accepted` order of user `u-1` with partner `acme-air`, created at `at`; tests change the
 /// fields they are about.
@@ -28,4 +29,20 @@ pub fn order(id: &str, at: DateTime<Utc>) -> orders::Model {
         late_result_stored_at: None,
         late_notified_at: None,
     }
+}
+
+/// Writes `order` as it is, in its two tables (`orders` is a view of them).
+pub async fn insert(db: &DatabaseConnection, order: &orders::Model) {
+    order
+        .facts()
+        .into_active_model()
+        .insert(db)
+        .await
+        .expect("the order's facts");
+    order
+        .state()
+        .into_active_model()
+        .insert(db)
+        .await
+        .expect("the order's state");
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::readset::ReadSet;
 
+use entities::order_state;
 use entities::orders as order_rows;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Select};
 
@@ -165,16 +166,17 @@ pub fn transition_times(
     .collect()
 }
 
-/// The column of `orders` that holds when an order reached `status`.
-pub fn status_time_column(status: crate::protocol::OrderStatus) -> order_rows::Column {
+/// The column of `order_state` that holds when an order reached `status`; `accepted` is the
+/// order's `created_at`, written once with its facts.
+pub fn status_time_column(status: crate::protocol::OrderStatus) -> Option<order_state::Column> {
     use crate::protocol::OrderStatus::*;
     match status {
-        Accepted => order_rows::Column::CreatedAt,
-        Dispatched => order_rows::Column::DispatchedAt,
-        ResultStored => order_rows::Column::ResultStoredAt,
-        Notified => order_rows::Column::NotifiedAt,
-        LateResultStored => order_rows::Column::LateResultStoredAt,
-        LateNotified => order_rows::Column::LateNotifiedAt,
+        Accepted => None,
+        Dispatched => Some(order_state::Column::DispatchedAt),
+        ResultStored => Some(order_state::Column::ResultStoredAt),
+        Notified => Some(order_state::Column::NotifiedAt),
+        LateResultStored => Some(order_state::Column::LateResultStoredAt),
+        LateNotified => Some(order_state::Column::LateNotifiedAt),
     }
 }
 
@@ -263,10 +265,7 @@ mod tests {
             order("c", 5, false),
             order("d", 3, false),
         ] {
-            o.into_active_model()
-                .insert(&db.primary)
-                .await
-                .expect("order");
+            crate::testing::insert(&db.primary, &o).await;
         }
         for r in [
             result("a", false, "confirmed"),
@@ -347,14 +346,10 @@ mod tests {
         ) = (Some(t), Some(t), Some(t));
         (every.late_result_stored_at, every.late_notified_at) = (Some(t), Some(t));
         every.payload = serde_json::json!({"note": "é \"quoted\"", "n": [1.5, null]});
-        every
-            .into_active_model()
-            .insert(&db.primary)
-            .await
-            .expect("order");
+        crate::testing::insert(&db.primary, &every).await;
         db.primary
             .execute_unprepared(
-                "UPDATE orders SET updated_at = '2026-01-02 03:04:05.678' WHERE id = 'a'",
+                "UPDATE order_state SET updated_at = '2026-01-02 03:04:05.678' WHERE id = 'a'",
             )
             .await
             .expect("naive time");

@@ -237,7 +237,7 @@ fn json_of(value: Value) -> Result<Json, DbErr> {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
-    use entities::{order_results, orders, outbox};
+    use entities::{order_facts, order_results, order_state, orders, outbox};
 
     #[test]
     fn an_id_list_is_one_bound_value_whatever_its_length() {
@@ -357,7 +357,8 @@ mod tests {
             dispatched_at: Some(at),
             ..crate::testing::order("o-2", at)
         };
-        further_row_reads_as_its_own_insert::<orders::Entity>(&first, &order);
+        further_row_reads_as_its_own_insert::<order_facts::Entity>(&first.facts(), &order.facts());
+        further_row_reads_as_its_own_insert::<order_state::Entity>(&first.state(), &order.state());
 
         let result = |late| order_results::Model {
             order_id: "o-1".into(),

@@ -6,7 +6,9 @@
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
 //! statuses its trigger moves from, so a move that lost a race (a peer instance, a repeated
 //! release mark, a sweep) changes nothing. The move also sets the time of the status it reaches
-//! (`dispatched_at`, `result_stored_at`, …) in the same row: no row per transition.
+//! (`dispatched_at`, `result_stored_at`, …) in the same row: no row per transition. Status
+//! changes write the order's narrow `order_state` row; its submitted fields (`order_facts`) are
+//! written once, at submit.
 //!
 //! The statements run on a [`Tx`]: a transaction through sea-orm (Postgres), or the SQLite
 //! writer's own connection ([`super::direct`]). Finding the order that holds a
@@ -23,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{order_results, orders, outbox};
+use entities::{order_facts, order_results, order_state, orders, outbox};
 use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
@@ -246,9 +248,9 @@ pub(super) async fn resolve(
     })
 }
 
-/// New orders ([`Trigger::Submit`]): one `INSERT … ON CONFLICT DO NOTHING RETURNING id` per
-/// chunk; an order whose id is missing lost to an existing idempotency key. Returns the events of
-/// the inserted orders.
+/// New orders ([`Trigger::Submit`]): their facts, one `INSERT … ON CONFLICT DO NOTHING RETURNING
+/// id` per chunk (an order whose id is missing lost to an existing idempotency key), then the
+/// state of those inserted. Returns the events of the inserted orders.
 async fn insert_orders<'a, T: Tx>(
     tx: &T,
     ops: &'a [WriteOp],
@@ -262,22 +264,31 @@ async fn insert_orders<'a, T: Tx>(
             _ => None,
         })
         .collect();
-    let rows: Vec<&orders::Model> = inserts.iter().map(|(_, o, _)| *o).collect();
-    let key_taken = OnConflict::columns([orders::Column::UserId, orders::Column::RequestId])
-        .do_nothing()
-        .to_owned();
-    let inserted =
-        insert_rows::<_, orders::Entity>(tx, &rows, Some(&key_taken), Some(orders::Column::Id))
-            .await?;
+    let facts: Vec<order_facts::Model> = inserts.iter().map(|(_, o, _)| o.facts()).collect();
+    let key_taken =
+        OnConflict::columns([order_facts::Column::UserId, order_facts::Column::RequestId])
+            .do_nothing()
+            .to_owned();
+    let inserted = insert_rows::<_, order_facts::Entity>(
+        tx,
+        &facts.iter().collect::<Vec<_>>(),
+        Some(&key_taken),
+        Some(order_facts::Column::Id),
+    )
+    .await?;
     let mut events = Vec::with_capacity(inserts.len());
+    let mut states = Vec::with_capacity(inserts.len());
     for (i, order, event) in inserts {
         if inserted.contains(order.id.as_str()) {
             outcomes[i] = Some(Applied::Done);
             events.push(event);
+            states.push(order.state());
         } else {
             outcomes[i] = Some(Applied::KeyTaken);
         }
     }
+    insert_rows::<_, order_state::Entity>(tx, &states.iter().collect::<Vec<_>>(), None, None)
+        .await?;
     Ok(events)
 }
 
@@ -306,13 +317,16 @@ async fn store_results<'a, T: Tx>(
     for (trigger, wanted) in by_trigger {
         for chunk in wanted.chunks(CHUNK) {
             let ids: Vec<&str> = chunk.iter().map(|(_, r, _)| r.order_id.as_str()).collect();
-            let dispatched_at: SimpleExpr =
-                Func::coalesce([Expr::col(orders::Column::DispatchedAt), Expr::value(now)]).into();
+            let dispatched_at: SimpleExpr = Func::coalesce([
+                Expr::col(order_state::Column::DispatchedAt),
+                Expr::value(now),
+            ])
+            .into();
             let moved = move_orders(
                 tx,
                 &ids,
                 trigger,
-                &[(orders::Column::DispatchedAt, dispatched_at)],
+                &[(order_state::Column::DispatchedAt, dispatched_at)],
                 now,
             )
             .await?;
@@ -421,7 +435,7 @@ fn existing_orders(batch: &Batch) -> Vec<&str> {
     ids
 }
 
-/// Locks the orders' rows until the commit, in id order (Postgres; SQLite has one writer at a
+/// Locks the orders' state rows until the commit, in id order (Postgres; SQLite has one writer at a
 /// time anyway). Several instances commit batches that touch the same orders (one stores a
 /// result while another records the release of the order's stored event): taking every lock up
 /// front, in one order, keeps them from deadlocking. It also keeps each from missing the other's
@@ -434,11 +448,11 @@ async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
         return Ok(());
     }
     for chunk in ids.chunks(CHUNK) {
-        let lock = orders::Entity::find()
+        let lock = order_state::Entity::find()
             .select_only()
-            .column(orders::Column::Id)
-            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
-            .order_by_asc(orders::Column::Id)
+            .column(order_state::Column::Id)
+            .filter(tx.ids_in(order_state::Column::Id, chunk.iter().copied()))
+            .order_by_asc(order_state::Column::Id)
             .lock_exclusive()
             .into_query();
         tx.strings(tx.build(&lock)).await?;
@@ -473,16 +487,16 @@ async fn settle<'a, T: Tx>(
     let mut made = Vec::new();
     for (version, events) in by_version {
         for chunk in events.chunks(CHUNK) {
-            let mut stmt = orders::Entity::update_many()
-                .col_expr(orders::Column::SettledAt, Expr::value(now))
-                .filter(orders::Column::SettledAt.is_null())
-                .filter(orders::Column::Version.eq(version))
+            let mut stmt = order_state::Entity::update_many()
+                .col_expr(order_state::Column::SettledAt, Expr::value(now))
+                .filter(order_state::Column::SettledAt.is_null())
+                .filter(order_state::Column::Version.eq(version))
                 .filter(tx.ids_in(
-                    orders::Column::Id,
+                    order_state::Column::Id,
                     chunk.iter().map(|e| e.order_id.as_str()),
                 ))
                 .into_query();
-            stmt.returning_col(orders::Column::Id);
+            stmt.returning_col(order_state::Column::Id);
             let moved = tx.ids(&stmt).await?;
             made.extend(chunk.iter().filter(|e| moved.contains(e.order_id.as_str())));
         }
@@ -521,7 +535,7 @@ async fn mark_released<T: Tx>(
     }
     for (timeout, ids) in dispatched {
         let deadline = now + chrono::Duration::from_std(timeout).unwrap_or_default();
-        let deadline = [(orders::Column::ResultDeadline, Expr::value(deadline))];
+        let deadline = [(order_state::Column::ResultDeadline, Expr::value(deadline))];
         move_orders(tx, &ids, Trigger::StoredOut, &deadline, now).await?;
     }
     let notified = move_orders(tx, &notified, Trigger::ResultOut, &[], now).await?;
@@ -554,11 +568,11 @@ async fn mark_released<T: Tx>(
         .collect();
     let mut early = HashSet::new();
     for chunk in not_moved.chunks(CHUNK) {
-        let select = orders::Entity::find()
+        let select = order_state::Entity::find()
             .select_only()
-            .column(orders::Column::Id)
-            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
-            .filter(orders::Column::Version.lt(OrderStatus::LateResultStored.version()))
+            .column(order_state::Column::Id)
+            .filter(tx.ids_in(order_state::Column::Id, chunk.iter().copied()))
+            .filter(order_state::Column::Version.lt(OrderStatus::LateResultStored.version()))
             .into_query();
         early.extend(tx.strings(tx.build(&select)).await?);
     }
@@ -580,31 +594,33 @@ async fn mark_released<T: Tx>(
 
 /// Applies `trigger` to the orders of `ids` that are where it moves from (see
 /// [`lifecycle::TABLE`]): the new status and version, the time of the status reached, and
-/// `also`. Returns the ids that moved.
+/// `also`, in each order's `order_state` row. Returns the ids that moved.
 async fn move_orders<T: Tx>(
     tx: &T,
     ids: &[&str],
     trigger: Trigger,
-    also: &[(orders::Column, SimpleExpr)],
+    also: &[(order_state::Column, SimpleExpr)],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
     let to = lifecycle::transition(trigger).to;
     let from = lifecycle::from_versions(trigger);
     let mut moved = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let mut update = orders::Entity::update_many()
-            .col_expr(orders::Column::Status, Expr::value(to.as_str()))
-            .col_expr(orders::Column::Version, Expr::value(to.version()))
-            .col_expr(orders::Column::UpdatedAt, Expr::value(now))
-            .col_expr(status_time_column(to), Expr::value(now));
+        let mut update = order_state::Entity::update_many()
+            .col_expr(order_state::Column::Status, Expr::value(to.as_str()))
+            .col_expr(order_state::Column::Version, Expr::value(to.version()))
+            .col_expr(order_state::Column::UpdatedAt, Expr::value(now));
+        if let Some(reached) = status_time_column(to) {
+            update = update.col_expr(reached, Expr::value(now));
+        }
         for (column, value) in also {
             update = update.col_expr(*column, value.clone());
         }
         let mut stmt = update
-            .filter(orders::Column::Version.is_in(from.iter().copied()))
-            .filter(tx.ids_in(orders::Column::Id, chunk.iter().copied()))
+            .filter(order_state::Column::Version.is_in(from.iter().copied()))
+            .filter(tx.ids_in(order_state::Column::Id, chunk.iter().copied()))
             .into_query();
-        stmt.returning_col(orders::Column::Id);
+        stmt.returning_col(order_state::Column::Id);
         moved.extend(tx.ids(&stmt).await?);
     }
     Ok(moved)

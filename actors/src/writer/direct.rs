@@ -141,7 +141,7 @@ impl Tx for Local<'_> {
 mod tests {
     use super::*;
     use chrono::{DateTime, Duration as Span, Utc};
-    use entities::orders;
+    use entities::{order_facts, order_state, orders};
     use sea_orm::sea_query::Expr;
     use sea_orm::{ColumnTrait, Database, EntityTrait, IntoActiveModel, QueryFilter, QueryTrait};
 
@@ -170,14 +170,16 @@ mod tests {
         let written = order("o-1", at);
         let mut conn = local::connect(&file, true).expect("open");
         let txn = conn.transaction().expect("begin");
-        let insert = orders::Entity::insert(written.clone().into_active_model()).into_query();
-        at_once(Local(&txn).execute(DbBackend::Sqlite.build(&insert))).expect("insert");
-        let update = orders::Entity::update_many()
+        let facts = order_facts::Entity::insert(written.facts().into_active_model()).into_query();
+        at_once(Local(&txn).execute(DbBackend::Sqlite.build(&facts))).expect("insert");
+        let state = order_state::Entity::insert(written.state().into_active_model()).into_query();
+        at_once(Local(&txn).execute(DbBackend::Sqlite.build(&state))).expect("insert");
+        let update = order_state::Entity::update_many()
             .col_expr(
-                orders::Column::NotifiedAt,
+                order_state::Column::NotifiedAt,
                 Expr::value(at + Span::milliseconds(7)),
             )
-            .filter(orders::Column::Id.eq("o-1"))
+            .filter(order_state::Column::Id.eq("o-1"))
             .into_query();
         at_once(Local(&txn).execute(DbBackend::Sqlite.build(&update))).expect("update");
         txn.commit().expect("commit");

@@ -3,6 +3,8 @@
 pub mod prelude;
 
 pub mod aux_records;
+pub mod order_facts;
 pub mod order_results;
+pub mod order_state;
 pub mod orders;
 pub mod outbox;
