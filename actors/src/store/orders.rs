@@ -1,7 +1,7 @@
 //! Orders, their results and their outbox events: what the order actors, the settler, the
 //! deadline actor, the replication actor's sweep, `get`, `query` and `trace` read.
 
-use entities::{order_results, orders, outbox};
+use entities::{order_facts, order_results, orders, outbox};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
@@ -62,7 +62,8 @@ impl Db {
     }
 
     /// What a built-in auxiliary system needs of each order of `ids` that has a result (the
-    /// late one with `late`), read from the read node: only those columns, nothing parsed.
+    /// late one with `late`), read from the read node: only those columns, nothing parsed, and
+    /// from the order's submitted fields alone (`order_facts`), which never change.
     pub async fn with_results(
         &self,
         ids: &[String],
@@ -73,7 +74,7 @@ impl Db {
         }
         if let Some(local) = &self.local.orders {
             let sql = "SELECT o.id, o.amount_minor, o.currency, r.outcome, r.result_id \
-                 FROM orders o JOIN order_results r ON r.order_id = o.id \
+                 FROM order_facts o JOIN order_results r ON r.order_id = o.id \
                  WHERE o.id IN (SELECT value FROM json_each(?1)) AND r.late = ?2";
             let late = vec![local::Sql::Integer(i64::from(late))];
             let read = local.rows(sql, ids, late, |row| {
@@ -101,14 +102,14 @@ impl Db {
             .into_iter()
             .map(|(id, outcome, result_id)| (id, (outcome, result_id)))
             .collect();
-        let orders: Vec<(String, i64, String)> = orders::Entity::find()
+        let orders: Vec<(String, i64, String)> = order_facts::Entity::find()
             .select_only()
             .columns([
-                orders::Column::Id,
-                orders::Column::AmountMinor,
-                orders::Column::Currency,
+                order_facts::Column::Id,
+                order_facts::Column::AmountMinor,
+                order_facts::Column::Currency,
             ])
-            .filter(shapes::id_in(self.backend(), orders::Column::Id, ids))
+            .filter(shapes::id_in(self.backend(), order_facts::Column::Id, ids))
             .into_tuple()
             .all(self.reader())
             .await?;
