@@ -46,8 +46,13 @@ pub enum Command {
 }
 
 impl Cli {
-    pub async fn run(self) -> anyhow::Result<()> {
-        let settings = Settings::load(self.config.as_deref())?;
+    /// The configuration, with `--config FILE` overlaid.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        Ok(Settings::load(self.config.as_deref())?)
+    }
+
+    /// Runs the subcommand with `settings` (see [`Cli::settings`]).
+    pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self.command {
             Command::Serve => {
                 if let Some(warning) = serve_warning(&settings) {

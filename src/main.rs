@@ -1,11 +1,17 @@
+use anyhow::Context as _;
 use clap::Parser;
 
 /// The hub allocates and frees many small buffers across threads (JSON, NATS messages, rows).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     orderhub::telemetry::init("orderhub=info,actors=info,warn");
-    orderhub::cli::Cli::parse().run().await
+    let cli = orderhub::cli::Cli::parse();
+    let settings = cli.settings()?;
+    let runtime = settings
+        .runtime
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(cli.run(settings))
 }

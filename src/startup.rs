@@ -346,7 +346,8 @@ impl App {
             .zip(endpoints)
             .map(|(kind, endpoint)| tokio::spawn(handlers.clone().serve(kind, endpoint)))
             .collect();
-        tracing::info!(instance = %handlers.instance_id, "orderhub is serving");
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        tracing::info!(instance = %handlers.instance_id, runtime_threads = workers, "orderhub is serving");
         Ok(Self {
             handlers,
             service,

@@ -369,6 +369,7 @@ impl CpuMark {
             nats: cpu::ms_per_story(used(self.nats, start.nats), stories),
             hub: cpu::ms_per_story(hub, stories),
             hub_in_process,
+            workers: tokio::runtime::Handle::current().metrics().num_workers(),
         }
     }
 }

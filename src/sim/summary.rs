@@ -35,6 +35,8 @@ pub struct CpuTally {
     pub hub: Option<f64>,
     /// The hub runs in this process.
     pub hub_in_process: bool,
+    /// Threads of this process's async runtime (`runtime.workers`).
+    pub workers: usize,
 }
 
 /// Everything a run measured.
@@ -174,6 +176,7 @@ impl Report {
             "cpu_ms_per_story": self.cpu.own.map(round3),
             "nats_cpu_ms_per_story": self.cpu.nats.map(round3),
             "hub_cpu_ms_per_story": self.cpu.hub.map(round3),
+            "runtime_workers": self.cpu.workers,
             "latency_ms": {
                 "submit_ack": latency_json(&self.latency.submit_ack),
                 "stored_event": latency_json(&self.latency.stored_event),
@@ -385,11 +388,18 @@ impl Report {
         let c = &self.cpu;
         let mut parts = Vec::new();
         if let Some(ms) = c.own {
-            parts.push(if c.hub_in_process {
-                format!("{ms:.3} ms per story in this process (hub, simulators and load generator)")
+            let who = if c.hub_in_process {
+                "hub, simulators and load generator"
             } else {
-                format!("{ms:.3} ms per story in this process (simulators and load generator)")
-            });
+                "simulators and load generator"
+            };
+            let threads = match c.workers {
+                1 => "one runtime thread".to_owned(),
+                n => format!("{n} runtime threads"),
+            };
+            parts.push(format!(
+                "{ms:.3} ms per story in this process ({who}; {threads})"
+            ));
         }
         if let Some(ms) = c.hub {
             parts.push(format!("{ms:.3} ms in the hub"));

@@ -82,6 +82,11 @@ pub async fn finish(mut command: Command, args: &[&str], within: Duration) -> Fi
 /// Runs `orderhub bench --json <args>` to completion (its databases in `dir`) and returns the
 /// last line of stdout, parsed.
 async fn bench_json(nats: Nats<'_>, dir: &Path, args: &[&str]) -> Value {
+    bench_json_with(nats, dir, args, &[]).await
+}
+
+/// [`bench_json`] with `env` set for the bench.
+async fn bench_json_with(nats: Nats<'_>, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Value {
     init_logs();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut command = Command::new(env!("CARGO_BIN_EXE_orderhub"));
@@ -95,6 +100,7 @@ async fn bench_json(nats: Nats<'_>, dir: &Path, args: &[&str]) -> Value {
         Nats::StartedByBench => where_no_nats_answers(&mut command, dir),
     }
     sqlite_in(&mut command, dir);
+    command.envs(env.iter().copied());
     let args: Vec<&str> = ["bench", "--json"].iter().chain(args).copied().collect();
     let Finished {
         success,
@@ -192,9 +198,12 @@ async fn bench_json_closed_loop() {
     let nats = TestNats::start().await;
     let dir = tempfile::tempdir().unwrap();
     let args = ["--orders", &ORDERS.to_string(), "--concurrency", "64"];
-    let r = bench_json(Nats::Test(&nats), dir.path(), &args).await;
+    // Two runtime threads, whatever the machine: the default is covered by the other runs.
+    let workers = [("ORDERHUB__RUNTIME__WORKERS", "2")];
+    let r = bench_json_with(Nats::Test(&nats), dir.path(), &args, &workers).await;
     check_report(&r);
     check_in_process(&r);
+    assert_eq!(r["runtime_workers"], 2, "{r:#}");
     assert_eq!(r["concurrency"], 64);
     assert!(r["rate"].is_null());
     // The bench did not start this nats-server.
@@ -208,6 +217,9 @@ async fn bench_json_open_loop_on_a_nats_server_it_starts() {
     let r = bench_json(Nats::StartedByBench, dir.path(), &args).await;
     check_report(&r);
     check_in_process(&r);
+    // The default: half the cores, at least one (one: the single-threaded runtime).
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    assert_eq!(r["runtime_workers"], (cores / 2).max(1), "{r:#}");
     assert_eq!(r["rate"], 150.0);
     // 300 orders due over two seconds: the run cannot take less.
     let elapsed = r["elapsed_s"].as_f64().expect("elapsed_s");
