@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actors::protocol::{ErrorCode, EventKind, EventRef, RecordReply, consumer};
 use async_nats::jetstream::{self, AckKind};
-use serde_json::json;
+use serde::Serialize;
 
 use super::client::{Role, Running, Stop, ack, ask};
 
@@ -65,20 +65,17 @@ impl Auditor {
             _ => return self.refuse(&msg).await,
         };
         let late = kind == EventKind::Late;
-        let mut data = json!({
-            "event_id": event.id,
-            "outcome": event.data.outcome,
-            "partner_id": event.data.partner_id,
-            "audited_at": actors::protocol::rfc3339(&chrono::Utc::now()),
-        });
-        if late {
-            data["late"] = json!(true);
-        }
-        let body = json!({
-            "order_id": event.data.order_id,
-            "status": if late { "done-late" } else { "done" },
-            "data": data,
-        });
+        let body = RecordBody {
+            order_id: &event.data.order_id,
+            status: if late { "done-late" } else { "done" },
+            data: Audited {
+                event_id: &event.id,
+                outcome: event.data.outcome.as_deref(),
+                partner_id: &event.data.partner_id,
+                audited_at: actors::protocol::rfc3339(&chrono::Utc::now()),
+                late: late.then_some(true),
+            },
+        };
         let subject = self.role.subjects.aux_record(&self.system);
         let patience = self.role.patience(true);
         let recorded = ask::<RecordReply>(&self.role.client, subject, &body, &patience, |_, _| {
@@ -118,4 +115,23 @@ impl Auditor {
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
         ack(msg, AckKind::Term).await;
     }
+}
+
+/// `record`'s body as the audit system sends it.
+#[derive(Serialize)]
+struct RecordBody<'a> {
+    order_id: &'a str,
+    status: &'static str,
+    data: Audited<'a>,
+}
+
+/// What the audit system keeps of an event.
+#[derive(Serialize)]
+struct Audited<'a> {
+    event_id: &'a str,
+    outcome: Option<&'a str>,
+    partner_id: &'a str,
+    audited_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    late: Option<bool>,
 }

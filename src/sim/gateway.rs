@@ -11,7 +11,7 @@ use actors::protocol::{EventKind, EventRef, QueryReply, consumer};
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use serde_json::json;
+use serde::Serialize;
 use tokio::time::Instant;
 
 use super::backoff::Backoff;
@@ -170,7 +170,10 @@ impl Gateway {
     }
 
     pub async fn query(&self, p: &Placed) -> Result<QueryReply, CallError> {
-        let body = json!({ "order_id": p.order_id, "user_id": p.user_id });
+        let body = QueryBody {
+            order_id: &p.order_id,
+            user_id: &p.user_id,
+        };
         call::<QueryReply>(&self.role.client, self.role.subjects.query(), &body).await
     }
 
@@ -217,4 +220,11 @@ fn describe(p: &Placed, reply: &QueryReply) -> String {
         reply.settled_at.as_deref().unwrap_or("not yet"),
         systems.join(", ")
     )
+}
+
+/// `query`'s body, single-order form.
+#[derive(Serialize)]
+struct QueryBody<'a> {
+    order_id: &'a str,
+    user_id: &'a str,
 }

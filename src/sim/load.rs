@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::protocol::SubmitReply;
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
@@ -119,16 +119,23 @@ impl LoadGenerator {
     async fn submit_one(&self, i: usize, due: Instant, ledger: &Ledger, deadline: Instant) -> bool {
         let partner = &self.partners[i % self.partners.len()];
         let user_id = format!("u-{}", i % USERS);
-        let body = json!({
-            "request_id": format!("{}-{i}", self.run_id),
-            "user_id": user_id,
-            "partner_id": partner,
-            "product": product_of(partner),
-            "amount_minor": 10_000 + (i as u64 * 7_919) % 500_000,
-            "currency": "CNY",
-            "items": [{ "sku": format!("SKU-{}", i % 97), "qty": 1 + i % 3 }],
-            "payload": { "run": &*self.run_id, "seq": i, "channel": "demo" },
-        });
+        let body = SubmitBody {
+            request_id: format!("{}-{i}", self.run_id),
+            user_id: &user_id,
+            partner_id: partner,
+            product: product_of(partner),
+            amount_minor: 10_000 + (i as u64 * 7_919) % 500_000,
+            currency: "CNY",
+            items: [Item {
+                sku: format!("SKU-{}", i % 97),
+                qty: 1 + i % 3,
+            }],
+            payload: Payload {
+                run: &self.run_id,
+                seq: i,
+                channel: "demo",
+            },
+        };
         let patience = Patience {
             until: Some(deadline),
             ..Patience::default()
@@ -153,6 +160,33 @@ impl LoadGenerator {
             }
         }
     }
+}
+
+/// `submit`'s body as the load generator sends it.
+#[derive(Serialize)]
+struct SubmitBody<'a> {
+    request_id: String,
+    user_id: &'a str,
+    partner_id: &'a str,
+    product: &'static str,
+    amount_minor: u64,
+    currency: &'static str,
+    items: [Item; 1],
+    payload: Payload<'a>,
+}
+
+#[derive(Serialize)]
+struct Item {
+    sku: String,
+    qty: usize,
+}
+
+/// Which run sent the order, and its place in the run.
+#[derive(Serialize)]
+struct Payload<'a> {
+    run: &'a str,
+    seq: usize,
+    channel: &'static str,
 }
 
 /// What a partner sells, by its name.

@@ -10,12 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use actors::protocol::{
-    ErrorCode, EventKind, EventRef, OrderReply, OrderView, SubmitReply, consumer,
-};
+use actors::protocol::{ErrorCode, EventKind, EventRef, SubmitReply, consumer};
 use async_nats::jetstream::{self, AckKind};
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::client::{CallError, Role, Running, Stop, ack, ask};
 use super::ledger::Ledger;
@@ -122,7 +119,42 @@ struct ResultBody<'a> {
     result_id: String,
     outcome: &'a str,
     partner_ref: Option<String>,
-    detail: serde_json::Value,
+    detail: Detail<'a>,
+}
+
+/// What the partner says about its answer: what it booked, or why not.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Detail<'a> {
+    Booked {
+        product: &'a str,
+        amount_minor: i64,
+        currency: &'a str,
+    },
+    Refused {
+        reason: &'static str,
+    },
+}
+
+/// `get`'s body.
+#[derive(Serialize)]
+struct GetBody<'a> {
+    order_id: &'a str,
+}
+
+/// `get`'s reply, as far as the partner reads it.
+#[derive(Deserialize)]
+struct Fetched {
+    order: Order,
+}
+
+/// The fields of a stored order the partner's answer uses; the others are skipped unread.
+#[derive(Debug, Deserialize)]
+struct Order {
+    order_id: String,
+    product: String,
+    amount_minor: i64,
+    currency: String,
 }
 
 enum Handled {
@@ -220,13 +252,13 @@ impl Partner {
         order_id: &str,
         arrived: Instant,
     ) -> Result<Handled, CallError> {
-        let get = json!({ "order_id": order_id });
+        let get = GetBody { order_id };
         let subject = self.role.subjects.partner_get(&self.id);
         let patience = self.role.patience(false);
         let fetched =
-            ask::<OrderReply>(&self.role.client, subject, &get, &patience, self.retried()).await;
+            ask::<Fetched>(&self.role.client, subject, &get, &patience, self.retried()).await;
         let order = match fetched {
-            Ok(OrderReply { order }) => {
+            Ok(Fetched { order }) => {
                 self.role.observer.answer("get ok");
                 order
             }
@@ -263,7 +295,7 @@ impl Partner {
 
     /// Sends a held-back answer at `due`, asking again while the hub is busy or silent, and
     /// tells the ledger whether the hub stored it as a late result.
-    async fn answer_late(self: Arc<Self>, order: OrderView, due: Instant) {
+    async fn answer_late(self: Arc<Self>, order: Order, due: Instant) {
         let answered = tokio::select! {
             () = tokio::time::sleep_until(due.into()) => {
                 let confirmed = self.behaviour.policy.confirms(&order.order_id);
@@ -295,16 +327,22 @@ impl Partner {
     }
 
     /// Posts the answer, asking again while the hub is busy or silent; notes the final answer.
-    async fn post(&self, order: &OrderView, confirmed: bool) -> Result<SubmitReply, CallError> {
+    async fn post(&self, order: &Order, confirmed: bool) -> Result<SubmitReply, CallError> {
         let body = ResultBody {
             order_id: &order.order_id,
             result_id: format!("{}-r-{}", self.id, order.order_id),
             outcome: if confirmed { "confirmed" } else { "rejected" },
             partner_ref: confirmed.then(|| format!("{:06X}", fnv1a(&order.order_id) & 0xff_ffff)),
             detail: if confirmed {
-                json!({ "product": order.product, "amount_minor": order.amount_minor, "currency": order.currency })
+                Detail::Booked {
+                    product: &order.product,
+                    amount_minor: order.amount_minor,
+                    currency: &order.currency,
+                }
             } else {
-                json!({ "reason": "no availability" })
+                Detail::Refused {
+                    reason: "no availability",
+                }
             },
         };
         let subject = self.role.subjects.partner_result(&self.id);
