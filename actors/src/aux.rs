@@ -422,11 +422,10 @@ pub async fn record_external(
              under its own name"
         )));
     }
-    if reads
-        .order(&request.order_id)
+    if !reads
+        .exists(&request.order_id)
         .await
         .map_err(crate::reads::read_failed)?
-        .is_none()
     {
         return Err(ApiError::not_found(&request.order_id));
     }

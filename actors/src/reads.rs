@@ -10,6 +10,7 @@ use crate::protocol::{
 use crate::store::{Db, Results, StoreError};
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use entities::orders;
@@ -18,23 +19,68 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// Orders read in one statement at most.
 const BATCH: usize = 256;
-/// Statements of [`OrderReads`] running at once.
+/// Statements of each of [`OrderReads`]' readers running at once.
 const READERS: usize = 4;
 
-type OrderAnswer = oneshot::Sender<Result<Option<orders::Model>, StoreError>>;
+type Answer<T> = oneshot::Sender<Result<Option<T>, StoreError>>;
 
 /// Reads single orders from a read node, many in one statement: the partners' `get`s arrive
 /// together under load, and while a statement runs the next ones gather into the next
 /// `id IN (…)` (up to [`BATCH`], [`READERS`] statements at once). A lone `get` is read at once.
+/// Whether an order exists is read the same way, from its submitted fields only.
 #[derive(Clone)]
 pub struct OrderReads {
-    tx: mpsc::UnboundedSender<(String, OrderAnswer)>,
+    orders: Batched<orders::Model>,
+    known: Batched<()>,
 }
 
 impl OrderReads {
-    /// Starts the reader; it ends when the last handle is dropped.
+    /// Starts the readers; they end when the last handle is dropped.
     pub fn start(db: Db) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(String, OrderAnswer)>();
+        Self {
+            orders: Batched::start(db.clone(), |db, ids| async move {
+                let rows = db.orders_by_ids(&ids).await?;
+                Ok(rows.into_iter().map(|o| (o.id.clone(), o)).collect())
+            }),
+            known: Batched::start(db, |db, ids| async move {
+                let known = db.known_ids(&ids).await?;
+                Ok(known.into_iter().map(|id| (id, ())).collect())
+            }),
+        }
+    }
+
+    /// The order, if the read node has it.
+    pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
+        self.orders.get(id).await
+    }
+
+    /// Whether the read node has the order.
+    pub async fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.known.get(id).await?.is_some())
+    }
+}
+
+/// One kind of read by id, batched as [`OrderReads`] describes.
+struct Batched<T> {
+    tx: mpsc::UnboundedSender<(String, Answer<T>)>,
+}
+
+impl<T> Clone for Batched<T> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T: Send + 'static> Batched<T> {
+    /// Starts the reader: `read` gives what the read node has of the ids, by id.
+    fn start<F, Fut>(db: Db, read: F) -> Self
+    where
+        F: Fn(Db, Vec<String>) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = Result<HashMap<String, T>, StoreError>> + Send + 'static,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, Answer<T>)>();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(READERS));
             while let Some(first) = rx.recv().await {
@@ -48,13 +94,11 @@ impl OrderReads {
                         Err(_) => break,
                     }
                 }
-                let db = db.clone();
+                let (db, read) = (db.clone(), read.clone());
                 tokio::spawn(async move {
                     let ids: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
-                    match db.orders_by_ids(&ids).await {
-                        Ok(rows) => {
-                            let mut found: HashMap<String, orders::Model> =
-                                rows.into_iter().map(|o| (o.id.clone(), o)).collect();
+                    match read(db, ids).await {
+                        Ok(mut found) => {
                             for (id, answer) in batch {
                                 let _ = answer.send(Ok(found.remove(&id)));
                             }
@@ -74,8 +118,7 @@ impl OrderReads {
         Self { tx }
     }
 
-    /// The order, if the read node has it.
-    pub async fn order(&self, id: &str) -> Result<Option<orders::Model>, StoreError> {
+    async fn get(&self, id: &str) -> Result<Option<T>, StoreError> {
         let (answer, reply) = oneshot::channel();
         let gone = || StoreError::Unavailable(DbErr::Custom("the order reader stopped".into()));
         self.tx.send((id.to_owned(), answer)).map_err(|_| gone())?;

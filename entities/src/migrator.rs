@@ -64,6 +64,7 @@ const ORDER_STEPS: &[Step] = &[
     step!("orders", "0005_story_in_the_order"),
     step!("orders", "0006_partial_indexes"),
     step!("orders", "0007_order_state"),
+    step!("orders", "0008_settleable_ids"),
 ];
 
 const AUX_STEPS: &[Step] = &[step!("aux", "0001_aux_records")];

@@ -361,6 +361,12 @@ mod tests {
         let local = by_id(db.orders_by_ids(&all).await.expect("local"));
         assert_eq!(local, by_id(pools.orders_by_ids(&all).await.expect("pool")));
         assert_eq!(local.len(), 3);
+        let mut known = db.known_ids(&all).await.expect("local");
+        known.sort();
+        assert_eq!(known, ["a", "b", "e"]);
+        let mut known_by_pool = pools.known_ids(&all).await.expect("pool");
+        known_by_pool.sort();
+        assert_eq!(known, known_by_pool);
         assert_eq!(
             local[0].updated_at.to_rfc3339(),
             "2026-01-02T03:04:05.678+00:00"

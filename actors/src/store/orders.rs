@@ -40,6 +40,25 @@ impl Db {
             .await?)
     }
 
+    /// The orders of `ids` that exist, read from the read node: their ids, from the submitted
+    /// fields alone.
+    pub async fn known_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if let Some(local) = &self.local.orders {
+            let sql = "SELECT id FROM order_facts WHERE id IN (SELECT value FROM json_each(?1))";
+            let read = local.rows(sql, ids, Vec::new(), |row| row.get(0)).await;
+            if let Some(read) = read {
+                return Ok(read?);
+            }
+        }
+        Ok(order_facts::Entity::find()
+            .select_only()
+            .column(order_facts::Column::Id)
+            .filter(shapes::id_in(self.backend(), order_facts::Column::Id, ids))
+            .into_tuple()
+            .all(self.reader())
+            .await?)
+    }
+
     /// An order's result and late result, read from the read node.
     pub async fn results(&self, id: &str) -> Result<Results, StoreError> {
         if let Some(local) = &self.local.orders {
@@ -331,6 +350,9 @@ const DISPATCHED: &str = "version = 2";
 /// The condition of `ix_orders_pending_by_partner`: the orders [`lifecycle::Trigger::Result`]
 /// moves from.
 const PENDING: &str = "version < 3";
+/// The condition of `ix_orders_settleable_ids` (migration `0008_settleable_ids`): unsettled orders
+/// whose result event is out, from [`settleable_from`] on.
+const SETTLEABLE: &str = "settled_at IS NULL AND version >= 4";
 
 /// The ids of dispatched orders whose deadline is `now` or earlier, soonest first.
 fn overdue_scan(now: chrono::DateTime<chrono::Utc>, limit: u64) -> Select<orders::Entity> {
@@ -355,8 +377,7 @@ fn unsettled_scan(after: Option<&str>, limit: u64) -> Select<orders::Entity> {
     let mut q = orders::Entity::find()
         .select_only()
         .column(orders::Column::Id)
-        .filter(orders::Column::SettledAt.is_null())
-        .filter(orders::Column::Version.gte(settleable_from()));
+        .filter(Expr::cust(SETTLEABLE));
     if let Some(after) = after {
         q = q.filter(orders::Column::Id.gt(after));
     }
@@ -384,11 +405,11 @@ pub fn live_row_scans(backend: DbBackend) -> Vec<(&'static str, Statement)> {
             pending_scan("p").build(backend),
         ),
         (
-            "ix_orders_unsettled_ids",
+            "ix_orders_settleable_ids",
             unsettled_scan(None, 100).build(backend),
         ),
         (
-            "ix_orders_unsettled_ids",
+            "ix_orders_settleable_ids",
             unsettled_scan(Some("x"), 100).build(backend),
         ),
         (
@@ -475,6 +496,10 @@ mod tests {
             .filter(|v| *v < 3)
             .collect();
         assert_eq!(versions(Trigger::Result), below_3, "{PENDING}");
+        assert!(
+            SETTLEABLE.ends_with(&format!(">= {}", settleable_from())),
+            "{SETTLEABLE}"
+        );
     }
 
     /// On SQLite, which keeps no statistics, each scan of live rows reads its partial index, in
