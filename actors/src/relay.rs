@@ -89,15 +89,17 @@ impl RelayState {
                 }
             }
         }
+        // Awaited together, each with its own timeout; only whether each came back is kept.
+        let (events, acks): (Vec<_>, Vec<_>) = acks.into_iter().unzip();
         let results = futures::future::join_all(
             acks.into_iter()
-                .map(|(event, ack)| async move { (ack.await, event) }),
+                .map(|ack| async move { ack.await.map(drop) }),
         )
         .await;
         let mut published = Vec::with_capacity(results.len());
-        for (ack, event) in results {
+        for (ack, event) in results.into_iter().zip(events) {
             match ack {
-                Ok(_) => {
+                Ok(()) => {
                     if self
                         .held_back
                         .get(&event.order_id)

@@ -239,7 +239,8 @@ impl WriterState {
         if self.pending() == 0 {
             return;
         }
-        let (ops, callers): (Vec<_>, Vec<_>) = std::mem::take(&mut self.buffer).into_iter().unzip();
+        // Drained, not taken: the buffer keeps its capacity for the next batch.
+        let (ops, callers): (Vec<_>, Vec<_>) = self.buffer.drain(..).unzip();
         if self
             .primary_down_at
             .is_some_and(|at| at.elapsed() < DOWN_RETRY)
