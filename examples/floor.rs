@@ -446,16 +446,20 @@ async fn submit(run: Arc<Run>, role: Client, partners: Arc<[String]>, i: u64) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// On the runtime `orderhub` itself runs on (`runtime.workers`), so the figures compare.
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
         args.stories > 0 && args.concurrency > 0,
         "--stories and --concurrency must be at least 1"
     );
+    let settings = Settings::load(None)?;
+    settings.runtime.build()?.block_on(floor(args, settings))
+}
+
+async fn floor(args: Args, mut settings: Settings) -> anyhow::Result<()> {
     let store = tempfile::tempdir()?;
     let mut server = NatsServer::start(None, store.path()).await?;
-    let mut settings = Settings::load(None)?;
     let systems: Vec<(&str, bool)> = settings
         .aux
         .iter()
