@@ -271,7 +271,10 @@ impl AuxState {
                 None => unreadable(&self.system, &order_id, &m).await,
             }
         }
-        let ids: Vec<String> = records.iter().map(|r| r.order_id.clone()).collect();
+        let (ids, statuses): (Vec<String>, Vec<String>) = records
+            .iter()
+            .map(|r| (r.order_id.clone(), r.status.clone()))
+            .unzip();
         if let Err(e) = upsert(&self.db, self.confirm.as_ref(), records).await {
             // Hand the batch back soon rather than after the ack wait.
             for m in &done {
@@ -286,7 +289,10 @@ impl AuxState {
         }
         if let Err(e) = self.settle.cast(SettleCheck {
             orders: ids,
-            hint: Hint::Recorded(self.system.clone()),
+            hint: Hint::Recorded {
+                system: self.system.clone(),
+                statuses,
+            },
         }) {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }

@@ -397,7 +397,10 @@ impl Hub {
         .await?;
         if let Err(e) = self.settle.cast(SettleCheck {
             orders: vec![reply.order_id.clone()],
-            hint: Hint::Recorded(reply.system.clone()),
+            hint: Hint::Recorded {
+                system: reply.system.clone(),
+                statuses: vec![reply.status.clone()],
+            },
         }) {
             tracing::debug!(error = %e, "the settler's scan will find this order");
         }

@@ -18,8 +18,11 @@ pub struct PendingEvent {
     /// The event id, also `Nats-Msg-Id` and the outbox row's key.
     pub id: String,
     pub order_id: String,
+    pub user_id: String,
     pub partner_id: String,
     pub kind: EventKind,
+    /// The outcome the event announces (result, late and settled events).
+    pub outcome: Option<String>,
     pub subject: String,
     /// The CloudEvent, as JSON.
     pub payload: String,
@@ -84,15 +87,22 @@ impl PendingEvent {
             EventKind::Late => subjects.late_event(user, order),
             EventKind::Settled => subjects.settled_event(user, order),
         };
-        let (order_id, partner_id) = (data.order_id.clone(), data.partner_id.clone());
+        let (order_id, user_id, partner_id, outcome) = (
+            data.order_id.clone(),
+            data.user_id.clone(),
+            data.partner_id.clone(),
+            data.outcome.clone(),
+        );
         let payload =
             serde_json::to_string(&CloudEvent::new(kind, id.clone(), rfc3339(&now), data))
                 .unwrap_or_default();
         Self {
             id,
             order_id,
+            user_id,
             partner_id,
             kind,
+            outcome,
             subject,
             payload,
             lsn: None,
@@ -118,8 +128,10 @@ impl PendingEvent {
         Some(Self {
             id: row.id.clone(),
             order_id: row.order_id.clone(),
+            user_id: event.data.user_id,
             partner_id: event.data.partner_id,
             kind: EventKind::from_type(&event.kind)?,
+            outcome: event.data.outcome,
             subject: row.subject.clone(),
             payload: row.payload.clone(),
             lsn: None,
@@ -163,13 +175,20 @@ pub struct SettleCheck {
     pub hint: Hint,
 }
 
-/// What happened to the orders of a [`SettleCheck`].
+/// What happened to the orders of a [`SettleCheck`], and what the one who tells knows of them:
+/// together, the hints of an order say all its settled event says, so the settler makes it
+/// without reading the order or its records back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hint {
-    /// Their result event is out.
-    ResultOut,
-    /// This auxiliary system's record of each was written.
-    Recorded(String),
+    /// Their result event is out. For each order whose release left it `notified` (and no
+    /// further): the order as its settled event describes it.
+    ResultOut(Vec<Unsettled>),
+    /// This auxiliary system's record of each was written, with the status it holds: one per
+    /// order, in the order of [`SettleCheck::orders`].
+    Recorded {
+        system: String,
+        statuses: Vec<String>,
+    },
 }
 
 /// Events JetStream has acknowledged: relay → writer, which marks their rows published and moves

@@ -3,15 +3,19 @@
 //!
 //! It hears what happened to orders from the writers (an order's result event was just released)
 //! and from whoever writes an auxiliary record (the built-in subscribers, the record endpoint), and
-//! tallies those hints per order: an order is checked once its tally says the result event is out
-//! and each configured system has recorded it, so one check per order, not one per hint. An order
-//! whose tally stays short for [`STRAGGLER`] is checked anyway: its other hints went to another
-//! instance, or came before a restart. Checks go in batches: the order on the primary (result
-//! event out, not settled yet), the records in the auxiliary database. Orders that qualify go to
-//! their writer with their settled event, which sets `settled_at` only if it is still empty and
-//! the order still at the version checked, so two instances (or a check and a scan) never settle
-//! an order twice. A periodic scan of unsettled orders makes up for any hint lost to a crash or a
-//! restart.
+//! tallies those hints per order, with what each says: the writer, the order as the result event
+//! described it; each record, its status. An order is due once its tally says the result event
+//! is out and each configured system has recorded it. Its hints then hold everything its settled
+//! event says, so it goes to its writer at once, read from nowhere. An order whose tally stays
+//! short for [`STRAGGLER`] is checked by reading it back: its other hints went to another
+//! instance, or came before a restart. So is a due order whose hints did not say all (its
+//! release found a late result waiting). Checks go in batches: the order on the primary (result
+//! event out, not settled yet), the records in the auxiliary database.
+//!
+//! The writer sets `settled_at` only if it is still empty and the order still at the version its
+//! settled event was made for, so two instances (or a hint and a scan) never settle an order
+//! twice, and an order that moved on meanwhile (a late result) is left to a check. A periodic
+//! scan of unsettled orders makes up for any hint lost to a crash or a restart.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::backlog::Backlog;
 use crate::outbox::{Hint, PendingEvent, SettleCheck};
 use crate::protocol::Subjects;
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, Unsettled};
 use crate::writer::{WriterMsg, WriterPool};
 
 /// Most orders checked in one batch.
@@ -61,12 +65,25 @@ impl TryFrom<SettleMsg> for SettleCheck {
     }
 }
 
-/// The hints an order has had, while it is short of due.
+/// The hints an order has had, while it is short of due, and what they said.
 #[derive(Default)]
 struct Tally {
     result_out: bool,
     /// Bit `i`: configured system `i` has recorded it.
     recorded: u64,
+    /// The order, as the hint that its result event is out described it.
+    order: Option<Unsettled>,
+    /// What configured system `i` recorded, at `i` (empty until a record's hint).
+    statuses: Vec<Option<String>>,
+}
+
+/// An order due for its settlement.
+#[derive(Debug, PartialEq)]
+enum Due {
+    /// Its hints said all its settled event says: the order, and each system's status.
+    Known(Unsettled, BTreeMap<String, String>),
+    /// To be read back first.
+    Check(String),
 }
 
 /// Hints tallied per order; an order leaves once it is due, or when it has waited [`STRAGGLER`].
@@ -88,24 +105,33 @@ impl Tallies {
         }
     }
 
-    /// Counts `hint` for `orders`; returns those now due for a check.
-    fn hint(&mut self, orders: Vec<String>, hint: &Hint, now: Instant) -> Vec<String> {
-        let bit = match hint {
-            Hint::ResultOut => None,
-            Hint::Recorded(system) => match self.systems.iter().position(|s| s == system) {
-                // Only the first 64 systems are tallied; an order with more waits for its check.
-                Some(i) if i < 64 => Some(1u64 << i),
-                Some(_) => Some(0),
-                // Not a configured system: its record changes nothing.
-                None => return Vec::new(),
-            },
+    /// Counts `hint` for `orders`; returns those now due.
+    fn hint(&mut self, orders: Vec<String>, hint: Hint, now: Instant) -> Vec<Due> {
+        // What the hint says of the order at each position of `orders`.
+        enum Said {
+            ResultOut(HashMap<String, Unsettled>),
+            Recorded(usize, u64, Vec<String>),
+        }
+        let mut said = match hint {
+            Hint::ResultOut(known) => {
+                Said::ResultOut(known.into_iter().map(|o| (o.id.clone(), o)).collect())
+            }
+            Hint::Recorded { system, statuses } => {
+                match self.systems.iter().position(|s| *s == system) {
+                    // Only the first 64 systems are tallied; an order with more waits for its
+                    // check.
+                    Some(i) => Said::Recorded(i, if i < 64 { 1u64 << i } else { 0 }, statuses),
+                    // Not a configured system: its record changes nothing.
+                    None => return Vec::new(),
+                }
+            }
         };
         let all = match self.systems.len() {
             n if n >= 64 => u64::MAX,
             n => (1u64 << n) - 1,
         };
         let mut due = Vec::new();
-        for id in orders {
+        for (at, id) in orders.into_iter().enumerate() {
             let tally = match self.open.get_mut(&id) {
                 Some(t) => t,
                 None => {
@@ -113,13 +139,22 @@ impl Tallies {
                     self.open.entry(id.clone()).or_default()
                 }
             };
-            match bit {
-                None => tally.result_out = true,
-                Some(b) => tally.recorded |= b,
+            match &mut said {
+                Said::ResultOut(known) => {
+                    tally.result_out = true;
+                    tally.order = known.remove(&id);
+                }
+                Said::Recorded(i, bit, statuses) => {
+                    tally.recorded |= *bit;
+                    if tally.statuses.len() <= *i {
+                        tally.statuses.resize(self.systems.len(), None);
+                    }
+                    tally.statuses[*i] = statuses.get_mut(at).map(std::mem::take);
+                }
             }
             if tally.result_out && tally.recorded == all {
-                self.open.remove(&id);
-                due.push(id);
+                let tally = self.open.remove(&id).unwrap_or_default();
+                due.push(tally.due(id, &self.systems));
             }
         }
         due
@@ -139,6 +174,21 @@ impl Tallies {
             }
         }
         out
+    }
+}
+
+impl Tally {
+    /// What is known of order `id` now that it is due.
+    fn due(self, id: String, systems: &[String]) -> Due {
+        let statuses: Option<BTreeMap<String, String>> = systems
+            .iter()
+            .zip(self.statuses.into_iter().chain(std::iter::repeat(None)))
+            .map(|(system, status)| Some((system.clone(), status?)))
+            .collect();
+        match (self.order, statuses) {
+            (Some(order), Some(aux)) if order.id == id => Due::Known(order, aux),
+            _ => Due::Check(id),
+        }
     }
 }
 
@@ -199,12 +249,20 @@ impl Actor for Settler {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SettleMsg::Hint(SettleCheck { orders, hint }) => {
-                let due = state.tallies.hint(orders, &hint, Instant::now());
-                state.due(&myself, due)?;
+                let mut known = Vec::new();
+                let mut check = Vec::new();
+                for due in state.tallies.hint(orders, hint, Instant::now()) {
+                    match due {
+                        Due::Known(order, aux) => known.push((order, aux)),
+                        Due::Check(id) => check.push(id),
+                    }
+                }
+                state.hand_over(known);
+                state.check(&myself, check)?;
             }
             SettleMsg::Age => {
                 let due = state.tallies.stragglers(Instant::now());
-                state.due(&myself, due)?;
+                state.check(&myself, due)?;
                 myself.send_after(AGE_EVERY, || SettleMsg::Age);
             }
             SettleMsg::Flush => {
@@ -245,7 +303,7 @@ impl Actor for Settler {
 
 impl SettlerState {
     /// Queues `ids` for a check.
-    fn due(
+    fn check(
         &mut self,
         myself: &ActorRef<SettleMsg>,
         ids: Vec<String>,
@@ -269,12 +327,25 @@ impl SettlerState {
         }
         let ids: Vec<String> = unsettled.iter().map(|o| o.id.clone()).collect();
         let statuses = self.db.aux_statuses(&ids).await?;
+        let due = unsettled
+            .into_iter()
+            .filter_map(|order| {
+                let aux = due(&self.tallies.systems, statuses.get(&order.id))?;
+                Some((order, aux))
+            })
+            .collect();
+        self.hand_over(due);
+        Ok(())
+    }
+
+    /// Hands each order to its writer with its settled event, made for the order's version.
+    fn hand_over(&self, due: Vec<(Unsettled, BTreeMap<String, String>)>) {
+        if due.is_empty() {
+            return;
+        }
         let now = chrono::Utc::now();
         let mut by_writer: HashMap<usize, Vec<(PendingEvent, i32)>> = HashMap::new();
-        for order in unsettled {
-            let Some(aux) = due(&self.tallies.systems, statuses.get(&order.id)) else {
-                continue;
-            };
+        for (order, aux) in due {
             let event = PendingEvent::settled(&self.subjects, &order, aux, now);
             by_writer
                 .entry(self.writers.index_of(&order.id))
@@ -286,7 +357,6 @@ impl SettlerState {
                 tracing::debug!(error = %e, "writer down; the scan retries these settlements");
             }
         }
-        Ok(())
     }
 }
 
@@ -331,43 +401,104 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn recorded(system: &str) -> Hint {
-        Hint::Recorded(system.into())
+    /// A record of `system` for each of `orders`, each with a status of its own.
+    fn recorded(system: &str, orders: &[&str]) -> (Vec<String>, Hint) {
+        let statuses = orders.iter().map(|o| format!("{system}:{o}")).collect();
+        let system = system.to_owned();
+        (ids(orders), Hint::Recorded { system, statuses })
+    }
+
+    /// The result events of `orders` are out; the writer knew those of `known`.
+    fn result_out(orders: &[&str], known: &[&str]) -> (Vec<String>, Hint) {
+        let known = known
+            .iter()
+            .map(|id| Unsettled {
+                id: id.to_string(),
+                user_id: format!("u-{id}"),
+                partner_id: "acme-air".into(),
+                version: 4,
+                outcome: "confirmed".into(),
+            })
+            .collect();
+        (ids(orders), Hint::ResultOut(known))
+    }
+
+    fn hint(t: &mut Tallies, (orders, hint): (Vec<String>, Hint), now: Instant) -> Vec<Due> {
+        t.hint(orders, hint, now)
+    }
+
+    fn checks(v: &[&str]) -> Vec<Due> {
+        v.iter().map(|id| Due::Check(id.to_string())).collect()
     }
 
     #[test]
     fn an_order_is_due_once_its_result_is_out_and_every_system_recorded_it() {
         let mut t = Tallies::new(systems());
         let now = Instant::now();
-        assert!(
-            t.hint(ids(&["a", "b"]), &recorded("invoice"), now)
-                .is_empty()
-        );
-        assert!(t.hint(ids(&["a"]), &Hint::ResultOut, now).is_empty());
-        assert!(
-            t.hint(ids(&["a", "b"]), &recorded("loyalty"), now)
-                .is_empty()
-        );
-        assert!(
-            t.hint(ids(&["a"]), &recorded("unconfigured"), now)
-                .is_empty()
-        );
+        assert!(hint(&mut t, recorded("invoice", &["a", "b"]), now).is_empty());
+        assert!(hint(&mut t, result_out(&["a"], &[]), now).is_empty());
+        assert!(hint(&mut t, recorded("loyalty", &["a", "b"]), now).is_empty());
+        assert!(hint(&mut t, recorded("unconfigured", &["a"]), now).is_empty());
         assert_eq!(
-            t.hint(ids(&["a", "b"]), &recorded("audit"), now),
-            ids(&["a"])
+            hint(&mut t, recorded("audit", &["a", "b"]), now),
+            checks(&["a"])
         );
-        assert_eq!(t.hint(ids(&["b"]), &Hint::ResultOut, now), ids(&["b"]));
+        assert_eq!(hint(&mut t, result_out(&["b"], &[]), now), checks(&["b"]));
         assert!(t.open.is_empty(), "a due order's tally is closed");
+    }
+
+    #[test]
+    fn hints_that_say_all_make_the_settled_event_without_a_read() {
+        let mut t = Tallies::new(systems());
+        let now = Instant::now();
+        // The writer knew `a` and `c`; `b`'s release found a late result waiting.
+        assert!(hint(&mut t, result_out(&["a", "b", "c"], &["a", "c"]), now).is_empty());
+        assert!(hint(&mut t, recorded("invoice", &["c", "b", "a"]), now).is_empty());
+        assert!(hint(&mut t, recorded("audit", &["b", "a"]), now).is_empty());
+        let due = hint(&mut t, recorded("loyalty", &["a", "b"]), now);
+        let [Due::Known(order, aux), Due::Check(b)] = &due[..] else {
+            panic!("a known, b to check: {due:?}");
+        };
+        assert_eq!(b, "b");
+        assert_eq!((order.id.as_str(), order.user_id.as_str()), ("a", "u-a"));
+        assert_eq!((order.version, order.outcome.as_str()), (4, "confirmed"));
+        let expected: BTreeMap<String, String> = systems()
+            .into_iter()
+            .map(|s| (s.clone(), format!("{s}:a")))
+            .collect();
+        assert_eq!(aux, &expected, "each system's own status for a");
+        assert!(t.stragglers(now + STRAGGLER).contains(&"c".to_owned()));
+    }
+
+    #[test]
+    fn a_later_record_of_a_system_replaces_its_status() {
+        let mut t = Tallies::new(vec!["audit".into()]);
+        let now = Instant::now();
+        let first = Hint::Recorded {
+            system: "audit".into(),
+            statuses: vec!["pending".into()],
+        };
+        assert!(t.hint(ids(&["a"]), first, now).is_empty());
+        let again = Hint::Recorded {
+            system: "audit".into(),
+            statuses: vec!["done".into()],
+        };
+        assert!(t.hint(ids(&["a"]), again, now).is_empty());
+        let due = hint(&mut t, result_out(&["a"], &["a"]), now);
+        let [Due::Known(_, aux)] = &due[..] else {
+            panic!("known: {due:?}");
+        };
+        assert_eq!(aux["audit"], "done");
     }
 
     #[test]
     fn a_tally_short_of_due_is_checked_after_the_straggler_wait() {
         let mut t = Tallies::new(systems());
         let start = Instant::now();
-        t.hint(ids(&["a", "b"]), &Hint::ResultOut, start);
-        t.hint(
-            ids(&["b", "c"]),
-            &recorded("invoice"),
+        hint(&mut t, result_out(&["a", "b"], &["a", "b"]), start);
+        hint(
+            &mut t,
+            recorded("invoice", &["b", "c"]),
             start + STRAGGLER / 2,
         );
         assert!(t.stragglers(start + STRAGGLER / 2).is_empty());
@@ -380,8 +511,13 @@ mod tests {
     fn with_no_systems_the_result_event_alone_makes_an_order_due() {
         let mut t = Tallies::new(Vec::new());
         let now = Instant::now();
-        assert_eq!(t.hint(ids(&["a"]), &Hint::ResultOut, now), ids(&["a"]));
-        assert!(t.hint(ids(&["a"]), &recorded("invoice"), now).is_empty());
+        let due = hint(&mut t, result_out(&["a", "b"], &["a"]), now);
+        let [Due::Known(order, aux), Due::Check(b)] = &due[..] else {
+            panic!("a known, b to check: {due:?}");
+        };
+        assert_eq!((order.id.as_str(), b.as_str()), ("a", "b"));
+        assert!(aux.is_empty());
+        assert!(hint(&mut t, recorded("invoice", &["a"]), now).is_empty());
     }
 
     #[test]

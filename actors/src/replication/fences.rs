@@ -351,8 +351,10 @@ mod tests {
         PendingEvent {
             id: format!("e{n}"),
             order_id: format!("o{n}"),
+            user_id: "u".into(),
             partner_id: "p".into(),
             kind: EventKind::Stored,
+            outcome: None,
             subject: format!("orders.events.stored.p.o{n}"),
             payload: "{}".into(),
             lsn: None,

@@ -38,7 +38,7 @@ use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
 use crate::protocol::{EventKind, OrderStatus};
-use crate::store::{shapes, status_time_column};
+use crate::store::{Unsettled, shapes, status_time_column};
 
 /// Ids per statement of a group commit, and per read after a commit: the ids go as one bound
 /// value ([`Tx::ids_in`]), so this only bounds the work and the size of each statement.
@@ -119,7 +119,16 @@ pub(super) struct Committed {
     /// Settled events made (the rest were settled already, or moved on meanwhile).
     pub settled: Vec<PendingEvent>,
     /// Orders whose result event is now released: their settlement may be due.
-    pub notified: Vec<String>,
+    pub notified: Notified,
+}
+
+/// Orders whose result event a group commit released.
+#[derive(Default)]
+pub(super) struct Notified {
+    pub ids: Vec<String>,
+    /// Those left `notified` (not moved on by a late result): what their settled event says of
+    /// them, from their result event.
+    pub known: Vec<Unsettled>,
 }
 
 /// What a group commit did.
@@ -127,7 +136,7 @@ pub(super) struct Done {
     /// One per op.
     pub outcomes: Vec<WriteOutcome>,
     pub settled: Vec<PendingEvent>,
-    pub notified: Vec<String>,
+    pub notified: Notified,
 }
 
 /// Runs a batch in one transaction through sea-orm.
@@ -416,8 +425,9 @@ where
     Ok(out)
 }
 
-/// Every existing order a batch touches: those of its results and late results, of the events
-/// it releases, and of its settlements (new orders are rows of its own).
+/// Every existing order whose state a batch changes: those of its results and late results, of
+/// the events whose release moves their order, and of its settlements (new orders are rows of
+/// their own). The release of a settled event marks only its outbox row.
 fn existing_orders(batch: &Batch) -> Vec<&str> {
     let mut ids: Vec<&str> = batch
         .ops
@@ -427,7 +437,13 @@ fn existing_orders(batch: &Batch) -> Vec<&str> {
             WriteOp::StoreLateResult { late, .. } => Some(late.order_id.as_str()),
             WriteOp::InsertOrder { .. } => None,
         })
-        .chain(batch.published.iter().map(|e| e.order_id.as_str()))
+        .chain(
+            batch
+                .published
+                .iter()
+                .filter(|e| e.kind != EventKind::Settled)
+                .map(|e| e.order_id.as_str()),
+        )
         .chain(batch.settle.iter().map(|(e, _)| e.order_id.as_str()))
         .collect();
     ids.sort_unstable();
@@ -519,7 +535,7 @@ async fn mark_released<T: Tx>(
     published: &[PendingEvent],
     partners: &Partners,
     now: DateTime<Utc>,
-) -> Result<Vec<String>, DbErr> {
+) -> Result<Notified, DbErr> {
     let mut dispatched: HashMap<Duration, Vec<&str>> = HashMap::new();
     let (mut notified, mut late) = (Vec::new(), Vec::new());
     for e in published {
@@ -539,9 +555,9 @@ async fn mark_released<T: Tx>(
         move_orders(tx, &ids, Trigger::StoredOut, &deadline, now).await?;
     }
     let notified = move_orders(tx, &notified, Trigger::ResultOut, &[], now).await?;
+    let mut waiting = Vec::new();
     // A late result stored while its timeout's result event was still on its way.
     if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
-        let mut waiting = Vec::new();
         for chunk in notified.chunks(CHUNK) {
             let select = order_results::Entity::find()
                 .select_only()
@@ -557,6 +573,10 @@ async fn mark_released<T: Tx>(
         let waiting: Vec<&str> = waiting.iter().map(String::as_str).collect();
         move_orders(tx, &waiting, then, &[], now).await?;
     }
+    let notified = Notified {
+        known: known_notified(published, &notified, &waiting),
+        ids: notified,
+    };
     let moved: HashSet<String> = move_orders(tx, &late, Trigger::LateOut, &[], now)
         .await?
         .into_iter()
@@ -592,6 +612,33 @@ async fn mark_released<T: Tx>(
     Ok(notified)
 }
 
+/// What the settled events of the orders of `notified` that stayed `notified` (none of
+/// `moved_on`) say of them, from their result events in `published`.
+fn known_notified(
+    published: &[PendingEvent],
+    notified: &[String],
+    moved_on: &[String],
+) -> Vec<Unsettled> {
+    let notified: HashSet<&str> = notified.iter().map(String::as_str).collect();
+    let moved_on: HashSet<&str> = moved_on.iter().map(String::as_str).collect();
+    let version = lifecycle::transition(Trigger::ResultOut).to.version();
+    published
+        .iter()
+        .filter(|e| e.kind == EventKind::ResultStored)
+        .filter(|e| notified.contains(e.order_id.as_str()))
+        .filter(|e| !moved_on.contains(e.order_id.as_str()))
+        .filter_map(|e| {
+            Some(Unsettled {
+                id: e.order_id.clone(),
+                user_id: e.user_id.clone(),
+                partner_id: e.partner_id.clone(),
+                version,
+                outcome: e.outcome.clone()?,
+            })
+        })
+        .collect()
+}
+
 /// Applies `trigger` to the orders of `ids` that are where it moves from (see
 /// [`lifecycle::TABLE`]): the new status and version, the time of the status reached, and
 /// `also`, in each order's `order_state` row. Returns the ids that moved.
@@ -624,4 +671,58 @@ async fn move_orders<T: Tx>(
         moved.extend(tx.ids(&stmt).await?);
     }
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Subjects;
+
+    fn event(kind: EventKind, id: &str, outcome: &str) -> PendingEvent {
+        let now = Utc::now();
+        let mut order = crate::testing::order(id, now);
+        order.user_id = format!("u-{id}");
+        let result = order_results::Model {
+            order_id: id.into(),
+            late: false,
+            result_id: format!("r-{id}"),
+            outcome: outcome.into(),
+            partner_ref: None,
+            detail: serde_json::json!({}),
+            received_at: now,
+        };
+        PendingEvent::new(
+            kind,
+            &Subjects::new("orders"),
+            &order,
+            3,
+            Some(&result),
+            now,
+        )
+    }
+
+    #[test]
+    fn the_settler_learns_only_orders_left_notified_from_their_result_events() {
+        let published = [
+            event(EventKind::ResultStored, "a", "rejected"),
+            event(EventKind::ResultStored, "b", "confirmed"),
+            event(EventKind::ResultStored, "c", "timeout"),
+            event(EventKind::Stored, "d", "confirmed"),
+        ];
+        let notified = ["a", "b", "d"].map(String::from);
+        let moved_on = ["b".to_owned()];
+        let known = known_notified(&published, &notified, &moved_on);
+        let notified_version = OrderStatus::Notified.version();
+        assert_eq!(
+            known,
+            [Unsettled {
+                id: "a".into(),
+                user_id: "u-a".into(),
+                partner_id: "acme-air".into(),
+                version: notified_version,
+                outcome: "rejected".into(),
+            }],
+            "b moved on to its late result, c did not move, d's event is not a result's"
+        );
+    }
 }

@@ -360,10 +360,10 @@ impl WriterState {
             })
             .collect();
         events.extend(done.settled);
-        if !done.notified.is_empty()
+        if !done.notified.ids.is_empty()
             && let Err(e) = self.settle.cast(SettleCheck {
-                orders: done.notified,
-                hint: Hint::ResultOut,
+                orders: done.notified.ids,
+                hint: Hint::ResultOut(done.notified.known),
             })
         {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
