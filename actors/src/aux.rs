@@ -8,9 +8,9 @@
 //! longer answering pulls) is bound again, and created again with its old configuration if it
 //! no longer exists. Every record written is a hint to the settler.
 
-use std::time::Duration;
-
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::MessagesErrorKind;
@@ -26,7 +26,7 @@ use crate::protocol::{EventKind, EventRef};
 use crate::reads::OrderReads;
 use crate::replication::await_replay;
 use crate::store::{Db, RecordFacts, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 const BATCH: usize = 256;
 const WAIT: Duration = Duration::from_millis(500);
@@ -89,6 +89,8 @@ pub struct AuxArgs {
     pub settle: Link<SettleCheck>,
     /// The replication actor, when a write waits for the read nodes (see [`upsert`]).
     pub confirm: Option<Link<Committed>>,
+    /// What the built-in systems read of orders, shared among them.
+    pub facts: SharedFacts,
 }
 
 pub struct AuxState {
@@ -102,6 +104,7 @@ pub struct AuxState {
     db: Db,
     settle: Link<SettleCheck>,
     confirm: Option<Link<Committed>>,
+    facts: SharedFacts,
 }
 
 impl Actor for AuxSubscriber {
@@ -124,6 +127,7 @@ impl Actor for AuxSubscriber {
             db: args.db,
             settle: args.settle,
             confirm: args.confirm,
+            facts: args.facts,
         })
     }
 
@@ -246,8 +250,8 @@ impl AuxState {
                 .map(|f| (f.order_id.clone(), f))
                 .collect::<HashMap<_, _>>()
         };
-        let results = by_id(self.db.with_results(&wanted, false).await?);
-        let late = by_id(self.db.with_results(&wanted_late, true).await?);
+        let results = by_id(self.facts.read(&self.db, &wanted, false).await?);
+        let late = by_id(self.facts.read(&self.db, &wanted_late, true).await?);
         let mut records = Vec::with_capacity(events.len());
         let mut done = Vec::with_capacity(events.len());
         for (kind, order_id, m) in events {
@@ -297,6 +301,191 @@ impl AuxState {
             tracing::debug!(error = %e, "the settler's scan will find these orders");
         }
         Ok(())
+    }
+}
+
+/// How long an order's facts wait for the built-in systems that have not read them yet.
+const SHARED_FOR: Duration = Duration::from_secs(30);
+/// Most orders' facts held for the built-in systems at once.
+const SHARED_MOST: usize = 100_000;
+
+/// What the built-in systems read of orders with results, shared among them. Every built-in
+/// system records every result, from the same facts: the order's submitted fields and its result,
+/// which never change once the read node has them. So one system's read from the read node
+/// serves the others, and the read node reads each order once, not once per system: a system
+/// that wants facts another is reading right now waits for that read. An order's facts leave
+/// once every built-in system has had them, or after [`SHARED_FOR`] (a system that is down or
+/// behind reads them itself); at most [`SHARED_MOST`] are held.
+#[derive(Clone)]
+pub struct SharedFacts {
+    /// How many built-in systems read each order.
+    systems: usize,
+    held: Arc<Mutex<Held>>,
+}
+
+type Key = (String, bool);
+
+enum Slot {
+    /// A system is reading them; the flag turns `true` when it is done.
+    Reading(watch::Receiver<bool>),
+    /// Read, with how many systems have yet to take them.
+    Ready(RecordFacts, usize),
+}
+
+#[derive(Default)]
+struct Held {
+    /// By order and lateness, with when the entry came.
+    slots: HashMap<Key, (Slot, Instant)>,
+    /// When each entry came, oldest first.
+    came: VecDeque<(Instant, Key)>,
+}
+
+/// What [`SharedFacts::take`] found.
+#[derive(Default)]
+struct Taken {
+    found: Vec<RecordFacts>,
+    /// Ids another system is reading, and the reads to wait for.
+    reading: Vec<String>,
+    waits: Vec<watch::Receiver<bool>>,
+    /// Ids to read now; `done` says when they are.
+    missing: Vec<String>,
+    done: Option<watch::Sender<bool>>,
+}
+
+impl SharedFacts {
+    pub fn new(systems: usize) -> Self {
+        Self {
+            systems,
+            held: Arc::default(),
+        }
+    }
+
+    /// The facts of each order of `ids` that has a result (the late one with `late`): those
+    /// another system read, and the rest from the read node, left for the systems still to come.
+    pub async fn read(
+        &self,
+        db: &Db,
+        ids: &[String],
+        late: bool,
+    ) -> Result<Vec<RecordFacts>, StoreError> {
+        if self.systems < 2 {
+            return db.with_results(ids, late).await;
+        }
+        let mut taken = self.take(ids, late, Instant::now());
+        let read = db.with_results(&taken.missing, late).await;
+        // Whatever came of it, the waiting systems go on (those it did not serve read again).
+        self.leave(&taken.missing, read.as_deref().unwrap_or_default(), late);
+        if let Some(done) = taken.done.take() {
+            let _ = done.send(true);
+        }
+        taken.found.extend(read?);
+        if !taken.reading.is_empty() {
+            for mut wait in taken.waits {
+                // An error: the reading system is gone; its ids are read below.
+                let _ = wait.wait_for(|done| *done).await;
+            }
+            let mut again = self.take(&taken.reading, late, Instant::now());
+            taken.found.append(&mut again.found);
+            let mut rest = again.missing.clone();
+            rest.append(&mut again.reading);
+            let read = db.with_results(&rest, late).await;
+            self.leave(&again.missing, read.as_deref().unwrap_or_default(), late);
+            if let Some(done) = again.done {
+                let _ = done.send(true);
+            }
+            taken.found.extend(read?);
+        }
+        Ok(taken.found)
+    }
+
+    /// The held facts of `ids` (each taken once more), the ids another system is reading, and
+    /// the rest, now marked as read by the caller.
+    fn take(&self, ids: &[String], late: bool, now: Instant) -> Taken {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.expire(now);
+        let mut taken = Taken::default();
+        for id in ids {
+            let key = (id.clone(), late);
+            match held.slots.get_mut(&key) {
+                Some((Slot::Ready(facts, left), _)) => {
+                    taken.found.push(facts.clone());
+                    *left -= 1;
+                    if *left == 0 {
+                        held.slots.remove(&key);
+                    }
+                }
+                Some((Slot::Reading(wait), _)) if wait.has_changed().is_ok() && !*wait.borrow() => {
+                    if !taken.waits.iter().any(|w| w.same_channel(wait)) {
+                        taken.waits.push(wait.clone());
+                    }
+                    taken.reading.push(id.clone());
+                }
+                _ => {
+                    let wait = match &taken.done {
+                        Some(done) => done.subscribe(),
+                        None => {
+                            let (done, wait) = watch::channel(false);
+                            taken.done = Some(done);
+                            wait
+                        }
+                    };
+                    held.came.push_back((now, key.clone()));
+                    held.slots.insert(key, (Slot::Reading(wait), now));
+                    taken.missing.push(id.clone());
+                }
+            }
+        }
+        taken
+    }
+
+    /// Leaves `read` for the other systems; of the rest of `asked`, the read node had nothing.
+    fn leave(&self, asked: &[String], read: &[RecordFacts], late: bool) {
+        if asked.is_empty() {
+            return;
+        }
+        let read: HashMap<&str, &RecordFacts> =
+            read.iter().map(|f| (f.order_id.as_str(), f)).collect();
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        for id in asked {
+            let key = (id.clone(), late);
+            let Some((slot @ Slot::Reading(_), _)) = held.slots.get_mut(&key) else {
+                continue;
+            };
+            match read.get(id.as_str()) {
+                Some(facts) => *slot = Slot::Ready((*facts).clone(), self.systems - 1),
+                None => {
+                    held.slots.remove(&key);
+                }
+            }
+        }
+        while held.slots.len() > SHARED_MOST {
+            if !held.drop_oldest() {
+                break;
+            }
+        }
+    }
+}
+
+impl Held {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .came
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= SHARED_FOR)
+        {
+            self.drop_oldest();
+        }
+    }
+
+    /// Drops the oldest entry, unless it came again since; `false` when none is left.
+    fn drop_oldest(&mut self) -> bool {
+        let Some((at, key)) = self.came.pop_front() else {
+            return false;
+        };
+        if self.slots.get(&key).is_some_and(|(_, came)| *came == at) {
+            self.slots.remove(&key);
+        }
+        true
     }
 }
 
@@ -451,4 +640,83 @@ pub async fn record_external(
         system: system.to_owned(),
         status: "recorded".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(id: &str) -> RecordFacts {
+        RecordFacts {
+            order_id: id.into(),
+            amount_minor: 100,
+            currency: "EUR".into(),
+            outcome: "confirmed".into(),
+            result_id: format!("r-{id}"),
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn each_built_in_system_after_the_first_takes_the_facts_once() {
+        let shared = SharedFacts::new(3);
+        let now = Instant::now();
+        let first = shared.take(&ids(&["a", "b"]), false, now);
+        assert!(first.found.is_empty());
+        assert_eq!(
+            first.missing,
+            ids(&["a", "b"]),
+            "the first system reads them"
+        );
+        let mut second = shared.take(&ids(&["a", "c"]), false, now);
+        assert_eq!(second.reading, ids(&["a"]), "a is being read: wait for it");
+        assert_eq!(second.missing, ids(&["c"]));
+        assert!(!*second.waits[0].borrow());
+        shared.leave(&first.missing, &[facts("a"), facts("b")], false);
+        first.done.expect("a read to announce").send(true).unwrap();
+        assert!(*second.waits[0].borrow_and_update(), "the wait is over");
+        let again = shared.take(&second.reading, false, now);
+        assert_eq!(again.found, vec![facts("a")]);
+        let late = shared.take(&ids(&["a", "b"]), true, now);
+        assert!(late.found.is_empty(), "a late result's facts are others");
+        let third = shared.take(&ids(&["a", "b"]), false, now);
+        assert_eq!(third.found, vec![facts("a"), facts("b")]);
+        let fourth = shared.take(&ids(&["a"]), false, now);
+        assert!(fourth.found.is_empty(), "a left with the third system");
+        assert_eq!(fourth.missing, ids(&["a"]));
+    }
+
+    #[test]
+    fn what_the_read_node_lacks_or_a_vanished_reader_left_is_read_again() {
+        let shared = SharedFacts::new(2);
+        let now = Instant::now();
+        let first = shared.take(&ids(&["x"]), false, now);
+        shared.leave(&first.missing, &[], false);
+        let next = shared.take(&ids(&["x"]), false, now);
+        assert_eq!(
+            next.missing,
+            ids(&["x"]),
+            "x was not there: nobody waits for it"
+        );
+        drop(next.done);
+        let after = shared.take(&ids(&["x"]), false, now);
+        assert!(after.reading.is_empty(), "its reader is gone");
+        assert_eq!(after.missing, ids(&["x"]));
+    }
+
+    #[test]
+    fn facts_no_system_came_back_for_leave_after_a_while() {
+        let shared = SharedFacts::new(2);
+        let start = Instant::now();
+        let a = shared.take(&ids(&["a"]), false, start);
+        shared.leave(&a.missing, &[facts("a")], false);
+        let b = shared.take(&ids(&["b"]), false, start + SHARED_FOR / 2);
+        shared.leave(&b.missing, &[facts("b")], false);
+        let later = shared.take(&ids(&["a", "b"]), false, start + SHARED_FOR);
+        assert_eq!(later.found, vec![facts("b")], "a expired, b had not");
+        assert_eq!(later.missing, ids(&["a"]));
+    }
 }

@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use ractor::{Actor, ActorRef};
 use tracing::Instrument;
 
-use crate::aux::{self, AuxArgs, AuxSubscriber};
+use crate::aux::{self, AuxArgs, AuxSubscriber, SharedFacts};
 use crate::backlog::Backlog;
 use crate::context::{Context, Metrics, Tuning};
 use crate::deadline::{DeadlineActor, DeadlineArgs};
@@ -258,11 +258,12 @@ impl Hub {
             ));
         }
         let mut built_in_aux = Vec::new();
+        let facts = SharedFacts::new(config.aux.len());
         for (system, consumer) in config.aux {
             built_in_aux.push(system.clone());
             let role = format!("aux-{system}");
             let (db, settle, js) = (config.db.clone(), settle.clone(), config.jetstream.clone());
-            let confirm = aux_confirm.clone();
+            let (confirm, facts) = (aux_confirm.clone(), facts.clone());
             children.push(supervised(
                 &instance,
                 &role,
@@ -274,6 +275,7 @@ impl Hub {
                     db: db.clone(),
                     settle: settle.clone(),
                     confirm: confirm.clone(),
+                    facts: facts.clone(),
                 },
                 |_, _| {},
             ));
@@ -387,6 +389,7 @@ impl Hub {
         system: &str,
         request: AuxRecordRequest,
     ) -> Result<RecordReply, ApiError> {
+        let status = request.status.clone();
         let reply = aux::record_external(
             &self.order_reads,
             &self.aux_writes,
@@ -399,7 +402,7 @@ impl Hub {
             orders: vec![reply.order_id.clone()],
             hint: Hint::Recorded {
                 system: reply.system.clone(),
-                statuses: vec![reply.status.clone()],
+                statuses: vec![status],
             },
         }) {
             tracing::debug!(error = %e, "the settler's scan will find this order");

@@ -24,6 +24,7 @@ fn quick_globex(s: &mut Settings) {
 
 both_backends!(
     settled_arrives_once_after_the_last_aux_record,
+    settled_says_what_each_system_recorded_when_all_record_at_once,
     late_result_after_a_timeout_is_stored_and_released => quick_globex,
     trace_shows_every_transition_and_event_with_its_consumers,
 );
@@ -133,6 +134,50 @@ async fn settled_arrives_once_after_the_last_aux_record(hub: TestHub) {
     .assert_ok();
     let more = next_events(&gateway, "gateway", 1, Duration::from_secs(4)).await;
     assert!(more.is_empty(), "a second settled event: {more:?}");
+}
+
+/// Every system records as soon as the result event is out, so the settled event is made from
+/// what the writer and the records told the settler, without reading them back: it says the
+/// same as the records, the external system's status included.
+async fn settled_says_what_each_system_recorded_when_all_record_at_once(hub: TestHub) {
+    let gateway = hub.client("gateway").await;
+    let acme = hub.client("partner-acme-air").await;
+    let audit = hub.client("aux").await;
+    for (n, outcome) in ["rejected", "confirmed"].into_iter().enumerate() {
+        let user = format!("u-q{n}");
+        let id = submit(&gateway, &user, &format!("q-{n}"), "acme-air").await;
+        answer(&acme, "acme-air", &id, outcome).await.assert_ok();
+        let seen = next_events(&audit, "aux-audit", 1, WAIT).await;
+        assert_eq!(seen[0]["data"]["order_id"], id.as_str());
+        let status = format!("checked-{n}");
+        request(
+            &audit,
+            "orders.aux.audit.record",
+            json!({"order_id": id, "status": status}),
+        )
+        .await
+        .assert_ok();
+        let events = next_events(&gateway, "gateway", 2, WAIT).await;
+        let settled: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["type"] == "orderhub.order.settled")
+            .collect();
+        assert_eq!(settled.len(), 1, "one settled event: {events:?}");
+        let data = &settled[0]["data"];
+        assert_eq!(data["order_id"], id.as_str());
+        assert_eq!(data["user_id"], user.as_str());
+        assert_eq!(data["partner_id"], "acme-air");
+        assert_eq!(data["outcome"], outcome);
+        assert_eq!(data["version"], 4);
+        let (invoice, loyalty) = match outcome {
+            "confirmed" => ("invoiced", "credited"),
+            _ => ("void", "skipped"),
+        };
+        assert_eq!(
+            data["aux"],
+            json!({"audit": status, "invoice": invoice, "loyalty": loyalty})
+        );
+    }
 }
 
 async fn late_result_after_a_timeout_is_stored_and_released(hub: TestHub) {
