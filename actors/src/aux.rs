@@ -372,13 +372,8 @@ impl SharedFacts {
             return db.with_results(ids, late).await;
         }
         let mut taken = self.take(ids, late, Instant::now());
-        let read = db.with_results(&taken.missing, late).await;
-        // Whatever came of it, the waiting systems go on (those it did not serve read again).
-        self.leave(&taken.missing, read.as_deref().unwrap_or_default(), late);
-        if let Some(done) = taken.done.take() {
-            let _ = done.send(true);
-        }
-        taken.found.extend(read?);
+        let read = self.read_through(db, &taken.missing, &taken.missing, taken.done.take(), late);
+        taken.found.extend(read.await?);
         if !taken.reading.is_empty() {
             for mut wait in taken.waits {
                 // An error: the reading system is gone; its ids are read below.
@@ -386,16 +381,32 @@ impl SharedFacts {
             }
             let mut again = self.take(&taken.reading, late, Instant::now());
             taken.found.append(&mut again.found);
+            // Ids a third system is still reading are read here too, and left to it.
             let mut rest = again.missing.clone();
             rest.append(&mut again.reading);
-            let read = db.with_results(&rest, late).await;
-            self.leave(&again.missing, read.as_deref().unwrap_or_default(), late);
-            if let Some(done) = again.done {
-                let _ = done.send(true);
-            }
-            taken.found.extend(read?);
+            let read = self.read_through(db, &rest, &again.missing, again.done, late);
+            taken.found.extend(read.await?);
         }
         Ok(taken.found)
+    }
+
+    /// Reads `ids` from the read node, leaves what it found of `marked` (the ids marked as read
+    /// by this caller) for the other systems, and lets those waiting for it go on, whatever came
+    /// of the read (those it did not serve read again).
+    async fn read_through(
+        &self,
+        db: &Db,
+        ids: &[String],
+        marked: &[String],
+        done: Option<watch::Sender<bool>>,
+        late: bool,
+    ) -> Result<Vec<RecordFacts>, StoreError> {
+        let read = db.with_results(ids, late).await;
+        self.leave(marked, read.as_deref().unwrap_or_default(), late);
+        if let Some(done) = done {
+            let _ = done.send(true);
+        }
+        read
     }
 
     /// The held facts of `ids` (each taken once more), the ids another system is reading, and
