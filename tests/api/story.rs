@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use actors::writer::lock_key;
 use async_nats::Client;
+use sea_orm::sqlx::{self, Connection, PgConnection, PgPool};
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -603,6 +605,80 @@ async fn two_hubs_settle_each_order_once() {
     partner.abort();
     second.stop().await.expect("second hub stops");
     hub.stop().await;
+}
+
+/// Instances keep out of each other's way on an order by a transaction-scoped advisory lock
+/// under the order's key (`writer::lock_key`): while another session holds that lock, the
+/// partner's result for the order waits, uncommitted, and is stored once the session lets go.
+#[tokio::test]
+async fn a_result_waits_while_another_session_holds_its_orders_lock() {
+    let hub = TestHub::start_postgres().await;
+    let Store::Postgres(db) = &hub.store else {
+        unreachable!("a Postgres hub")
+    };
+    let gateway = hub.client("gateway").await;
+    let acme = hub.client("partner-acme-air").await;
+    let id = submit(&gateway, "u-lock", "lock-1", "acme-air").await;
+    let stored = next_events(&acme, "partner-acme-air", 1, WAIT).await;
+    assert_eq!(stored.len(), 1, "the stored event reached acme-air");
+    query_until(&gateway, &id, "u-lock", "the order dispatched", |o| {
+        o["order"]["status"] == "dispatched"
+    })
+    .await;
+
+    let mut holder = PgConnection::connect(&db.primary_url)
+        .await
+        .expect("connect to the primary");
+    let watcher = PgPool::connect(&db.primary_url)
+        .await
+        .expect("connect to the primary");
+    let mut held = holder.begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(lock_key(&id))
+        .execute(&mut *held)
+        .await
+        .expect("take the order's lock");
+    let result = tokio::spawn({
+        let (acme, id) = (acme.clone(), id.clone());
+        async move {
+            request(
+                &acme,
+                "orders.partner.acme-air.result",
+                json!({"order_id": id, "result_id": "r-lock", "outcome": "confirmed"}),
+            )
+            .await
+        }
+    });
+    eventually(WAIT, "a session waiting for the order's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&watcher)
+        .await
+        .expect("read pg_locks");
+        (waiting > 0).then_some(())
+    })
+    .await;
+    let version: i32 = sqlx::query_scalar("SELECT version FROM order_state WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&watcher)
+        .await
+        .expect("read the order's state");
+    assert_eq!(version, 2, "nothing committed past the lock");
+    assert!(
+        !result.is_finished(),
+        "the result was answered under the lock"
+    );
+
+    held.commit().await.expect("let go of the lock");
+    let reply = result.await.expect("the request's task");
+    assert_eq!(reply.assert_ok()["status"], "result_stored", "{reply:?}");
+    let version: i32 = sqlx::query_scalar("SELECT version FROM order_state WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&watcher)
+        .await
+        .expect("read the order's state");
+    assert!(version >= 3, "the result was stored: version {version}");
 }
 
 #[tokio::test]

@@ -132,6 +132,19 @@ pub(crate) fn id_in<C: ColumnTrait, S: AsRef<str> + Serialize>(
     Expr::cust_with_values(sql, [ids_value(backend, ids)])
 }
 
+/// Transaction-scoped advisory locks on `keys`, one after the other in the order given: a scan of
+/// the array returns its elements in order, and each row takes its lock as the scan reaches it.
+/// The keys go as one bound value, so the statement has one shape whatever their number.
+pub(crate) fn advisory_locks(keys: &[i64]) -> Statement {
+    let keys: Vec<String> = keys.iter().map(i64::to_string).collect();
+    let list = format!("{{{}}}", keys.join(","));
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock(k) FROM unnest(CAST($1 AS int8[])) AS k",
+        [list.into()],
+    )
+}
+
 /// Rows per Postgres insert: each is one statement, so one round trip, whatever its rows.
 const ROWS_PER_INSERT: usize = 256;
 

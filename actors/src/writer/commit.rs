@@ -29,7 +29,7 @@ use entities::{order_facts, order_results, order_state, orders, outbox};
 use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement,
+    EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, QueryTrait, Statement,
     StatementBuilder, TransactionTrait,
 };
 
@@ -451,29 +451,41 @@ fn existing_orders(batch: &Batch) -> Vec<&str> {
     ids
 }
 
-/// Locks the orders' state rows until the commit, in id order (Postgres; SQLite has one writer at a
-/// time anyway). Several instances commit batches that touch the same orders (one stores a
-/// result while another records the release of the order's stored event): taking every lock up
-/// front, in one order, keeps them from deadlocking. It also keeps each from missing the other's
-/// change: a late result and the release of its order's timeout result event committed at once
-/// would otherwise each miss the other (the late result inserted while the order is still
-/// `result_stored`, the order moved to `notified` without seeing it), and the order would stay
-/// `notified` for good.
+/// Locks the orders until the commit (Postgres; SQLite has one writer at a time anyway): one
+/// transaction-scoped advisory lock per order, under its [`lock_key`], taken in key order.
+/// Several instances commit batches that touch the same orders (one stores a result while another
+/// records the release of the order's stored event): taking every lock up front, in one order,
+/// keeps them from deadlocking. It also keeps each from missing the other's change: a late result
+/// and the release of its order's timeout result event committed at once would otherwise each
+/// miss the other (the late result inserted while the order is still `result_stored`, the order
+/// moved to `notified` without seeing it), and the order would stay `notified` for good. Each
+/// statement after the lock sees what the holder before it committed (read committed).
+///
+/// Advisory locks, not row locks (`SELECT … FOR UPDATE`): a row lock writes the row and a WAL
+/// record per order, which every standby replays; an advisory lock lives in the server's lock
+/// table alone. Every instance must lock this way, or they would not exclude each other. A batch
+/// holds at most one lock per order it touches, bounded by the batch ([`super::MAX_BATCH`] ops and
+/// as many releases and settlements), well within the lock table's default size.
 async fn lock_orders<T: Tx>(tx: &T, ids: &[&str]) -> Result<(), DbErr> {
     if tx.backend() != DbBackend::Postgres || ids.is_empty() {
         return Ok(());
     }
-    for chunk in ids.chunks(CHUNK) {
-        let lock = order_state::Entity::find()
-            .select_only()
-            .column(order_state::Column::Id)
-            .filter(tx.ids_in(order_state::Column::Id, chunk.iter().copied()))
-            .order_by_asc(order_state::Column::Id)
-            .lock_exclusive()
-            .into_query();
-        tx.strings(tx.build(&lock)).await?;
-    }
-    Ok(())
+    let mut keys: Vec<i64> = ids.iter().map(|id| lock_key(id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    tx.execute(shapes::advisory_locks(&keys)).await
+}
+
+/// The key of an order's advisory lock: the 64-bit FNV-1a hash of its id. Fixed by its
+/// definition, so every instance, of any build, locks an order under the same key; two orders that
+/// share a key only wait for each other.
+pub fn lock_key(order_id: &str) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let hash = order_id
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
+    hash as i64
 }
 
 /// Settlements: `settled_at` is set once, by whichever instance gets there first, and only while
@@ -699,6 +711,14 @@ mod tests {
             Some(&result),
             now,
         )
+    }
+
+    #[test]
+    fn an_orders_lock_key_is_the_fnv_1a_hash_of_its_id() {
+        // The published test vectors of 64-bit FNV-1a: the key may never change.
+        assert_eq!(lock_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
+        assert_eq!(lock_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
+        assert_eq!(lock_key("foobar"), 0x8594_4171_f739_67e8_u64 as i64);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 mod commit;
 mod direct;
 
+pub use commit::lock_key;
 use commit::{Batch, Done};
 use direct::Direct;
 
@@ -215,18 +216,27 @@ impl Actor for Writer {
             WriterMsg::Flush => {
                 state.flush_scheduled = false;
                 state.flush().await;
-                return Ok(());
             }
         }
         if state.pending() >= MAX_BATCH {
             state.flush().await;
-        } else if !state.flush_scheduled {
+        }
+        if state.pending() > 0 && !state.flush_scheduled {
             // Everything already in the mailbox is handled before this Flush: that is the
             // group-commit window, and it costs no timer.
             state.flush_scheduled = true;
             myself.cast(WriterMsg::Flush)?;
         }
         Ok(())
+    }
+}
+
+/// The first `n` of `items`, taken out; the rest stay.
+fn take_first<T>(items: &mut Vec<T>, n: usize) -> Vec<T> {
+    if items.len() <= n {
+        std::mem::take(items)
+    } else {
+        items.drain(..n).collect()
     }
 }
 
@@ -253,10 +263,12 @@ impl WriterState {
             return;
         }
         let started = Instant::now();
+        // At most MAX_BATCH of each kind (the rest go in the next batch): bounds a transaction's
+        // statements and the order locks it holds (`commit::lock_orders`).
         let batch = Batch {
             ops,
-            published: std::mem::take(&mut self.published),
-            settle: std::mem::take(&mut self.settlements),
+            published: take_first(&mut self.published, MAX_BATCH),
+            settle: take_first(&mut self.settlements, MAX_BATCH),
         };
         let (released, settled) = (batch.published.len(), batch.settle.len());
         let (ops, committed) = self.commit(batch).await;
@@ -478,5 +490,19 @@ impl WriterPool {
 
     pub fn get(&self, index: usize) -> &Link<WriterMsg> {
         &self.writers[index]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_first;
+
+    #[test]
+    fn a_batch_takes_the_first_of_each_kind_and_leaves_the_rest_in_order() {
+        let mut items: Vec<u32> = (0..5).collect();
+        assert_eq!(take_first(&mut items, 3), [0, 1, 2]);
+        assert_eq!(items, [3, 4]);
+        assert_eq!(take_first(&mut items, 3), [3, 4]);
+        assert!(items.is_empty());
     }
 }
