@@ -16,8 +16,9 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, IdenStatic, IntoActiveModel,
     Iterable, ModelTrait, QueryTrait, Statement, TryGetableMany, Value,
 };
-use serde::Serialize;
-use serde_json::{Map, Value as Json};
+use serde::ser::{Error as _, SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::Value as Json;
 
 /// `ids` as one bound value, a JSON array (SQLite's `json_each` reads it).
 pub(crate) fn id_list<S: AsRef<str> + Serialize>(ids: &[S]) -> String {
@@ -192,24 +193,20 @@ where
 }
 
 /// An insert of `rows` that binds them as one JSON array of objects, one key per column,
-/// unpacked by Postgres' `jsonb_populate_recordset` into the table's row type.
+/// unpacked by Postgres' `jsonb_populate_recordset` into the table's row type. The array goes as
+/// text, written straight from the rows ([`JsonRows`]): no tree of JSON values is built, and
+/// nothing deep is copied as the statement is built and bound.
 fn insert_json<E: EntityTrait>(
     rows: &[&E::Model],
     conflict: Option<&OnConflict>,
     returning: Option<E::Column>,
 ) -> Result<InsertStatement, DbErr> {
     let table = E::default().table_name().to_owned();
-    let mut array = Vec::with_capacity(rows.len());
-    for row in rows {
-        let mut object = Map::new();
-        for column in E::Column::iter() {
-            object.insert(column.as_str().to_owned(), json_of(row.get(column))?);
-        }
-        array.push(Json::Object(object));
-    }
+    let text = serde_json::to_string(&JsonRows::<E>(rows))
+        .map_err(|e| DbErr::Custom(format!("insert of {table}: {e}")))?;
     let unpack = Func::cust(Alias::new("jsonb_populate_recordset"))
         .arg(Expr::cust(format!("NULL::\"{table}\"")))
-        .arg(Expr::value(Value::Json(Some(Box::new(Json::Array(array))))));
+        .arg(Expr::cust_with_values("CAST($1 AS jsonb)", [text]));
     let mut select: SelectStatement = Query::select();
     select
         .columns(E::Column::iter().map(|c| c.into_iden()))
@@ -227,6 +224,33 @@ fn insert_json<E: EntityTrait>(
         insert.returning_col(column.into_iden());
     }
     Ok(insert)
+}
+
+/// Rows as a JSON array of [`JsonRow`]s.
+struct JsonRows<'a, E: EntityTrait>(&'a [&'a E::Model]);
+
+impl<E: EntityTrait> Serialize for JsonRows<'_, E> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut array = serializer.serialize_seq(Some(self.0.len()))?;
+        for row in self.0 {
+            array.serialize_element(&JsonRow::<E>(row))?;
+        }
+        array.end()
+    }
+}
+
+/// A row as a JSON object, one key per column, each value as [`json_of`] has it.
+struct JsonRow<'a, E: EntityTrait>(&'a E::Model);
+
+impl<E: EntityTrait> Serialize for JsonRow<'_, E> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut object = serializer.serialize_map(None)?;
+        for column in E::Column::iter() {
+            let value = json_of(self.0.get(column)).map_err(S::Error::custom)?;
+            object.serialize_entry(column.as_str(), &value)?;
+        }
+        object.end()
+    }
 }
 
 /// A column's value as `jsonb_populate_recordset` reads it back into the column's type: times
@@ -332,11 +356,13 @@ mod tests {
         let two = DbBackend::Postgres.build(&two);
         assert!(two.sql.starts_with(&one.sql), "{} / {}", one.sql, two.sql);
         assert!(two.sql.ends_with("RETURNING \"id\""), "{}", two.sql);
-        let Some(Value::Json(Some(array))) = two.values.clone().expect("bound").0.pop() else {
-            panic!("the rows go as one JSON value");
+        let Some(Value::String(Some(text))) = two.values.clone().expect("bound").0.pop() else {
+            panic!("the rows go as one text value");
         };
+        assert!(two.sql.contains("CAST($1 AS jsonb)"), "{}", two.sql);
+        let array: Json = serde_json::from_str(&text).expect("the text is JSON");
         assert_eq!(
-            *array,
+            array,
             serde_json::json!([
                 {"id": "e-1", "order_id": "o-1", "subject": "s", "payload": "{}",
                  "created_at": "2026-01-02T03:04:05.000000Z", "published_at": null},
