@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod login;
 mod migrations;
+mod pools;
 mod readset;
 mod replica;
 mod restart;

@@ -142,17 +142,32 @@ fn primary_options(url: &str, max: u32, guard: PrimaryGuard) -> ConnectOptions {
                 Ok(())
             })
         })
-        .before_acquire(move |conn, _| {
+        .before_acquire(move |conn, meta| {
             let check = guard.active();
             Box::pin(async move {
                 if !check {
-                    return Ok(true);
+                    return Ok(answers_if_idle(conn, &meta).await);
                 }
                 Ok(matches!(in_recovery(conn).await, Ok(false)))
             })
         })
     });
     opt
+}
+
+/// A pooled Postgres connection idle this long is pinged before use. One used more recently is
+/// not: its last statement showed that it answers, and under load a ping before each use would
+/// add a round trip to every transaction and read.
+const PING_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether a pooled connection may be used: one idle for [`PING_IDLE`] or longer must answer a
+/// ping (one that does not is closed, and the pool takes or opens another).
+async fn answers_if_idle(
+    conn: &mut sea_orm::sqlx::PgConnection,
+    meta: &sea_orm::sqlx::pool::PoolConnectionMetadata,
+) -> bool {
+    use sea_orm::sqlx::Connection;
+    meta.idle_for < PING_IDLE || conn.ping().await.is_ok()
 }
 
 async fn in_recovery(conn: &mut sea_orm::sqlx::PgConnection) -> Result<bool, sea_orm::sqlx::Error> {
@@ -171,7 +186,13 @@ fn options(url: &str, max: u32, read_only: bool) -> ConnectOptions {
         .sqlx_logging(false);
     if url.starts_with("postgres") {
         opt.acquire_timeout(PG_ACQUIRE_TIMEOUT)
-            .test_before_acquire(true)
+            // Checked by `answers_if_idle` instead (the primary's pool: `primary_options`).
+            .test_before_acquire(false)
+            .map_sqlx_postgres_pool_opts(|pool| {
+                pool.before_acquire(|conn, meta| {
+                    Box::pin(async move { Ok(answers_if_idle(conn, &meta).await) })
+                })
+            })
             // The hub's statements keep one shape whatever their lists of ids (`store::shapes`):
             // planned at each execution, each plan sees its own list and the tables' size now,
             // where a generic plan made on a young, small table would scan it for good. Its
