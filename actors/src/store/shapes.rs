@@ -9,6 +9,7 @@
 //! shape per kind of statement, prepared once per connection.
 
 use chrono::SecondsFormat;
+use entities::{order_facts, order_state};
 use sea_orm::sea_query::{
     Alias, Expr, Func, InsertStatement, IntoIden, OnConflict, Query, SelectStatement, SimpleExpr,
 };
@@ -166,7 +167,7 @@ where
     if backend == DbBackend::Postgres {
         return rows
             .chunks(ROWS_PER_INSERT)
-            .map(|chunk| Ok(backend.build(&insert_json::<E>(chunk, conflict, returning)?)))
+            .map(|chunk| Ok(backend.build(&insert_json::<E>(chunk, conflict, returning, None)?)))
             .collect();
     }
     let Some((first, rest)) = rows.split_first() else {
@@ -196,10 +197,13 @@ where
 /// unpacked by Postgres' `jsonb_populate_recordset` into the table's row type. The array goes as
 /// text, written straight from the rows ([`JsonRows`]): no tree of JSON values is built, and
 /// nothing deep is copied as the statement is built and bound.
+///
+/// With `keep`, only the rows for which that condition (on the rows, as `"r"`) holds are inserted.
 fn insert_json<E: EntityTrait>(
     rows: &[&E::Model],
     conflict: Option<&OnConflict>,
     returning: Option<E::Column>,
+    keep: Option<&str>,
 ) -> Result<InsertStatement, DbErr> {
     let table = E::default().table_name().to_owned();
     let text = serde_json::to_string(&JsonRows::<E>(rows))
@@ -211,6 +215,9 @@ fn insert_json<E: EntityTrait>(
     select
         .columns(E::Column::iter().map(|c| c.into_iden()))
         .from_function(unpack, Alias::new("r"));
+    if let Some(keep) = keep {
+        select.and_where(Expr::cust(keep.to_owned()));
+    }
     let mut insert = Query::insert();
     insert
         .into_table(E::default().into_iden())
@@ -224,6 +231,80 @@ fn insert_json<E: EntityTrait>(
         insert.returning_col(column.into_iden());
     }
     Ok(insert)
+}
+
+/// Postgres: one statement per [`ROWS_PER_INSERT`] orders that inserts their `order_facts` rows,
+/// except where `conflict` holds (a taken idempotency key), and the `order_state` rows of exactly
+/// the orders inserted, returning their ids: the two inserts in one round trip. `facts` and
+/// `states` are the same orders in the same order.
+pub(crate) fn new_orders(
+    facts: &[&order_facts::Model],
+    states: &[&order_state::Model],
+    conflict: &OnConflict,
+) -> Result<Vec<Statement>, DbErr> {
+    if facts.len() != states.len() {
+        return Err(DbErr::Custom(format!(
+            "{} orders' facts against {} states",
+            facts.len(),
+            states.len()
+        )));
+    }
+    facts
+        .chunks(ROWS_PER_INSERT)
+        .zip(states.chunks(ROWS_PER_INSERT))
+        .map(|(facts, states)| {
+            let facts = DbBackend::Postgres.build(&insert_json::<order_facts::Entity>(
+                facts,
+                Some(conflict),
+                Some(order_facts::Column::Id),
+                None,
+            )?);
+            insert_after::<order_state::Entity>(
+                facts,
+                "inserted_facts",
+                "id",
+                states,
+                order_state::Column::Id,
+            )
+        })
+        .collect()
+}
+
+/// Postgres: `first`, a statement returning ids, then in the same statement (as a common table
+/// named `name`) the insert of those of `rows` whose `key` is among the ids `first` returned,
+/// returning their `returning`: two steps in one round trip. At most [`ROWS_PER_INSERT`] rows.
+pub(crate) fn insert_after<E: EntityTrait>(
+    first: Statement,
+    name: &str,
+    key: &str,
+    rows: &[&E::Model],
+    returning: E::Column,
+) -> Result<Statement, DbErr> {
+    if rows.len() > ROWS_PER_INSERT {
+        return Err(DbErr::Custom(format!(
+            "{} rows for one insert, at most {ROWS_PER_INSERT}",
+            rows.len()
+        )));
+    }
+    let keep = format!("\"r\".\"{key}\" IN (SELECT \"id\" FROM \"{name}\")");
+    let then =
+        DbBackend::Postgres.build(&insert_json::<E>(rows, None, Some(returning), Some(&keep))?);
+    let first_values = first.values.map(|v| v.0).unwrap_or_default();
+    // The insert binds one value, `$1`: it comes after `first`'s.
+    let sql = format!(
+        "WITH \"{name}\" AS ({}) {}",
+        first.sql,
+        then.sql
+            .replace("$1", &format!("${}", first_values.len() + 1))
+    );
+    let values = first_values
+        .into_iter()
+        .chain(then.values.into_iter().flat_map(|v| v.0));
+    Ok(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        sql,
+        values,
+    ))
 }
 
 /// Rows as a JSON array of [`JsonRow`]s.
@@ -350,8 +431,9 @@ mod tests {
             },
         ];
         let refs: Vec<&outbox::Model> = rows.iter().collect();
-        let one = insert_json::<outbox::Entity>(&refs[..1], None, None).unwrap();
-        let two = insert_json::<outbox::Entity>(&refs, None, Some(outbox::Column::Id)).unwrap();
+        let one = insert_json::<outbox::Entity>(&refs[..1], None, None, None).unwrap();
+        let two =
+            insert_json::<outbox::Entity>(&refs, None, Some(outbox::Column::Id), None).unwrap();
         let one = DbBackend::Postgres.build(&one);
         let two = DbBackend::Postgres.build(&two);
         assert!(two.sql.starts_with(&one.sql), "{} / {}", one.sql, two.sql);
@@ -370,6 +452,120 @@ mod tests {
                  "created_at": "2026-01-02T03:04:05.000000Z",
                  "published_at": "2026-01-02T03:04:05.000000Z"},
             ])
+        );
+    }
+
+    #[test]
+    fn new_orders_insert_their_state_only_where_their_facts_went_in_in_one_statement() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let orders: Vec<orders::Model> = (0..3)
+            .map(|i| crate::testing::order(&format!("o-{i}"), at))
+            .collect();
+        let facts: Vec<order_facts::Model> = orders.iter().map(|o| o.facts()).collect();
+        let states: Vec<order_state::Model> = orders.iter().map(|o| o.state()).collect();
+        let (facts, states): (Vec<_>, Vec<_>) = (facts.iter().collect(), states.iter().collect());
+        let taken =
+            OnConflict::columns([order_facts::Column::UserId, order_facts::Column::RequestId])
+                .do_nothing()
+                .to_owned();
+        let statements = new_orders(&facts, &states, &taken).unwrap();
+        assert_eq!(statements.len(), 1);
+        let sql = &statements[0].sql;
+        assert!(
+            sql.starts_with("WITH \"inserted_facts\" AS (INSERT INTO \"order_facts\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("CAST($1 AS jsonb)) AS \"r\" ON CONFLICT"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(") INSERT INTO \"order_state\""),
+            "the state rows go in the same statement: {sql}"
+        );
+        assert!(
+            sql.ends_with(
+                "CAST($2 AS jsonb)) AS \"r\" WHERE \"r\".\"id\" IN (SELECT \"id\" FROM \"inserted_facts\") RETURNING \"id\""
+            ),
+            "{sql}"
+        );
+        let values = statements[0].values.clone().expect("bound").0;
+        let texts: Vec<Json> = values
+            .into_iter()
+            .map(|v| match v {
+                Value::String(Some(text)) => serde_json::from_str(&text).expect("JSON"),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(texts.len(), 2);
+        assert_eq!(texts[0][2]["request_id"], orders[2].request_id.as_str());
+        assert_eq!(texts[1][2]["id"], "o-2");
+        assert!(texts[1][2].get("user_id").is_none(), "{}", texts[1][2]);
+
+        assert!(new_orders(&facts, &states[..2], &taken).is_err());
+    }
+
+    #[test]
+    fn an_insert_after_a_statement_binds_its_rows_after_that_statements_values() {
+        let at = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let result = |id: &str| order_results::Model {
+            order_id: id.into(),
+            late: false,
+            result_id: format!("r-{id}"),
+            outcome: "confirmed".into(),
+            partner_ref: None,
+            detail: serde_json::json!({}),
+            received_at: at,
+        };
+        let rows = [result("o-1"), result("o-2")];
+        let refs: Vec<&order_results::Model> = rows.iter().collect();
+        let first = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE \"t\" SET \"a\" = $1 WHERE \"b\" = $2 AND \"id\" = ANY($3) RETURNING \"id\"",
+            [1.into(), 2.into(), "{o-1}".into()],
+        );
+        let stmt = insert_after::<order_results::Entity>(
+            first,
+            "moved",
+            "order_id",
+            &refs,
+            order_results::Column::OrderId,
+        )
+        .unwrap();
+        assert!(
+            stmt.sql.starts_with(
+                "WITH \"moved\" AS (UPDATE \"t\" SET \"a\" = $1 WHERE \"b\" = $2 AND \"id\" = ANY($3) RETURNING \"id\") INSERT INTO \"order_results\""
+            ),
+            "{}",
+            stmt.sql
+        );
+        assert!(
+            stmt.sql.ends_with(
+                "CAST($4 AS jsonb)) AS \"r\" WHERE \"r\".\"order_id\" IN (SELECT \"id\" FROM \"moved\") RETURNING \"order_id\""
+            ),
+            "{}",
+            stmt.sql
+        );
+        let values = stmt.values.expect("bound").0;
+        assert_eq!(values.len(), 4);
+        let Value::String(Some(text)) = &values[3] else {
+            panic!("the rows go last, as text: {values:?}");
+        };
+        let rows: Json = serde_json::from_str(text).unwrap();
+        assert_eq!(rows[1]["order_id"], "o-2");
+
+        let one = result("o-3");
+        let many: Vec<&order_results::Model> = std::iter::repeat_n(&one, 257).collect();
+        let first = Statement::from_string(DbBackend::Postgres, "SELECT 1");
+        assert!(
+            insert_after::<order_results::Entity>(
+                first,
+                "moved",
+                "order_id",
+                &many,
+                order_results::Column::OrderId
+            )
+            .is_err()
         );
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entities::{order_facts, order_results, order_state, orders, outbox};
-use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr};
+use sea_orm::sea_query::{Expr, Func, OnConflict, SimpleExpr, UpdateStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, QueryTrait, Statement,
@@ -37,7 +37,7 @@ use super::{WriteOp, WriteOutcome};
 use crate::lifecycle::{self, Trigger};
 use crate::outbox::PendingEvent;
 use crate::partners::Partners;
-use crate::protocol::{EventKind, OrderStatus};
+use crate::protocol::{EventKind, OrderStatus, Outcome};
 use crate::store::{Unsettled, shapes, status_time_column};
 
 /// Ids per statement of a group commit, and per read after a commit: the ids go as one bound
@@ -274,30 +274,46 @@ async fn insert_orders<'a, T: Tx>(
         })
         .collect();
     let facts: Vec<order_facts::Model> = inserts.iter().map(|(_, o, _)| o.facts()).collect();
+    let facts: Vec<&order_facts::Model> = facts.iter().collect();
     let key_taken =
         OnConflict::columns([order_facts::Column::UserId, order_facts::Column::RequestId])
             .do_nothing()
             .to_owned();
-    let inserted = insert_rows::<_, order_facts::Entity>(
-        tx,
-        &facts.iter().collect::<Vec<_>>(),
-        Some(&key_taken),
-        Some(order_facts::Column::Id),
-    )
-    .await?;
+    let inserted = if tx.backend() == DbBackend::Postgres {
+        // Both rows of each order in one statement: a round trip less per group commit.
+        let states: Vec<order_state::Model> = inserts.iter().map(|(_, o, _)| o.state()).collect();
+        let states: Vec<&order_state::Model> = states.iter().collect();
+        let mut inserted = HashSet::new();
+        for stmt in shapes::new_orders(&facts, &states, &key_taken)? {
+            inserted.extend(tx.strings(stmt).await?);
+        }
+        inserted
+    } else {
+        let inserted = insert_rows::<_, order_facts::Entity>(
+            tx,
+            &facts,
+            Some(&key_taken),
+            Some(order_facts::Column::Id),
+        )
+        .await?;
+        let states: Vec<order_state::Model> = inserts
+            .iter()
+            .filter(|(_, o, _)| inserted.contains(o.id.as_str()))
+            .map(|(_, o, _)| o.state())
+            .collect();
+        insert_rows::<_, order_state::Entity>(tx, &states.iter().collect::<Vec<_>>(), None, None)
+            .await?;
+        inserted
+    };
     let mut events = Vec::with_capacity(inserts.len());
-    let mut states = Vec::with_capacity(inserts.len());
     for (i, order, event) in inserts {
         if inserted.contains(order.id.as_str()) {
             outcomes[i] = Some(Applied::Done);
             events.push(event);
-            states.push(order.state());
         } else {
             outcomes[i] = Some(Applied::KeyTaken);
         }
     }
-    insert_rows::<_, order_state::Entity>(tx, &states.iter().collect::<Vec<_>>(), None, None)
-        .await?;
     Ok(events)
 }
 
@@ -331,15 +347,25 @@ async fn store_results<'a, T: Tx>(
                 Expr::value(now),
             ])
             .into();
-            let moved = move_orders(
-                tx,
-                &ids,
-                trigger,
-                &[(order_state::Column::DispatchedAt, dispatched_at)],
-                now,
-            )
-            .await?;
-            let moved: HashSet<&str> = moved.iter().map(String::as_str).collect();
+            let also = [(order_state::Column::DispatchedAt, dispatched_at)];
+            let moved: HashSet<String> = if tx.backend() == DbBackend::Postgres {
+                // The move and the insert of the moved orders' results in one round trip.
+                let results: Vec<&order_results::Model> =
+                    chunk.iter().map(|(_, r, _)| *r).collect();
+                let stmt = shapes::insert_after::<order_results::Entity>(
+                    tx.build(&move_statement(tx, &ids, trigger, &also, now)),
+                    "moved",
+                    "order_id",
+                    &results,
+                    order_results::Column::OrderId,
+                )?;
+                tx.strings(stmt).await?.into_iter().collect()
+            } else {
+                move_orders(tx, &ids, trigger, &also, now)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
             for (i, result, event) in chunk {
                 if moved.contains(result.order_id.as_str()) {
                     outcomes[*i] = Some(Applied::Done);
@@ -351,7 +377,9 @@ async fn store_results<'a, T: Tx>(
             }
         }
     }
-    insert_rows::<_, order_results::Entity>(tx, &stored, None, None).await?;
+    if tx.backend() != DbBackend::Postgres {
+        insert_rows::<_, order_results::Entity>(tx, &stored, None, None).await?;
+    }
     Ok(events)
 }
 
@@ -568,17 +596,16 @@ async fn mark_released<T: Tx>(
     }
     let notified = move_orders(tx, &notified, Trigger::ResultOut, &[], now).await?;
     let mut waiting = Vec::new();
-    // A late result stored while its timeout's result event was still on its way.
+    // A late result stored while its timeout's result event was still on its way. Only an order
+    // closed as `timeout` takes a late result, so only those are looked up: most batches have none.
+    let closed_as_timeout = may_have_a_late_result(published, &notified);
     if let Some(then) = lifecycle::transition(Trigger::ResultOut).then {
-        for chunk in notified.chunks(CHUNK) {
+        for chunk in closed_as_timeout.chunks(CHUNK) {
             let select = order_results::Entity::find()
                 .select_only()
                 .column(order_results::Column::OrderId)
                 .filter(order_results::Column::Late.eq(true))
-                .filter(tx.ids_in(
-                    order_results::Column::OrderId,
-                    chunk.iter().map(String::as_str),
-                ))
+                .filter(tx.ids_in(order_results::Column::OrderId, chunk.iter().copied()))
                 .into_query();
             waiting.extend(tx.strings(tx.build(&select)).await?);
         }
@@ -624,6 +651,26 @@ async fn mark_released<T: Tx>(
     Ok(notified)
 }
 
+/// The orders of `notified` whose result event in `published` says `timeout` (or says no
+/// outcome): the only ones a late result may be waiting for.
+fn may_have_a_late_result<'a>(published: &'a [PendingEvent], notified: &[String]) -> Vec<&'a str> {
+    let notified: HashSet<&str> = notified.iter().map(String::as_str).collect();
+    let mut ids: Vec<&str> = published
+        .iter()
+        .filter(|e| e.kind == EventKind::ResultStored)
+        .filter(|e| notified.contains(e.order_id.as_str()))
+        .filter(|e| {
+            e.outcome
+                .as_deref()
+                .is_none_or(|o| o == Outcome::Timeout.as_str())
+        })
+        .map(|e| e.order_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// What the settled events of the orders of `notified` that stayed `notified` (none of
 /// `moved_on`) say of them, from their result events in `published`.
 fn known_notified(
@@ -661,28 +708,42 @@ async fn move_orders<T: Tx>(
     also: &[(order_state::Column, SimpleExpr)],
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, DbErr> {
-    let to = lifecycle::transition(trigger).to;
-    let from = lifecycle::from_versions(trigger);
     let mut moved = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let mut update = order_state::Entity::update_many()
-            .col_expr(order_state::Column::Status, Expr::value(to.as_str()))
-            .col_expr(order_state::Column::Version, Expr::value(to.version()))
-            .col_expr(order_state::Column::UpdatedAt, Expr::value(now));
-        if let Some(reached) = status_time_column(to) {
-            update = update.col_expr(reached, Expr::value(now));
-        }
-        for (column, value) in also {
-            update = update.col_expr(*column, value.clone());
-        }
-        let mut stmt = update
-            .filter(order_state::Column::Version.is_in(from.iter().copied()))
-            .filter(tx.ids_in(order_state::Column::Id, chunk.iter().copied()))
-            .into_query();
-        stmt.returning_col(order_state::Column::Id);
-        moved.extend(tx.ids(&stmt).await?);
+        moved.extend(
+            tx.ids(&move_statement(tx, chunk, trigger, also, now))
+                .await?,
+        );
     }
     Ok(moved)
+}
+
+/// The statement of [`move_orders`] for one chunk of ids, returning the ids that moved.
+fn move_statement<T: Tx>(
+    tx: &T,
+    ids: &[&str],
+    trigger: Trigger,
+    also: &[(order_state::Column, SimpleExpr)],
+    now: DateTime<Utc>,
+) -> UpdateStatement {
+    let to = lifecycle::transition(trigger).to;
+    let from = lifecycle::from_versions(trigger);
+    let mut update = order_state::Entity::update_many()
+        .col_expr(order_state::Column::Status, Expr::value(to.as_str()))
+        .col_expr(order_state::Column::Version, Expr::value(to.version()))
+        .col_expr(order_state::Column::UpdatedAt, Expr::value(now));
+    if let Some(reached) = status_time_column(to) {
+        update = update.col_expr(reached, Expr::value(now));
+    }
+    for (column, value) in also {
+        update = update.col_expr(*column, value.clone());
+    }
+    let mut stmt = update
+        .filter(order_state::Column::Version.is_in(from.iter().copied()))
+        .filter(tx.ids_in(order_state::Column::Id, ids.iter().copied()))
+        .into_query();
+    stmt.returning_col(order_state::Column::Id);
+    stmt
 }
 
 #[cfg(test)]
@@ -719,6 +780,25 @@ mod tests {
         assert_eq!(lock_key(""), 0xcbf2_9ce4_8422_2325_u64 as i64);
         assert_eq!(lock_key("a"), 0xaf63_dc4c_8601_ec8c_u64 as i64);
         assert_eq!(lock_key("foobar"), 0x8594_4171_f739_67e8_u64 as i64);
+    }
+
+    #[test]
+    fn only_orders_closed_as_timeout_are_looked_up_for_a_late_result() {
+        let mut unknown = event(EventKind::ResultStored, "e", "confirmed");
+        unknown.outcome = None;
+        let published = [
+            event(EventKind::ResultStored, "a", "confirmed"),
+            event(EventKind::ResultStored, "b", "timeout"),
+            event(EventKind::ResultStored, "c", "timeout"),
+            event(EventKind::Late, "d", "timeout"),
+            unknown,
+        ];
+        let notified = ["a", "b", "d", "e"].map(String::from);
+        assert_eq!(
+            may_have_a_late_result(&published, &notified),
+            ["b", "e"],
+            "a's result was the partner's, c did not move, d's event is a late one, e's says nothing"
+        );
     }
 
     #[test]
