@@ -289,8 +289,14 @@ pub(crate) fn insert_after<E: EntityTrait>(
     let keep = format!("\"r\".\"{key}\" IN (SELECT \"id\" FROM \"{name}\")");
     let then =
         DbBackend::Postgres.build(&insert_json::<E>(rows, None, Some(returning), Some(&keep))?);
+    Ok(after(first, name, then))
+}
+
+/// Postgres: `first` as the common table `name`, then `then`, in one statement (one round trip);
+/// `then` binds at most one value, `$1`, which comes after `first`'s. `first` runs whether `then`
+/// reads `name` or not.
+pub(crate) fn after(first: Statement, name: &str, then: Statement) -> Statement {
     let first_values = first.values.map(|v| v.0).unwrap_or_default();
-    // The insert binds one value, `$1`: it comes after `first`'s.
     let sql = format!(
         "WITH \"{name}\" AS ({}) {}",
         first.sql,
@@ -300,11 +306,7 @@ pub(crate) fn insert_after<E: EntityTrait>(
     let values = first_values
         .into_iter()
         .chain(then.values.into_iter().flat_map(|v| v.0));
-    Ok(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        sql,
-        values,
-    ))
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
 }
 
 /// Rows as a JSON array of [`JsonRow`]s.

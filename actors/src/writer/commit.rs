@@ -1,7 +1,11 @@
 //! The statements of one group commit. Each kind of op goes out as one statement per chunk of
 //! rows (inserts as [`shapes::inserts`], ids as [`Tx::ids_in`]: one shape whatever the rows), and
 //! `RETURNING id` tells which rows it touched. In one transaction, in this order: new orders,
-//! results, late results, settlements, and the release marks of published events.
+//! results, late results, settlements, the release of published events in their orders' status,
+//! and the outbox: the new events' rows and the published ones' marks. On Postgres, where each
+//! statement is a round trip, steps that touch different rows go as one statement where they can
+//! (common table expressions: [`shapes::new_orders`], [`shapes::insert_after`],
+//! [`shapes::after`]).
 //!
 //! Every status change is a conditional update built from [`crate::lifecycle`]: `version IN` the
 //! statuses its trigger moves from, so a move that lost a race (a peer instance, a repeated
@@ -166,9 +170,9 @@ pub(super) async fn apply<T: Tx>(
     events.extend(store_late_results(tx, ops, now, &mut applied).await?);
     let settled = settle(tx, &batch.settle, now).await?;
     events.extend(settled.iter());
+    let (notified, marked) = mark_released(tx, &batch.published, partners, now).await?;
     let rows: Vec<outbox::Model> = events.iter().map(|e| e.row(now)).collect();
-    insert_rows::<_, outbox::Entity>(tx, &rows.iter().collect::<Vec<_>>(), None, None).await?;
-    let notified = mark_released(tx, &batch.published, partners, now).await?;
+    write_outbox(tx, &rows.iter().collect::<Vec<_>>(), &marked, now).await?;
     let applied = applied
         .into_iter()
         .map(|o| o.ok_or_else(|| DbErr::Custom("an op of the batch was not applied".into())))
@@ -560,22 +564,23 @@ async fn settle<'a, T: Tx>(
     Ok(made)
 }
 
-/// The release step of published events: marks their outbox rows, and records the release in
-/// each order's status ([`Trigger::StoredOut`], which starts the partner's deadline;
-/// [`Trigger::ResultOut`], then [`Trigger::LateResult`] for an order whose late result is
-/// waiting; [`Trigger::LateOut`]). The order actor decided the change when it made the event;
-/// this step only records that the event is out. Returns the orders now `notified`.
+/// The release step of published events: records the release in each order's status
+/// ([`Trigger::StoredOut`], which starts the partner's deadline; [`Trigger::ResultOut`], then
+/// [`Trigger::LateResult`] for an order whose late result is waiting; [`Trigger::LateOut`]). The
+/// order actor decided the change when it made the event; this step only records that the event
+/// is out. Returns the orders now `notified`, and the events whose outbox rows to mark published
+/// ([`write_outbox`]).
 ///
 /// A late event can be out before its order is `late_result_stored`: the timeout's result event
 /// went out first, but its release is recorded elsewhere (a peer instance, or the sweep after a
 /// failed batch) and later. Such a late event is left unmarked, so the sweep brings it back
 /// (JetStream drops the copy) and its release is recorded once the order can take it.
-async fn mark_released<T: Tx>(
+async fn mark_released<'a, T: Tx>(
     tx: &T,
-    published: &[PendingEvent],
+    published: &'a [PendingEvent],
     partners: &Partners,
     now: DateTime<Utc>,
-) -> Result<Notified, DbErr> {
+) -> Result<(Notified, Vec<&'a str>), DbErr> {
     let mut dispatched: HashMap<Duration, Vec<&str>> = HashMap::new();
     let (mut notified, mut late) = (Vec::new(), Vec::new());
     for e in published {
@@ -640,15 +645,42 @@ async fn mark_released<T: Tx>(
         .filter(|e| !(e.kind == EventKind::Late && early.contains(&e.order_id)))
         .map(|e| e.id.as_str())
         .collect();
-    for chunk in marked.chunks(CHUNK) {
-        let update = outbox::Entity::update_many()
-            .col_expr(outbox::Column::PublishedAt, Expr::value(now))
-            .filter(tx.ids_in(outbox::Column::Id, chunk.iter().copied()))
-            .filter(outbox::Column::PublishedAt.is_null())
-            .into_query();
-        tx.execute(tx.build(&update)).await?;
+    Ok((notified, marked))
+}
+
+/// The batch's new outbox rows, and the release marks of the published events in `marked`. On
+/// Postgres the last statement of marks and the first of inserts go as one (a round trip less):
+/// they touch different rows, since an event is published only after the commit that made it.
+async fn write_outbox<T: Tx>(
+    tx: &T,
+    rows: &[&outbox::Model],
+    marked: &[&str],
+    now: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    let mut marks: Vec<Statement> = marked
+        .chunks(CHUNK)
+        .map(|chunk| {
+            tx.build(
+                &outbox::Entity::update_many()
+                    .col_expr(outbox::Column::PublishedAt, Expr::value(now))
+                    .filter(tx.ids_in(outbox::Column::Id, chunk.iter().copied()))
+                    .filter(outbox::Column::PublishedAt.is_null())
+                    .into_query(),
+            )
+        })
+        .collect();
+    let mut inserts = shapes::inserts::<outbox::Entity>(tx.backend(), rows, None, None)?;
+    if tx.backend() == DbBackend::Postgres
+        && !inserts.is_empty()
+        && let Some(mark) = marks.pop()
+    {
+        let insert = inserts.remove(0);
+        inserts.insert(0, shapes::after(mark, "marked", insert));
     }
-    Ok(notified)
+    for stmt in marks.into_iter().chain(inserts) {
+        tx.execute(stmt).await?;
+    }
+    Ok(())
 }
 
 /// The orders of `notified` whose result event in `published` says `timeout` (or says no
