@@ -293,20 +293,39 @@ pub(crate) fn insert_after<E: EntityTrait>(
 }
 
 /// Postgres: `first` as the common table `name`, then `then`, in one statement (one round trip);
-/// `then` binds at most one value, `$1`, which comes after `first`'s. `first` runs whether `then`
-/// reads `name` or not.
+/// `then`'s bound values (`$1`, `$2`, …) come after `first`'s. `first` runs whether `then` reads
+/// `name` or not, and both see the same snapshot: neither sees the other's changes, so they must
+/// not change the same rows.
 pub(crate) fn after(first: Statement, name: &str, then: Statement) -> Statement {
     let first_values = first.values.map(|v| v.0).unwrap_or_default();
-    let sql = format!(
-        "WITH \"{name}\" AS ({}) {}",
-        first.sql,
-        then.sql
-            .replace("$1", &format!("${}", first_values.len() + 1))
-    );
-    let values = first_values
-        .into_iter()
-        .chain(then.values.into_iter().flat_map(|v| v.0));
-    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    let then_values = then.values.map(|v| v.0).unwrap_or_default();
+    let then_sql = shift_placeholders(&then.sql, first_values.len());
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!("WITH \"{name}\" AS ({}) {then_sql}", first.sql),
+        first_values.into_iter().chain(then_values),
+    )
+}
+
+/// `sql` with each placeholder `$n` read as a whole number and written as `$(n + by)`. The hub's
+/// statements bind every value, so a `$` followed by digits is always a placeholder.
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        match rest[..digits].parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Rows as a JSON array of [`JsonRow`]s.
@@ -569,6 +588,35 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn a_statement_after_another_numbers_its_values_after_the_others() {
+        let first = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE \"t\" SET \"a\" = $1 WHERE \"b\" = $2",
+            [1.into(), 2.into()],
+        );
+        let then_sql = format!(
+            "SELECT {}",
+            (1..=11)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let then = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            then_sql,
+            (3..=13).map(Value::from),
+        );
+        let both = after(first, "first", then);
+        assert_eq!(
+            both.sql,
+            "WITH \"first\" AS (UPDATE \"t\" SET \"a\" = $1 WHERE \"b\" = $2) \
+             SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13"
+        );
+        let values: Vec<Value> = both.values.expect("bound").0;
+        assert_eq!(values, (1..=13).map(Value::from).collect::<Vec<_>>());
     }
 
     /// Each further row's statement on SQLite: the first row's text with the row's own values,
