@@ -341,7 +341,6 @@ async fn store_results<'a, T: Tx>(
                 .push((i, result, event));
         }
     }
-    let mut stored = Vec::new();
     let mut events = Vec::new();
     for (trigger, wanted) in by_trigger {
         for chunk in wanted.chunks(CHUNK) {
@@ -365,24 +364,27 @@ async fn store_results<'a, T: Tx>(
                 )?;
                 tx.strings(stmt).await?.into_iter().collect()
             } else {
-                move_orders(tx, &ids, trigger, &also, now)
+                let moved: HashSet<String> = move_orders(tx, &ids, trigger, &also, now)
                     .await?
                     .into_iter()
-                    .collect()
+                    .collect();
+                let results: Vec<&order_results::Model> = chunk
+                    .iter()
+                    .map(|(_, r, _)| *r)
+                    .filter(|r| moved.contains(r.order_id.as_str()))
+                    .collect();
+                insert_rows::<_, order_results::Entity>(tx, &results, None, None).await?;
+                moved
             };
             for (i, result, event) in chunk {
                 if moved.contains(result.order_id.as_str()) {
                     outcomes[*i] = Some(Applied::Done);
-                    stored.push(*result);
                     events.push(*event);
                 } else {
                     outcomes[*i] = Some(Applied::NotMoved { late: false });
                 }
             }
         }
-    }
-    if tx.backend() != DbBackend::Postgres {
-        insert_rows::<_, order_results::Entity>(tx, &stored, None, None).await?;
     }
     Ok(events)
 }
