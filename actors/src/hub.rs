@@ -191,6 +191,7 @@ impl Hub {
         for (i, link) in writer_links.into_iter().enumerate() {
             let ack_after_replica = config.ack_after_replica;
             let guard = config.db.primary_guard.clone();
+            let own_connection = config.db.writer_options();
             let (primary, partners, committed, settle) = (
                 config.db.primary.clone(),
                 partners.clone(),
@@ -204,6 +205,7 @@ impl Hub {
                 || Writer,
                 move || WriterArgs {
                     primary: primary.clone(),
+                    own_connection: own_connection.clone(),
                     guard: guard.clone(),
                     partners: partners.clone(),
                     committed: committed.clone(),

@@ -287,8 +287,10 @@ impl Db {
             _ => None,
         };
         let local = Arc::new(super::LocalFiles::open(&primary, &aux).await);
+        let writer = (!sqlite).then(|| primary_options(&urls.primary, 1, guard.clone()));
         Ok(Self {
             local,
+            writer,
             primary,
             reads,
             aux,
@@ -298,6 +300,14 @@ impl Db {
             primary_guard: guard,
             primary_watch: Arc::default(),
         })
+    }
+
+    /// On Postgres, the options of a group-commit writer's own connection to the primary: those
+    /// of the primary's pool (a standby is refused; after a write failed as on a demoted primary,
+    /// the connection is checked before use), for a pool of one. The writer opens it on a
+    /// runtime of its own (`writer::direct`). `None` on SQLite.
+    pub fn writer_options(&self) -> Option<ConnectOptions> {
+        self.writer.clone()
     }
 
     /// Whether a synchronous standby is attached to the primary (`pg_stat_replication`);

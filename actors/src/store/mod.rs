@@ -82,6 +82,8 @@ pub struct Db {
     pub primary_watch: Arc<PrimaryWatch>,
     /// On SQLite, connections of their own for the hot reads and the auxiliary writes.
     local: Arc<LocalFiles>,
+    /// On Postgres, the options of a writer's own connection to the primary.
+    writer: Option<sea_orm::ConnectOptions>,
 }
 
 /// The SQLite files' own connections (see [`local`]), each where its file is SQLite.

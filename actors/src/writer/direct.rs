@@ -1,22 +1,28 @@
-//! The SQLite writer's own connection, on a thread of its own. Through sqlx, every statement of a
-//! group commit, and every row it returns, crosses a channel to the connection's thread and back.
-//! Here the writer hands over the whole batch once: the thread runs the group commit's
-//! statements ([`commit::apply`]), each prepared once and kept for the next batch of the same
-//! shape, and hands back what the commit did.
+//! The writer's own connection, on a thread of its own, so a group commit's statements wait for
+//! the database and nothing else:
 //!
-//! It writes the file the hub's sqlx pools opened (the path SQLite itself reports), with their
-//! settings: WAL, `synchronous = FULL`, a 5 s busy timeout.
+//! - **SQLite.** Through sqlx, every statement of a group commit, and every row it returns,
+//!   crosses a channel to the connection's thread and back. Here the writer hands over the whole
+//!   batch once: the thread runs the group commit's statements ([`commit::apply`]) on a rusqlite
+//!   connection, each prepared once and kept for the next batch of the same shape, and hands back
+//!   what the commit did. It writes the file the hub's sqlx pools opened (the path SQLite itself
+//!   reports), with their settings: WAL, `synchronous = FULL`, a 5 s busy timeout.
+//! - **Postgres.** A group commit is a chain of round trips (`BEGIN`, the locks, a statement per
+//!   kind, `COMMIT`), and on the hub's runtime each answer waits its turn behind every other task
+//!   the runtime has ready. Here the chain runs on a runtime of its own, through a pool of one
+//!   connection opened on that runtime ([`crate::store::Db::writer_options`]: the primary's
+//!   options, so it refuses a standby and is checked after a write failed as on a demoted
+//!   primary), and each answer is taken up as soon as it arrives.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::mpsc;
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::{Connection, TransactionBehavior};
-use sea_orm::{DbBackend, DbErr, Statement};
-use tokio::sync::oneshot;
+use sea_orm::{ConnectOptions, Database, DbBackend, DbErr, Statement};
+use tokio::sync::{mpsc, oneshot};
 
 use super::commit::{self, Batch, Committed, Tx};
 use crate::partners::Partners;
@@ -24,8 +30,17 @@ use crate::store::local::{self, failed};
 
 /// A handle on the writer's thread; the thread ends when the handle is dropped.
 pub(super) struct Direct {
-    jobs: mpsc::Sender<Job>,
-    file: PathBuf,
+    jobs: mpsc::UnboundedSender<Job>,
+    target: Target,
+}
+
+/// What the thread writes to.
+#[derive(Clone)]
+enum Target {
+    /// A SQLite file (which must exist: the pools created and migrated it).
+    Sqlite(PathBuf),
+    /// A Postgres primary, through a pool of one connection made with these options.
+    Postgres(Box<ConnectOptions>),
 }
 
 struct Job {
@@ -35,23 +50,43 @@ struct Job {
 }
 
 impl Direct {
-    /// Opens `file` (which must exist: the pools created and migrated it) on a new thread.
-    pub(super) fn open(file: &Path) -> Result<Self, DbErr> {
-        let conn = local::connect(file, true).map_err(|e| failed(&e))?;
-        let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || serve(conn, rx))
-            .map_err(|e| DbErr::Custom(format!("starting the SQLite writer thread: {e}")))?;
-        Ok(Self {
-            jobs,
-            file: file.to_owned(),
-        })
+    /// Opens the SQLite file `file` on a new thread.
+    pub(super) fn sqlite(file: &Path) -> Result<Self, DbErr> {
+        Self::open(Target::Sqlite(file.to_owned()))
     }
 
-    /// A new thread and connection on the same file, after this one's thread is gone.
+    /// A new thread for a Postgres primary; its connection opens at the first commit.
+    pub(super) fn postgres(options: ConnectOptions) -> Result<Self, DbErr> {
+        Self::open(Target::Postgres(Box::new(options)))
+    }
+
+    fn open(target: Target) -> Result<Self, DbErr> {
+        let (jobs, rx) = mpsc::unbounded_channel::<Job>();
+        let spawned = match &target {
+            Target::Sqlite(file) => {
+                let conn = local::connect(file, true).map_err(|e| failed(&e))?;
+                std::thread::Builder::new()
+                    .name("sqlite-writer".into())
+                    .spawn(move || serve_sqlite(conn, rx))
+            }
+            Target::Postgres(options) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| DbErr::Custom(format!("the writer's runtime: {e}")))?;
+                let options = (**options).clone();
+                std::thread::Builder::new()
+                    .name("pg-writer".into())
+                    .spawn(move || runtime.block_on(serve_postgres(options, rx)))
+            }
+        };
+        spawned.map_err(|e| DbErr::Custom(format!("starting the writer's thread: {e}")))?;
+        Ok(Self { jobs, target })
+    }
+
+    /// A new thread (and connection) on the same target, after this one's thread is gone.
     pub(super) fn reopen(&self) -> Result<Self, DbErr> {
-        Self::open(&self.file)
+        Self::open(self.target.clone())
     }
 
     /// Runs `batch` in one transaction; hands the batch back with what it did. `None` when the
@@ -73,15 +108,35 @@ impl Direct {
     }
 }
 
-fn serve(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
-    while let Ok(Job {
+fn serve_sqlite(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(Job {
         batch,
         partners,
         reply,
-    }) = jobs.recv()
+    }) = jobs.blocking_recv()
     {
         let done = run(&mut conn, &batch, &partners);
         // A writer that stopped meanwhile dropped its end: nothing to do.
+        let _ = reply.send((batch, done));
+    }
+}
+
+async fn serve_postgres(mut options: ConnectOptions, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    options
+        .max_connections(1)
+        .min_connections(0)
+        .connect_lazy(true);
+    let primary = Database::connect(options).await;
+    while let Some(Job {
+        batch,
+        partners,
+        reply,
+    }) = jobs.recv().await
+    {
+        let done = match &primary {
+            Ok(primary) => commit::commit(primary, &batch, &partners).await,
+            Err(e) => Err(DbErr::Custom(format!("the writer's connection: {e}"))),
+        };
         let _ = reply.send((batch, done));
     }
 }

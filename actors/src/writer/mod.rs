@@ -7,8 +7,8 @@
 //! After a commit the writer hands the batch's new events on ([`Committed`], to the replication
 //! actor), then answers each op.
 //!
-//! On a SQLite file the writer runs its commits on a connection of its own ([`direct`]); on
-//! Postgres, through the primary's pool.
+//! The writer runs its commits on a connection of its own, on a thread of its own ([`direct`]):
+//! a SQLite file's, or a Postgres primary's.
 
 mod commit;
 mod direct;
@@ -132,6 +132,9 @@ pub struct Writer;
 
 pub struct WriterArgs {
     pub primary: DatabaseConnection,
+    /// The options of the writer's own connection to a Postgres primary
+    /// ([`crate::store::Db::writer_options`]); on SQLite the writer opens the primary's file.
+    pub own_connection: Option<sea_orm::ConnectOptions>,
     /// Told of every failed write: one on a demoted primary gets its connections checked.
     pub guard: PrimaryGuard,
     pub partners: Arc<Partners>,
@@ -156,7 +159,8 @@ pub struct WriterState {
     flush_scheduled: bool,
     /// When the primary last could not be reached; cleared by the next commit.
     primary_down_at: Option<Instant>,
-    /// The SQLite writer's own connection, when the primary is a SQLite file.
+    /// The writer's own connection, on a thread of its own ([`direct`]); without it (it could not
+    /// start), the writer commits through the primary's pool.
     direct: Option<Direct>,
 }
 
@@ -171,15 +175,13 @@ impl Actor for Writer {
         args: WriterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let direct = match crate::store::local::file_of(&args.primary).await {
-            Some(file) => match Direct::open(&file) {
-                Ok(direct) => Some(direct),
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %file.display(), "writing through the pool instead");
-                    None
-                }
-            },
-            None => None,
+            Some(file) => Some(Direct::sqlite(&file)),
+            None => args.own_connection.map(Direct::postgres),
         };
+        let direct = direct.and_then(|d| {
+            d.inspect_err(|e| tracing::warn!(error = %e, "writing through the pool instead"))
+                .ok()
+        });
         Ok(WriterState {
             direct,
             primary: args.primary,
@@ -294,8 +296,8 @@ impl WriterState {
         }
     }
 
-    /// Commits a batch and finds what its ops ran into; hands the ops back (none if the SQLite
-    /// writer's thread is gone). Notes a primary that could not be reached.
+    /// Commits a batch and finds what its ops ran into; hands the ops back (none if the writer's
+    /// thread is gone). Notes a primary that could not be reached.
     async fn commit(&mut self, batch: Batch) -> (Vec<WriteOp>, Result<Done, DbErr>) {
         let (ops, committed) = match &self.direct {
             Some(direct) => match direct.commit(batch, self.partners.clone()).await {
@@ -305,7 +307,7 @@ impl WriterState {
                     match direct.reopen() {
                         Ok(new) => self.direct = Some(new),
                         Err(e) => {
-                            tracing::warn!(error = %e, "the SQLite writer could not start again")
+                            tracing::warn!(error = %e, "the writer's thread could not start again")
                         }
                     }
                     (Vec::new(), Err(writer_gone()))
@@ -352,7 +354,7 @@ impl WriterState {
                 }
             }
         }
-        // Ops lost with the SQLite writer's thread: their callers hear it.
+        // Ops lost with the writer's thread: their callers hear it.
         answer(callers.collect(), |_| {
             Err(StoreError::Unavailable(writer_gone()))
         });
@@ -457,7 +459,7 @@ fn primary_down() -> StoreError {
 }
 
 fn writer_gone() -> DbErr {
-    DbErr::Custom("the SQLite writer's thread is gone".into())
+    DbErr::Custom("the writer's thread is gone".into())
 }
 
 fn clone_err(e: &DbErr) -> DbErr {
