@@ -70,6 +70,26 @@ pub(super) trait Tx {
         self.backend().build(stmt)
     }
 
+    /// Whether each statement costs a round trip (Postgres, over the network): then steps that
+    /// touch different rows go as one statement where they can, as common table expressions.
+    /// On SQLite, in the writer's own process, each statement runs alone.
+    fn round_trips(&self) -> bool {
+        self.backend() == DbBackend::Postgres
+    }
+
+    /// Two steps' statements that touch different rows, to run `before` then `after`: where a
+    /// statement costs a round trip, the last of `before` joins the first of `after`
+    /// ([`shapes::after`], its rows named `name`), which then returns what that one returns.
+    fn join_steps(&self, before: &mut Vec<Statement>, name: &str, after: &mut Vec<Statement>) {
+        if self.round_trips()
+            && !after.is_empty()
+            && let Some(last) = before.pop()
+        {
+            let first = after.remove(0);
+            after.insert(0, shapes::after(last, name, first));
+        }
+    }
+
     /// Runs a statement with `RETURNING id` (or one selecting ids) and collects the ids.
     async fn ids<S: StatementBuilder>(&self, stmt: &S) -> Result<HashSet<String>, DbErr> {
         Ok(self.strings(self.build(stmt)).await?.into_iter().collect())
@@ -283,7 +303,7 @@ async fn insert_orders<'a, T: Tx>(
         OnConflict::columns([order_facts::Column::UserId, order_facts::Column::RequestId])
             .do_nothing()
             .to_owned();
-    let inserted = if tx.backend() == DbBackend::Postgres {
+    let inserted = if tx.round_trips() {
         // Both rows of each order in one statement: a round trip less per group commit.
         let states: Vec<order_state::Model> = inserts.iter().map(|(_, o, _)| o.state()).collect();
         let states: Vec<&order_state::Model> = states.iter().collect();
@@ -351,7 +371,7 @@ async fn store_results<'a, T: Tx>(
             ])
             .into();
             let also = [(order_state::Column::DispatchedAt, dispatched_at)];
-            let moved: HashSet<String> = if tx.backend() == DbBackend::Postgres {
+            let moved: HashSet<String> = if tx.round_trips() {
                 // The move and the insert of the moved orders' results in one round trip.
                 let results: Vec<&order_results::Model> =
                     chunk.iter().map(|(_, r, _)| *r).collect();
@@ -597,8 +617,7 @@ async fn mark_released<'a, T: Tx>(
         }
     }
     // The stored events' releases move orders from `accepted`, the result events' from
-    // `result_stored`: never the same row, so on Postgres the last statement of the first rides
-    // with the first of the second (a round trip less).
+    // `result_stored`: never the same row, so the two steps may share a statement.
     let mut dispatched: Vec<Statement> = dispatched
         .into_iter()
         .flat_map(|(timeout, ids)| {
@@ -621,13 +640,7 @@ async fn mark_released<'a, T: Tx>(
         .chunks(CHUNK)
         .map(|chunk| tx.build(&move_statement(tx, chunk, Trigger::ResultOut, &[], now)))
         .collect();
-    if tx.backend() == DbBackend::Postgres
-        && !notify.is_empty()
-        && let Some(last) = dispatched.pop()
-    {
-        let first = notify.remove(0);
-        notify.insert(0, shapes::after(last, "dispatched", first));
-    }
+    tx.join_steps(&mut dispatched, "dispatched", &mut notify);
     for stmt in dispatched {
         // Read, not executed: the statement returns the ids it moved (SQLite refuses to execute
         // a statement that returns rows).
@@ -685,9 +698,9 @@ async fn mark_released<'a, T: Tx>(
     Ok((notified, marked))
 }
 
-/// The batch's new outbox rows, and the release marks of the published events in `marked`. On
-/// Postgres the last statement of marks and the first of inserts go as one (a round trip less):
-/// they touch different rows, since an event is published only after the commit that made it.
+/// The batch's new outbox rows, and the release marks of the published events in `marked`. The
+/// two steps may share a statement ([`Tx::join_steps`]): they touch different rows, since an
+/// event is published only after the commit that made it.
 async fn write_outbox<T: Tx>(
     tx: &T,
     rows: &[&outbox::Model],
@@ -707,13 +720,7 @@ async fn write_outbox<T: Tx>(
         })
         .collect();
     let mut inserts = shapes::inserts::<outbox::Entity>(tx.backend(), rows, None, None)?;
-    if tx.backend() == DbBackend::Postgres
-        && !inserts.is_empty()
-        && let Some(mark) = marks.pop()
-    {
-        let insert = inserts.remove(0);
-        inserts.insert(0, shapes::after(mark, "marked", insert));
-    }
+    tx.join_steps(&mut marks, "marked", &mut inserts);
     for stmt in marks.into_iter().chain(inserts) {
         tx.execute(stmt).await?;
     }
