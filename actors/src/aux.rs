@@ -1,12 +1,13 @@
 //! AuxSubscriber: a built-in auxiliary system (`invoice`, `loyalty`, …). Each one pulls result
 //! and late events from its own durable consumer `aux-<system>`, reads what it needs from the read
-//! node, and writes its record to the auxiliary database, a batch per transaction; it acknowledges
-//! only what is written, so a crash loses nothing (delivery is at least once and the write is an
-//! upsert). A late event replaces the record with what the system did with the late outcome. A
-//! restarted subscriber opens a new pull stream on its durable consumer, where everything it had
-//! not acknowledged is redelivered. A durable consumer the server reports gone (deleted, or no
-//! longer answering pulls) is bound again, and created again with its old configuration if it
-//! no longer exists. Every record written is a hint to the settler.
+//! node, and writes its records to the auxiliary database a batch at a time, in transactions
+//! shared with the other systems' records ([`AuxWrites`]). It acknowledges only what is written,
+//! so a crash loses nothing (delivery is at least once and the write is an upsert). A late event
+//! replaces the record with what the system did with the late outcome. A restarted subscriber
+//! opens a new pull stream on its durable consumer, where everything it had not acknowledged is
+//! redelivered. A durable consumer the server reports gone (deleted, or no longer answering
+//! pulls) is bound again, and created again with its old configuration if it no longer exists.
+//! Every record written is a hint to the settler.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,9 @@ pub enum AuxError {
     /// The read node or the auxiliary database did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The records could not be written ([`AuxWrites`]).
+    #[error("writing the records failed: {0}")]
+    Write(String),
 }
 
 pub enum AuxMsg {
@@ -87,8 +91,8 @@ pub struct AuxArgs {
     pub db: Db,
     /// Who hears of orders that got a record: the settler.
     pub settle: Link<SettleCheck>,
-    /// The replication actor, when a write waits for the read nodes (see [`upsert`]).
-    pub confirm: Option<Link<Committed>>,
+    /// Where its records are written, in transactions shared with the other systems' records.
+    pub writes: AuxWrites,
     /// What the built-in systems read of orders, shared among them.
     pub facts: SharedFacts,
 }
@@ -103,7 +107,7 @@ pub struct AuxState {
     rebind: bool,
     db: Db,
     settle: Link<SettleCheck>,
-    confirm: Option<Link<Committed>>,
+    writes: AuxWrites,
     facts: SharedFacts,
 }
 
@@ -126,7 +130,7 @@ impl Actor for AuxSubscriber {
             rebind: false,
             db: args.db,
             settle: args.settle,
-            confirm: args.confirm,
+            writes: args.writes,
             facts: args.facts,
         })
     }
@@ -279,12 +283,12 @@ impl AuxState {
             .iter()
             .map(|r| (r.order_id.clone(), r.status.clone()))
             .unzip();
-        if let Err(e) = upsert(&self.db, self.confirm.as_ref(), records).await {
+        if let Err(e) = self.writes.record_all(records).await {
             // Hand the batch back soon rather than after the ack wait.
             for m in &done {
                 let _ = m.ack_with(jetstream::AckKind::Nak(Some(NAK_DELAY))).await;
             }
-            return Err(e.into());
+            return Err(AuxError::Write(e));
         }
         for m in done {
             if let Err(e) = m.ack().await {
@@ -562,32 +566,37 @@ pub fn record_late(system: &str, facts: &RecordFacts) -> aux_records::Model {
     r
 }
 
-/// Records of many external systems' requests in one transaction: while one commits, the next
-/// ones gather (up to [`WRITES_BATCH`]), so the auxiliary database commits (and syncs) once per
-/// batch, not once per record.
+/// Records of every auxiliary system in shared transactions: the built-in systems' batches and
+/// the external systems' requests. While one transaction commits, the next records gather (up
+/// to [`WRITES_BATCH`]), so the auxiliary database commits (and syncs, and on Postgres sends to
+/// its standbys) once per gathering, not once per system's batch or per record.
 #[derive(Clone)]
 pub struct AuxWrites {
-    tx: mpsc::UnboundedSender<(aux_records::Model, oneshot::Sender<Result<(), String>>)>,
+    tx: mpsc::UnboundedSender<Records>,
 }
 
-/// Most records of one [`AuxWrites`] transaction.
+/// Records to write, and where to say how their transaction went.
+type Records = (Vec<aux_records::Model>, oneshot::Sender<Result<(), String>>);
+
+/// Most records of one [`AuxWrites`] transaction (a first batch larger than this goes alone).
 const WRITES_BATCH: usize = 512;
 
 impl AuxWrites {
     /// Starts the writer; `confirm` as for [`upsert`]. It ends when the last handle is dropped.
     pub fn start(db: Db, confirm: Option<Link<Committed>>) -> Self {
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(aux_records::Model, oneshot::Sender<Result<(), String>>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Records>();
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < WRITES_BATCH {
+            while let Some((mut records, first)) = rx.recv().await {
+                let mut answers = vec![first];
+                while records.len() < WRITES_BATCH {
                     match rx.try_recv() {
-                        Ok(next) => batch.push(next),
+                        Ok((more, answer)) => {
+                            records.extend(more);
+                            answers.push(answer);
+                        }
                         Err(_) => break,
                     }
                 }
-                let (records, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 let done = upsert(&db, confirm.as_ref(), records)
                     .await
                     .map_err(|e| e.to_string());
@@ -602,9 +611,14 @@ impl AuxWrites {
     /// Stores or replaces `record`; returns once its transaction committed (and, with
     /// `confirm`, the read nodes replayed it).
     pub async fn record(&self, record: aux_records::Model) -> Result<(), String> {
+        self.record_all(vec![record]).await
+    }
+
+    /// Stores or replaces every record of `records`, in one transaction.
+    pub async fn record_all(&self, records: Vec<aux_records::Model>) -> Result<(), String> {
         let (answer, done) = oneshot::channel();
         self.tx
-            .send((record, answer))
+            .send((records, answer))
             .map_err(|_| "the auxiliary writer stopped".to_owned())?;
         done.await
             .map_err(|_| "the auxiliary writer stopped".to_owned())?

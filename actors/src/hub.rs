@@ -261,11 +261,12 @@ impl Hub {
         }
         let mut built_in_aux = Vec::new();
         let facts = SharedFacts::new(config.aux.len());
+        let aux_writes = aux::AuxWrites::start(config.db.clone(), aux_confirm);
         for (system, consumer) in config.aux {
             built_in_aux.push(system.clone());
             let role = format!("aux-{system}");
             let (db, settle, js) = (config.db.clone(), settle.clone(), config.jetstream.clone());
-            let (confirm, facts) = (aux_confirm.clone(), facts.clone());
+            let (writes, facts) = (aux_writes.clone(), facts.clone());
             children.push(supervised(
                 &instance,
                 &role,
@@ -276,7 +277,7 @@ impl Hub {
                     jetstream: js.clone(),
                     db: db.clone(),
                     settle: settle.clone(),
-                    confirm: confirm.clone(),
+                    writes: writes.clone(),
                     facts: facts.clone(),
                 },
                 |_, _| {},
@@ -297,7 +298,7 @@ impl Hub {
             ctx,
             orders,
             built_in_aux,
-            aux_writes: aux::AuxWrites::start(config.db.clone(), aux_confirm),
+            aux_writes,
             backlog,
             refusal_lookups: Arc::new(tokio::sync::Semaphore::new(REFUSAL_LOOKUPS)),
             backlog_watch,
