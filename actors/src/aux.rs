@@ -44,7 +44,7 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(2);
 /// once the read nodes have replayed it, so a failover loses no auxiliary record either:
 /// [`StoreError::Unconfirmed`] if they have not within [`CONFIRM_WITHIN`] (the write stays, and
 /// writing it again is harmless).
-pub async fn upsert(
+async fn upsert(
     db: &Db,
     confirm: Option<&Link<Committed>>,
     records: Vec<aux_records::Model>,
